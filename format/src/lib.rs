@@ -1,0 +1,3 @@
+//! The mailvault repository format.
+pub mod store;
+pub use store::{BlobStore, MemoryStore, PutOutcome, StoreError, StoreErrorKind};
