@@ -234,7 +234,10 @@ pub mod contract {
         // Round trip, including an empty object and a nested name.
         let small = pattern(1000, 1);
         assert_eq!(
-            store.put(&n("a/b/obj-1"), small.clone()).await.expect("put"),
+            store
+                .put(&n("a/b/obj-1"), small.clone())
+                .await
+                .expect("put"),
             PutOutcome::Created,
             "first put creates"
         );
@@ -251,10 +254,7 @@ pub mod contract {
         assert_eq!(store.size(&n("a/missing")).await.expect("size"), None);
 
         // Ranges and sizes.
-        assert_eq!(
-            store.size(&n("a/b/obj-1")).await.expect("size"),
-            Some(1000)
-        );
+        assert_eq!(store.size(&n("a/b/obj-1")).await.expect("size"), Some(1000));
         assert_eq!(
             store
                 .get_range(&n("a/b/obj-1"), 10, 20)
@@ -304,7 +304,10 @@ pub mod contract {
 
         // A large object (crosses multipart thresholds in S3 stores).
         let big = pattern(21 * 1024 * 1024 + 17, 5);
-        store.put(&n("big/one"), big.clone()).await.expect("put big");
+        store
+            .put(&n("big/one"), big.clone())
+            .await
+            .expect("put big");
         assert_eq!(
             store.size(&n("big/one")).await.expect("size big"),
             Some(big.len() as u64)

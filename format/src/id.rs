@@ -1,0 +1,74 @@
+//! Identifiers and object names.
+
+use std::fmt;
+
+/// A 32-byte identifier: a keyed BLAKE3 hash (chunks, manifests) or random bytes (packs,
+/// index objects). Keyed, so an id reveals nothing about the content to whoever lacks the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(pub [u8; 32]);
+
+impl BlobId {
+    pub fn random() -> Self {
+        BlobId(rand::random())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(BlobId(out))
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Some(BlobId(b.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Object names in the store. Everything but `config` and `keys/` is named by random or keyed
+/// ids, so names reveal nothing about mail.
+pub mod names {
+    use super::BlobId;
+
+    pub const CONFIG: &str = "config";
+    pub const KEYS: &str = "keys/";
+    pub const PACKS: &str = "packs/";
+    pub const INDEX: &str = "index/";
+    pub const DICTS: &str = "dicts/";
+
+    pub fn pack(id: &BlobId) -> String {
+        let h = id.to_hex();
+        format!("packs/{}/{}", &h[..2], h)
+    }
+
+    pub fn index(id: &BlobId) -> String {
+        format!("index/{}", id.to_hex())
+    }
+
+    pub fn key(id: &str) -> String {
+        format!("keys/{id}")
+    }
+
+    pub fn dict(dict_id: u32) -> String {
+        format!("dicts/{dict_id:08x}")
+    }
+
+    /// The pack id encoded in a pack object name.
+    pub fn pack_id(name: &str) -> Option<BlobId> {
+        BlobId::from_hex(name.rsplit('/').next()?)
+    }
+}

@@ -1,0 +1,793 @@
+//! The repository: open or create it, write items, read them back.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::Stream;
+use mailvault_proto::storage::v1::{
+    BlobKind, ChunkerParams as ChunkerRecord, ItemManifest, PackEntry, PackIndex, RepoConfig,
+};
+use prost::Message;
+use zeroize::Zeroizing;
+
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::compress::{self, Compressor, Dictionaries, Dictionary};
+use crate::crypto::{Keys, Kind, VERSION};
+use crate::error::{FormatError, Result};
+use crate::id::{BlobId, names};
+use crate::index::{self, Index, Location};
+use crate::keys::{self, KdfParams};
+use crate::pack::{self, Packer, SealPolicy, SealedPack};
+use crate::store::{BlobStore, PutOutcome};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Choices made once, at `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    pub pack_target_bytes: u64,
+    pub kdf: KdfParams,
+    pub key_label: String,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            pack_target_bytes: SealPolicy::default().max_bytes,
+            kdf: KdfParams::default(),
+            key_label: "initial".into(),
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn BlobStore>,
+    keys: Keys,
+    master: Zeroizing<[u8; 32]>,
+    config: RepoConfig,
+    chunker: ChunkerParams,
+    key_name: String,
+    index: RwLock<Index>,
+    dicts: RwLock<Dictionaries>,
+}
+
+/// An open repository. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.inner.store)
+            .field("repo_id", &hex::encode(&self.inner.config.repo_id))
+            .finish()
+    }
+}
+
+fn chunker_from(c: Option<&ChunkerRecord>) -> Result<ChunkerParams> {
+    let c = c.ok_or_else(|| FormatError::corrupt(names::CONFIG, "no chunker parameters"))?;
+    let p = ChunkerParams {
+        min_size: c.min_size,
+        avg_size: c.avg_size,
+        max_size: c.max_size,
+        mail_aware: c.mail_aware,
+        min_segment: c.min_segment,
+    };
+    p.validate()
+        .map_err(|e| FormatError::corrupt(names::CONFIG, e))?;
+    Ok(p)
+}
+
+impl Repository {
+    /// Creates a repository in an empty store.
+    pub async fn init(
+        store: Arc<dyn BlobStore>,
+        passphrase: &[u8],
+        opts: InitOptions,
+    ) -> Result<Repository> {
+        opts.chunker.validate()?;
+        if !(1..=22).contains(&opts.zstd_level) {
+            return Err(FormatError::Invalid(format!(
+                "zstd level {} outside 1..=22",
+                opts.zstd_level
+            )));
+        }
+        if store.size(names::CONFIG).await?.is_some() {
+            return Err(FormatError::AlreadyInitialized);
+        }
+        let master = Zeroizing::new(rand::random::<[u8; 32]>());
+        let repo_id: [u8; 16] = rand::random();
+        let key_name = names::key(&hex::encode(rand::random::<[u8; 8]>()));
+        let key_obj = keys::wrap(
+            &key_name,
+            &master,
+            passphrase,
+            opts.kdf,
+            &opts.key_label,
+            &repo_id,
+            now_ms(),
+        )?;
+        store.put(&key_name, key_obj.into()).await?;
+        let c = opts.chunker;
+        let config = RepoConfig {
+            format_version: u32::from(VERSION),
+            repo_id: repo_id.to_vec().into(),
+            chunker: Some(ChunkerRecord {
+                min_size: c.min_size,
+                avg_size: c.avg_size,
+                max_size: c.max_size,
+                mail_aware: c.mail_aware,
+                min_segment: c.min_segment,
+            }),
+            zstd_level: opts.zstd_level,
+            pack_target_bytes: opts.pack_target_bytes,
+            created_unix_ms: now_ms(),
+        };
+        let keys = Keys::derive(&master);
+        let obj = keys.seal_object(Kind::Config, names::CONFIG, &config.encode_to_vec());
+        if store.put(names::CONFIG, obj.into()).await? == PutOutcome::AlreadyExists {
+            return Err(FormatError::AlreadyInitialized);
+        }
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                master,
+                chunker: c,
+                config,
+                key_name,
+                index: RwLock::default(),
+                dicts: RwLock::default(),
+            }),
+        })
+    }
+
+    /// Opens a repository with any of its passphrases and loads its index and dictionaries.
+    pub async fn open(store: Arc<dyn BlobStore>, passphrase: &[u8]) -> Result<Repository> {
+        let key_names = store.list(names::KEYS).await?;
+        if key_names.is_empty() {
+            return Err(FormatError::NoKeys);
+        }
+        let mut damaged = None;
+        let mut found = None;
+        for name in &key_names {
+            let bytes = store.get(name).await?;
+            let parsed = match keys::parse(name, &bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    damaged = Some(e);
+                    continue;
+                }
+            };
+            if let Some(m) = keys::unwrap(name, &parsed, passphrase)? {
+                found = Some((name.clone(), m));
+                break;
+            }
+        }
+        let Some((key_name, master)) = found else {
+            return Err(damaged.unwrap_or(FormatError::WrongPassphrase {
+                keys: key_names.len(),
+            }));
+        };
+        let keys = Keys::derive(&master);
+        let cfg_bytes = store.get(names::CONFIG).await?;
+        let config = RepoConfig::decode(
+            keys.open_object(Kind::Config, names::CONFIG, &cfg_bytes)?
+                .as_slice(),
+        )
+        .map_err(|e| FormatError::corrupt(names::CONFIG, e))?;
+        if config.format_version != u32::from(VERSION) {
+            return Err(FormatError::corrupt(
+                names::CONFIG,
+                format!("format version {} unsupported", config.format_version),
+            ));
+        }
+        let chunker = chunker_from(config.chunker.as_ref())?;
+        let repo = Repository {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                master,
+                chunker,
+                config,
+                key_name,
+                index: RwLock::default(),
+                dicts: RwLock::default(),
+            }),
+        };
+        repo.refresh().await?;
+        Ok(repo)
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.store
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    pub fn chunker_params(&self) -> ChunkerParams {
+        self.inner.chunker
+    }
+
+    /// The key object this process unlocked with.
+    pub fn key_name(&self) -> &str {
+        &self.inner.key_name
+    }
+
+    pub(crate) fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.inner.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.inner.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn dicts(&self) -> std::sync::RwLockReadGuard<'_, Dictionaries> {
+        self.inner.dicts.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads index objects and dictionaries written since open (by this or other writers).
+    pub async fn refresh(&self) -> Result<()> {
+        for name in self.inner.store.list(names::DICTS).await? {
+            let id = u32::from_str_radix(name.trim_start_matches(names::DICTS), 16)
+                .map_err(|_| FormatError::corrupt(&name, "dictionary name is not 8 hex digits"))?;
+            if self.dicts().contains(id) {
+                continue;
+            }
+            let d = self.read_dictionary(&name, id).await?;
+            self.inner
+                .dicts
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d);
+        }
+        for name in self.inner.store.list(names::INDEX).await? {
+            if self.index().is_loaded(&name) {
+                continue;
+            }
+            let bytes = self.inner.store.get(&name).await?;
+            let file = index::decode(&self.inner.keys, &name, &bytes)?;
+            let mut idx = self.index_mut();
+            for p in &file.packs {
+                idx.add_pack(p)
+                    .map_err(|_| FormatError::corrupt(&name, "bad ids"))?;
+            }
+            idx.mark_loaded(name);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read_dictionary(&self, name: &str, id: u32) -> Result<Dictionary> {
+        let bytes = self.inner.store.get(name).await?;
+        let plain = self.inner.keys.open_object(Kind::Dict, name, &bytes)?;
+        if plain.len() < 8 {
+            return Err(FormatError::corrupt(name, "dictionary too short"));
+        }
+        let created = i64::from_le_bytes(plain[..8].try_into().unwrap_or_default());
+        Ok(Dictionary {
+            id,
+            created_unix_ms: created,
+            bytes: Arc::new(plain[8..].to_vec()),
+        })
+    }
+
+    /// Trains a zstd dictionary on sample chunks and stores it; writers created afterwards use it.
+    pub async fn train_dictionary(&self, samples: &[Vec<u8>], max_size: usize) -> Result<u32> {
+        let dict = compress::train(samples, max_size)?;
+        let created = now_ms();
+        let mut plain = created.to_le_bytes().to_vec();
+        plain.extend_from_slice(&dict);
+        loop {
+            let id: u32 = rand::random::<u32>() | 1;
+            let name = names::dict(id);
+            let obj = self.inner.keys.seal_object(Kind::Dict, &name, &plain);
+            if self.inner.store.put(&name, obj.into()).await? == PutOutcome::Created {
+                self.inner
+                    .dicts
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(Dictionary {
+                        id,
+                        created_unix_ms: created,
+                        bytes: Arc::new(dict),
+                    });
+                return Ok(id);
+            }
+        }
+    }
+
+    /// A writer with the default seal policy (pack size from the config).
+    pub fn writer(&self) -> Result<Writer> {
+        let policy = SealPolicy {
+            max_bytes: self.inner.config.pack_target_bytes.max(1 << 16),
+            ..SealPolicy::default()
+        };
+        Writer::new(self.clone(), policy)
+    }
+
+    pub fn writer_with_policy(&self, policy: SealPolicy) -> Result<Writer> {
+        Writer::new(self.clone(), policy)
+    }
+
+    pub fn manifest_id(&self, mailbox: &str, item_id: &str, change_key: &str) -> BlobId {
+        self.inner.keys.manifest_id(mailbox, item_id, change_key)
+    }
+
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.index().contains(id)
+    }
+
+    /// Every stored item version, by manifest id.
+    pub fn manifests(&self) -> Vec<BlobId> {
+        self.index().manifests()
+    }
+
+    /// Number of blobs (chunks and manifests) the index knows.
+    pub fn blob_count(&self) -> usize {
+        self.index().len()
+    }
+
+    /// Reads, decrypts, decompresses and (for chunks) re-hashes one blob.
+    pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = *self.index().get(id).ok_or_else(|| FormatError::NotFound {
+            what: format!("blob {id}"),
+        })?;
+        self.read_at(id, &loc).await
+    }
+
+    pub(crate) async fn read_at(&self, id: &BlobId, loc: &Location) -> Result<Vec<u8>> {
+        let name = names::pack(&loc.pack);
+        let sealed = self
+            .inner
+            .store
+            .get_range(&name, loc.offset, u64::from(loc.stored_len))
+            .await?;
+        self.decode_blob(&name, id, loc, &sealed)
+    }
+
+    pub(crate) fn decode_blob(
+        &self,
+        pack_name: &str,
+        id: &BlobId,
+        loc: &Location,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let kind = match loc.kind {
+            BlobKind::Chunk => Kind::Chunk,
+            BlobKind::Manifest => Kind::Manifest,
+            BlobKind::Unspecified => {
+                return Err(FormatError::corrupt(
+                    pack_name,
+                    format!("blob {id} has no kind"),
+                ));
+            }
+        };
+        let plain = self.inner.keys.open_blob(pack_name, kind, id, sealed)?;
+        let raw = self.dicts().decompress(
+            pack_name,
+            loc.compression,
+            loc.dict_id,
+            plain,
+            loc.raw_len as usize,
+        )?;
+        if kind == Kind::Chunk && self.inner.keys.chunk_id(&raw) != *id {
+            return Err(FormatError::corrupt(
+                pack_name,
+                format!("chunk {id} content does not match its id"),
+            ));
+        }
+        Ok(raw)
+    }
+
+    pub async fn manifest(&self, id: &BlobId) -> Result<ItemManifest> {
+        let raw = self.read_blob(id).await?;
+        ItemManifest::decode(raw.as_slice())
+            .map_err(|e| FormatError::corrupt(format!("manifest {id}"), e))
+    }
+
+    /// The item's bytes as a stream of chunks: one chunk in memory at a time.
+    pub fn item_stream(
+        &self,
+        manifest: ItemManifest,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let repo = self.clone();
+        futures::stream::unfold((repo, manifest, 0usize), |(repo, m, i)| async move {
+            let raw = m.chunks.get(i)?;
+            let res = match BlobId::from_slice(raw) {
+                Some(id) => repo.read_blob(&id).await.map(Bytes::from),
+                None => Err(FormatError::corrupt(
+                    format!("manifest of {}", m.item_id),
+                    "chunk id is not 32 bytes",
+                )),
+            };
+            Some((res, (repo, m, i + 1)))
+        })
+    }
+
+    /// Reads a whole item into memory (small items, tests).
+    pub async fn read_item(&self, manifest_id: &BlobId) -> Result<Vec<u8>> {
+        use futures::StreamExt;
+        let m = self.manifest(manifest_id).await?;
+        let mut out = Vec::with_capacity(m.size as usize);
+        let mut s = std::pin::pin!(self.item_stream(m));
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    /// Adds a key object that opens the repository with `passphrase`.
+    pub async fn add_key(&self, passphrase: &[u8], label: &str, kdf: KdfParams) -> Result<String> {
+        let name = names::key(&hex::encode(rand::random::<[u8; 8]>()));
+        let obj = keys::wrap(
+            &name,
+            &self.inner.master,
+            passphrase,
+            kdf,
+            label,
+            &self.inner.config.repo_id,
+            now_ms(),
+        )?;
+        self.inner.store.put(&name, obj.into()).await?;
+        Ok(name)
+    }
+
+    /// Lists key objects with their labels.
+    pub async fn list_keys(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for name in self.inner.store.list(names::KEYS).await? {
+            let bytes = self.inner.store.get(&name).await?;
+            let label = keys::parse(&name, &bytes)
+                .map(|k| k.header.label)
+                .unwrap_or_else(|e| format!("<{e}>"));
+            out.push((name, label));
+        }
+        Ok(out)
+    }
+
+    /// Removes a key object. Refuses to remove the last key (the data would be lost for good).
+    pub async fn remove_key(&self, name: &str) -> Result<()> {
+        let all = self.inner.store.list(names::KEYS).await?;
+        if !all.iter().any(|n| n == name) {
+            return Err(FormatError::NotFound {
+                what: format!("key {name}"),
+            });
+        }
+        if all.len() <= 1 {
+            return Err(FormatError::Invalid(
+                "refusing to remove the only key: add another first".into(),
+            ));
+        }
+        self.inner.store.delete(name).await?;
+        Ok(())
+    }
+}
+
+/// What storing one item did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemReceipt {
+    pub manifest_id: BlobId,
+    pub mailbox: String,
+    pub item_id: String,
+    pub change_key: String,
+    pub size: u64,
+    /// The item version was stored before (redelivery): nothing new was written.
+    pub already_stored: bool,
+    pub new_chunks: u32,
+    pub new_raw_bytes: u64,
+}
+
+/// Running totals of a writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub items: u64,
+    pub logical_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub new_raw_bytes: u64,
+    /// Bytes of new blobs after compression and encryption.
+    pub new_stored_bytes: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+}
+
+struct Current {
+    manifest: ItemManifest,
+    id: BlobId,
+    duplicate: bool,
+    size: u64,
+    new_chunks: u32,
+    new_raw: u64,
+    chunks: Vec<bytes::Bytes>,
+}
+
+/// Writes items into packs. Items become durable at [`Writer::flush`], which returns their
+/// receipts: acknowledge upstream only then.
+pub struct Writer {
+    repo: Repository,
+    policy: SealPolicy,
+    chunker: Chunker,
+    compressor: Compressor,
+    packer: Packer,
+    sealed: Vec<SealedPack>,
+    uploaded: Vec<PackIndex>,
+    pending: HashSet<BlobId>,
+    finished: Vec<ItemReceipt>,
+    current: Option<Current>,
+    stats: WriteStats,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Writer {
+    fn new(repo: Repository, policy: SealPolicy) -> Result<Writer> {
+        let dict = repo.dicts().newest();
+        Ok(Writer {
+            chunker: Chunker::new(repo.inner.chunker),
+            compressor: Compressor::new(repo.inner.config.zstd_level, dict.as_ref())?,
+            repo,
+            policy,
+            packer: Packer::new(),
+            sealed: Vec::new(),
+            uploaded: Vec::new(),
+            pending: HashSet::new(),
+            finished: Vec::new(),
+            current: None,
+            stats: WriteStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// Starts an item version. `meta` carries identity and metadata; chunks, size and content
+    /// id are filled in by the writer.
+    pub fn begin_item(&mut self, meta: ItemManifest) -> Result<()> {
+        if self.current.is_some() {
+            return Err(FormatError::Invalid(
+                "begin_item while another item is open".into(),
+            ));
+        }
+        let id = self
+            .repo
+            .manifest_id(&meta.mailbox, &meta.item_id, &meta.change_key);
+        let duplicate = self.repo.contains(&id) || self.pending.contains(&id);
+        self.current = Some(Current {
+            manifest: meta,
+            id,
+            duplicate,
+            size: 0,
+            new_chunks: 0,
+            new_raw: 0,
+            chunks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Whether the open item was stored before (its bytes need not be read at all).
+    pub fn current_is_duplicate(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| c.duplicate)
+    }
+
+    /// Feeds the open item's bytes. CPU-bound: call it from a blocking context in services.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(FormatError::Invalid("write without begin_item".into()));
+        };
+        if cur.duplicate {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        self.chunker
+            .push(data, &mut |c| out.push(Bytes::copy_from_slice(c)));
+        for c in out {
+            self.add_chunk(&c);
+        }
+        Ok(())
+    }
+
+    fn add_chunk(&mut self, data: &[u8]) {
+        let id = self.repo.inner.keys.chunk_id(data);
+        let cur = self
+            .current
+            .as_mut()
+            .expect("add_chunk only runs with an open item");
+        cur.size += data.len() as u64;
+        cur.chunks.push(Bytes::copy_from_slice(&id.0));
+        self.stats.chunks += 1;
+        self.stats.logical_bytes += data.len() as u64;
+        if self.pending.contains(&id) || self.repo.contains(&id) {
+            return;
+        }
+        cur.new_chunks += 1;
+        cur.new_raw += data.len() as u64;
+        self.store_blob(BlobKind::Chunk, id, data);
+    }
+
+    fn store_blob(&mut self, kind: BlobKind, id: BlobId, raw: &[u8]) {
+        let (compression, dict_id, mut buf) = self.compressor.compress(raw);
+        let ckind = if kind == BlobKind::Manifest {
+            Kind::Manifest
+        } else {
+            Kind::Chunk
+        };
+        self.repo.inner.keys.seal_blob(ckind, &id, &mut buf);
+        self.stats.new_chunks += u64::from(kind == BlobKind::Chunk);
+        self.stats.new_raw_bytes += raw.len() as u64;
+        self.stats.new_stored_bytes += buf.len() as u64;
+        self.packer.add(
+            PackEntry {
+                id: id.0.to_vec().into(),
+                kind: kind as i32,
+                offset: 0,
+                stored_len: 0,
+                raw_len: raw.len() as u32,
+                compression: compression as i32,
+                dict_id,
+            },
+            &buf,
+        );
+        self.pending.insert(id);
+        if self.policy.should_seal(&self.packer, Instant::now()) {
+            self.seal();
+        }
+    }
+
+    fn seal(&mut self) {
+        if self.packer.is_empty() {
+            return;
+        }
+        let p = std::mem::take(&mut self.packer).seal(&self.repo.inner.keys);
+        self.stats.packs += 1;
+        self.stats.pack_bytes += p.bytes.len() as u64;
+        self.sealed.push(p);
+    }
+
+    /// Closes the open item and stores its manifest. The item is durable after the next flush.
+    pub fn finish_item(&mut self) -> Result<ItemReceipt> {
+        let mut cur = self
+            .current
+            .take()
+            .ok_or_else(|| FormatError::Invalid("finish_item without begin_item".into()))?;
+        if !cur.duplicate {
+            let mut out = Vec::new();
+            self.chunker
+                .finish(&mut |c| out.push(Bytes::copy_from_slice(c)));
+            self.current = Some(cur);
+            for c in out {
+                self.add_chunk(&c);
+            }
+            cur = self.current.take().expect("restored above");
+            let mut m = cur.manifest;
+            m.size = cur.size;
+            m.content_id = self
+                .repo
+                .inner
+                .keys
+                .content_id(cur.chunks.iter().map(|c| c.as_ref()))
+                .0
+                .to_vec()
+                .into();
+            m.chunks = cur.chunks;
+            let bytes = m.encode_to_vec();
+            self.store_blob(BlobKind::Manifest, cur.id, &bytes);
+            cur.manifest = m;
+        } else {
+            self.chunker = Chunker::new(self.repo.inner.chunker);
+        }
+        self.stats.items += 1;
+        let r = ItemReceipt {
+            manifest_id: cur.id,
+            mailbox: cur.manifest.mailbox,
+            item_id: cur.manifest.item_id,
+            change_key: cur.manifest.change_key,
+            size: cur.size,
+            already_stored: cur.duplicate,
+            new_chunks: cur.new_chunks,
+            new_raw_bytes: cur.new_raw,
+        };
+        self.finished.push(r.clone());
+        Ok(r)
+    }
+
+    /// Stores a whole item held in memory.
+    pub fn add_item(&mut self, meta: ItemManifest, data: &[u8]) -> Result<ItemReceipt> {
+        self.begin_item(meta)?;
+        self.write(data)?;
+        self.finish_item()
+    }
+
+    /// Bytes sealed but not yet uploaded: callers keep this bounded by calling
+    /// [`Writer::upload_sealed`].
+    pub fn sealed_bytes(&self) -> u64 {
+        self.sealed.iter().map(|p| p.bytes.len() as u64).sum()
+    }
+
+    /// Seals the open pack if the policy's age limit has passed.
+    pub fn seal_if_due(&mut self) {
+        if self.policy.should_seal(&self.packer, Instant::now()) {
+            self.seal();
+        }
+    }
+
+    /// Uploads sealed packs. On error the packs stay queued; call again.
+    pub async fn upload_sealed(&mut self) -> Result<()> {
+        while let Some(p) = self.sealed.first() {
+            self.repo.inner.store.put(&p.name, p.bytes.clone()).await?;
+            let p = self.sealed.remove(0);
+            self.uploaded.push(p.index);
+        }
+        Ok(())
+    }
+
+    /// Seals and uploads everything, writes the index object, and returns the receipts of the
+    /// items that are now durable. Retry on error: nothing is lost or duplicated.
+    pub async fn flush(&mut self) -> Result<Vec<ItemReceipt>> {
+        if self.current.is_some() {
+            return Err(FormatError::Invalid("flush with an item open".into()));
+        }
+        self.seal();
+        self.upload_sealed().await?;
+        if !self.uploaded.is_empty() {
+            let id = BlobId::random();
+            let name = names::index(&id);
+            let obj = index::encode(&self.repo.inner.keys, &name, self.uploaded.clone());
+            self.repo.inner.store.put(&name, obj.into()).await?;
+            let mut idx = self.repo.index_mut();
+            for p in &self.uploaded {
+                idx.add_pack(p)?;
+            }
+            idx.mark_loaded(name);
+            drop(idx);
+            self.uploaded.clear();
+            self.pending.clear();
+        }
+        Ok(std::mem::take(&mut self.finished))
+    }
+}
+
+/// Reads a pack's header (two ranged reads).
+pub(crate) async fn read_pack_header(
+    repo: &Repository,
+    name: &str,
+) -> Result<(u64, mailvault_proto::storage::v1::PackHeader)> {
+    let store = &repo.inner.store;
+    let size = store
+        .size(name)
+        .await?
+        .ok_or_else(|| FormatError::NotFound {
+            what: name.to_owned(),
+        })?;
+    if size < 10 {
+        return Err(FormatError::corrupt(name, "pack too short"));
+    }
+    let tail = store.get_range(name, size - 4, 4).await?;
+    let (start, len) = pack::header_span(name, size, &tail)?;
+    let env = store.get_range(name, start, len).await?;
+    Ok((size, pack::open_header(&repo.inner.keys, name, size, &env)?))
+}
