@@ -775,7 +775,9 @@ fn sync_folder_items(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault>
         pending.push((ls, kind, *serial));
     }
     for (i, t) in folder.tombstones.iter().enumerate() {
-        if t.seq > watermark && t.created_seq <= watermark {
+        // Only items the client can know of: it consumed their position (created ≤ W) and
+        // some sync response carried them.
+        if t.seq > watermark && t.created_seq <= watermark && t.seen {
             pending.push((t.seq, Change::Delete, i as u64));
         }
     }
@@ -790,6 +792,7 @@ fn sync_folder_items(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault>
                 if ignore.contains(item_id(m.key, it.serial).as_str()) {
                     continue;
                 }
+                it.seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 let tag = if *kind == Change::Create {
                     "Create"
                 } else {
@@ -801,6 +804,7 @@ fn sync_folder_items(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault>
             }
             Change::Read => {
                 let Some(it) = m.items.get(x) else { continue };
+                it.seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 changes.push_str("<t:ReadFlagChange>");
                 write_item_id(&mut changes, "t:ItemId", m.key, it);
                 let _ = write!(

@@ -33,6 +33,9 @@ pub struct Item {
     /// Unix seconds the item arrived (Date header, else load time).
     pub received: i64,
     pub summary: Summary,
+    /// Reported by some SyncFolderItems response: only items a client may know of get a
+    /// Delete when they go.
+    pub seen: std::sync::atomic::AtomicBool,
 }
 
 impl Item {
@@ -47,6 +50,7 @@ pub struct Tombstone {
     pub created_seq: u64,
     pub serial: u64,
     pub version: u32,
+    pub seen: bool,
 }
 
 #[derive(Debug)]
@@ -443,6 +447,7 @@ impl Store {
                 read_seq: seq,
                 received,
                 summary,
+                seen: std::sync::atomic::AtomicBool::new(false),
             },
         );
         m.folders[folder as usize].items.insert(serial);
@@ -483,6 +488,7 @@ impl Store {
             created_seq: it.created_seq,
             serial,
             version: it.version,
+            seen: it.seen.load(std::sync::atomic::Ordering::Relaxed),
         });
         Ok(())
     }
