@@ -1,1 +1,547 @@
-//! EWS simulator.
+//! EWS simulator: behaves like Exchange Web Services as Microsoft documents it, over mail
+//! loaded from a maildir tree or made by `mailvault-mailgen`, mutable while it runs, with
+//! Exchange-like throttling and switchable fault injection. See `docs/ews-simulator.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use mailvault_ews_sim::{SimConfig, Simulator};
+//! let sim = Simulator::start(SimConfig::generated(7)).await?;
+//! println!("EWS at {}", sim.url());
+//! # Ok(()) }
+//! ```
+
+pub mod mime;
+pub mod ops;
+mod server;
+pub mod store;
+pub mod xml;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use mailvault_mailgen::GenConfig;
+
+pub use store::{ItemRef, StoreError};
+
+/// A user that may log in (HTTP Basic).
+#[derive(Clone)]
+pub struct Account {
+    /// `user`, `DOMAIN\user` or `user@domain` (compared case-insensitively by the user part).
+    pub name: String,
+    pub password: String,
+    /// Holds the ApplicationImpersonation role: may use `ExchangeImpersonation` and name other
+    /// mailboxes.
+    pub impersonation: bool,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("impersonation", &self.impersonation)
+            .finish()
+    }
+}
+
+/// Simulator configuration.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub domain: String,
+    pub listen: SocketAddr,
+    pub accounts: Vec<Account>,
+    /// Mail to load from `<user>/<folder>[/<sub>…]/<file>`.
+    pub maildir: Option<PathBuf>,
+    /// Mail to generate.
+    pub generate: Option<GenConfig>,
+    /// Concurrent requests allowed per account (the impersonated mailbox when impersonating),
+    /// like EWSMaxConcurrency; more get `ErrorServerBusy` (or HTTP 503).
+    pub max_concurrent_per_account: usize,
+    /// `BackOffMilliseconds` sent with a concurrency-limit `ErrorServerBusy`.
+    pub busy_backoff_ms: u64,
+    /// Answer over-limit requests with HTTP 503 instead of an `ErrorServerBusy` fault.
+    pub busy_as_http_503: bool,
+    /// Seed of the fault-injection dice.
+    pub fault_seed: u64,
+}
+
+impl SimConfig {
+    /// Empty store, account `svc-mailvault` / `secret` with impersonation rights, loopback
+    /// on a free port.
+    pub fn new(domain: &str) -> Self {
+        SimConfig {
+            domain: domain.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            accounts: vec![Account {
+                name: "svc-mailvault".into(),
+                password: "secret".into(),
+                impersonation: true,
+            }],
+            maildir: None,
+            generate: None,
+            max_concurrent_per_account: 10,
+            busy_backoff_ms: 500,
+            busy_as_http_503: false,
+            fault_seed: 1,
+        }
+    }
+
+    /// Generated mail (mailgen defaults with `seed`) in `contoso.com`.
+    pub fn generated(seed: u64) -> Self {
+        let mut c = SimConfig::new("contoso.com");
+        c.generate = Some(GenConfig {
+            seed,
+            ..GenConfig::default()
+        });
+        c
+    }
+}
+
+/// Which fault to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// SOAP fault `ErrorServerBusy` with `BackOffMilliseconds` (HTTP 500).
+    ServerBusy,
+    Http503,
+    Http500,
+    /// The response XML cut in half.
+    TruncatedXml,
+    /// A response that is not well-formed XML.
+    MalformedXml,
+    /// `ErrorInvalidSyncStateData` for a SyncFolderItems/SyncFolderHierarchy request.
+    InvalidSyncState,
+}
+
+/// Random faults: each request draws once (probabilities, 0.0–1.0), plus added latency.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    pub server_busy: f64,
+    pub http_503: f64,
+    pub http_500: f64,
+    pub truncated_xml: f64,
+    pub malformed_xml: f64,
+    pub invalid_sync_state: f64,
+    /// `BackOffMilliseconds` of injected `ErrorServerBusy`.
+    pub backoff_ms: u64,
+    /// Delay added to every request, inside the concurrency slot.
+    pub latency: Option<Duration>,
+}
+
+/// A scripted fault: the next `remaining` requests of `operation` (any when `None`) get
+/// `kind`. Rules run before the random faults, in the order added.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    pub operation: Option<String>,
+    pub kind: FaultKind,
+    pub remaining: u32,
+}
+
+/// Counters readable from tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests per operation (every authenticated, parsed request, throttled or not).
+    pub requests: BTreeMap<String, u64>,
+    pub total_requests: u64,
+    pub in_flight: usize,
+    pub max_concurrent: usize,
+    pub max_concurrent_per_account: usize,
+    /// `ErrorServerBusy`/503 answers for the concurrency limit and injected busy faults.
+    pub busy_responses: u64,
+    pub injected: BTreeMap<String, u64>,
+    pub auth_failures: u64,
+    pub impersonation_denied: u64,
+    /// SOAP faults sent, by response code.
+    pub faults: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    pub fn count(&self, op: &str) -> u64 {
+        self.requests.get(op).copied().unwrap_or(0)
+    }
+}
+
+/// One item as the store holds it.
+#[derive(Clone, Debug)]
+pub struct ItemInfo {
+    pub id: String,
+    pub change_key: String,
+    pub item_class: String,
+    pub is_read: bool,
+    pub mime: Arc<[u8]>,
+}
+
+/// One folder.
+#[derive(Clone, Debug)]
+pub struct FolderInfo {
+    pub id: String,
+    pub display_name: String,
+    pub distinguished: Option<&'static str>,
+    /// Display names from the top of the information store.
+    pub path: Vec<String>,
+    pub total: usize,
+}
+
+/// Starts simulators.
+#[derive(Debug)]
+pub struct Simulator;
+
+impl Simulator {
+    /// Loads the mail and serves on `config.listen` until the handle is shut down or dropped.
+    pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
+        let mut store = store::Store::new(&config.domain);
+        if let Some(dir) = &config.maildir {
+            store
+                .load_maildir(dir)
+                .map_err(|e| anyhow::anyhow!("loading maildir {}: {e}", dir.display()))?;
+        }
+        if let Some(gen_cfg) = &config.generate {
+            let mut g = gen_cfg.clone();
+            g.domain = config.domain.clone();
+            let corpus = mailvault_mailgen::generate(&g);
+            store.load_corpus(&corpus);
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (changed, _) = tokio::sync::watch::channel(0u64);
+        let (hold, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(server::Shared {
+            store: std::sync::RwLock::new(store),
+            faults: std::sync::Mutex::new(server::FaultState::new(config.fault_seed)),
+            config,
+            counters: std::sync::Mutex::new(server::Counters::default()),
+            changed,
+            hold,
+            tick: AtomicU64::new(0),
+        });
+        let app_state = shared.clone();
+        let app = axum::Router::new()
+            .fallback(
+                move |method: axum::http::Method,
+                      uri: axum::http::Uri,
+                      headers: axum::http::HeaderMap,
+                      body: axum::body::Bytes| {
+                    let s = app_state.clone();
+                    async move { server::handle(s, method, uri, headers, body).await }
+                },
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        Ok(SimHandle {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct SimHandle {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl SimHandle {
+    /// The EWS endpoint, `http://127.0.0.1:PORT/EWS/Exchange.asmx`.
+    pub fn url(&self) -> String {
+        format!("http://{}/EWS/Exchange.asmx", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests and waits for the server task.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    // ------------------------------------------------------------ inspection
+
+    pub fn mailboxes(&self) -> Vec<String> {
+        self.shared
+            .read_store()
+            .mailboxes
+            .iter()
+            .map(|m| m.address.clone())
+            .collect()
+    }
+
+    /// The locale a mailbox's folder names are in.
+    pub fn mailbox_locale(&self, mailbox: &str) -> Option<String> {
+        let s = self.shared.read_store();
+        s.mailbox_index(mailbox)
+            .map(|i| s.mailboxes[i].locale.clone())
+    }
+
+    /// Every folder of a mailbox below the top of the information store (depth first).
+    pub fn folders(&self, mailbox: &str) -> Vec<FolderInfo> {
+        let s = self.shared.read_store();
+        let Some(mb) = s.mailbox_index(mailbox) else {
+            return Vec::new();
+        };
+        let Some(top) = s.distinguished_folder(mb, "msgfolderroot") else {
+            return Vec::new();
+        };
+        let m = &s.mailboxes[mb];
+        s.descendants(mb, top)
+            .into_iter()
+            .map(|f| {
+                let fo = &m.folders[f as usize];
+                let mut path = vec![fo.display_name.clone()];
+                let mut p = fo.parent;
+                while let Some(x) = p {
+                    if x == top {
+                        break;
+                    }
+                    path.insert(0, m.folders[x as usize].display_name.clone());
+                    p = m.folders[x as usize].parent;
+                }
+                FolderInfo {
+                    id: store::folder_id(m.key, f),
+                    display_name: fo.display_name.clone(),
+                    distinguished: fo.distinguished,
+                    path,
+                    total: fo.items.len(),
+                }
+            })
+            .collect()
+    }
+
+    /// The id of a distinguished folder (`inbox`, `calendar`, …) of a mailbox.
+    pub fn distinguished_folder_id(&self, mailbox: &str, distinguished: &str) -> Option<String> {
+        let s = self.shared.read_store();
+        let mb = s.mailbox_index(mailbox)?;
+        let f = s.distinguished_folder(mb, distinguished)?;
+        Some(store::folder_id(s.mailboxes[mb].key, f))
+    }
+
+    /// Items of a folder (by folder id), oldest first.
+    pub fn items(&self, folder_id: &str) -> Vec<ItemInfo> {
+        let s = self.shared.read_store();
+        let Some((store::IdKind::Folder, key, serial)) = store::decode_id(folder_id) else {
+            return Vec::new();
+        };
+        let Some(mb) = s.mailbox_by_key(key) else {
+            return Vec::new();
+        };
+        let m = &s.mailboxes[mb];
+        let Some(f) = m.folders.get(serial as usize) else {
+            return Vec::new();
+        };
+        f.items
+            .iter()
+            .filter_map(|i| m.items.get(i))
+            .map(|it| ItemInfo {
+                id: store::item_id(m.key, it.serial),
+                change_key: store::change_key(b'C', it.serial, it.version),
+                item_class: it.item_class.clone(),
+                is_read: it.is_read,
+                mime: it.mime.clone(),
+            })
+            .collect()
+    }
+
+    pub fn item(&self, item_id: &str) -> Option<ItemInfo> {
+        let s = self.shared.read_store();
+        let (mb, serial) = s.find_item(item_id)?;
+        let m = &s.mailboxes[mb];
+        let it = m.items.get(&serial)?;
+        Some(ItemInfo {
+            id: item_id.to_owned(),
+            change_key: store::change_key(b'C', serial, it.version),
+            item_class: it.item_class.clone(),
+            is_read: it.is_read,
+            mime: it.mime.clone(),
+        })
+    }
+
+    pub fn total_items(&self) -> usize {
+        self.shared
+            .read_store()
+            .mailboxes
+            .iter()
+            .map(|m| m.items.len())
+            .sum()
+    }
+
+    // ------------------------------------------------------------ mutation
+
+    fn folder_target(s: &store::Store, folder_id: &str) -> Result<(usize, u32), StoreError> {
+        match store::decode_id(folder_id) {
+            Some((store::IdKind::Folder, key, serial)) => {
+                let mb = s
+                    .mailbox_by_key(key)
+                    .ok_or_else(|| StoreError::NoMailbox(folder_id.to_owned()))?;
+                let serial = u32::try_from(serial)
+                    .map_err(|_| StoreError::NoFolder(folder_id.to_owned()))?;
+                if (serial as usize) < s.mailboxes[mb].folders.len() {
+                    Ok((mb, serial))
+                } else {
+                    Err(StoreError::NoFolder(folder_id.to_owned()))
+                }
+            }
+            _ => Err(StoreError::NoFolder(folder_id.to_owned())),
+        }
+    }
+
+    /// Adds an item (unread) to a folder.
+    pub fn add_item(
+        &self,
+        folder_id: &str,
+        mime: &[u8],
+        item_class: &str,
+    ) -> Result<ItemRef, StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, f) = Self::folder_target(&s, folder_id)?;
+        let serial = s.add_item(mb, f, mime.into(), item_class, false);
+        s.item_ref(mb, serial).ok_or(StoreError::NoItem)
+    }
+
+    /// Replaces an item's content (new ChangeKey, same id).
+    pub fn change_item(&self, item_id: &str, mime: &[u8]) -> Result<ItemRef, StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, serial) = s.find_item(item_id).ok_or(StoreError::NoItem)?;
+        s.replace_content(mb, serial, mime.into())?;
+        s.item_ref(mb, serial).ok_or(StoreError::NoItem)
+    }
+
+    /// Moves an item to another folder of the same mailbox; returns its new id.
+    pub fn move_item(&self, item_id: &str, to_folder_id: &str) -> Result<ItemRef, StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, serial) = s.find_item(item_id).ok_or(StoreError::NoItem)?;
+        let (tmb, f) = Self::folder_target(&s, to_folder_id)?;
+        if tmb != mb {
+            return Err(StoreError::NoFolder(to_folder_id.to_owned()));
+        }
+        let n = s.move_item(mb, serial, f)?;
+        s.item_ref(mb, n).ok_or(StoreError::NoItem)
+    }
+
+    pub fn delete_item(&self, item_id: &str) -> Result<(), StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, serial) = s.find_item(item_id).ok_or(StoreError::NoItem)?;
+        s.remove_item(mb, serial)
+    }
+
+    /// Sets the read flag (a change bumps the ChangeKey and is a ReadFlagChange in sync).
+    pub fn set_read(&self, item_id: &str, read: bool) -> Result<ItemRef, StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, serial) = s.find_item(item_id).ok_or(StoreError::NoItem)?;
+        s.set_read(mb, serial, read)?;
+        s.item_ref(mb, serial).ok_or(StoreError::NoItem)
+    }
+
+    /// Creates a folder; returns its id.
+    pub fn create_folder(&self, parent_folder_id: &str, name: &str) -> Result<String, StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, p) = Self::folder_target(&s, parent_folder_id)?;
+        let f = s.create_folder(mb, p, name, None)?;
+        Ok(store::folder_id(s.mailboxes[mb].key, f))
+    }
+
+    pub fn rename_folder(&self, folder_id: &str, name: &str) -> Result<(), StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, f) = Self::folder_target(&s, folder_id)?;
+        s.rename_folder(mb, f, name);
+        Ok(())
+    }
+
+    /// Makes every outstanding sync state (of one mailbox, or all) invalid: the next sync
+    /// with one gets `ErrorInvalidSyncStateData`.
+    pub fn invalidate_sync_states(&self, mailbox: Option<&str>) {
+        let mut s = self.shared.write_store();
+        let mb = mailbox.and_then(|m| s.mailbox_index(m));
+        if mailbox.is_some() && mb.is_none() {
+            return;
+        }
+        s.invalidate_sync_states(mb);
+    }
+
+    // ------------------------------------------------------------ faults and counters
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock_faults().faults = faults;
+    }
+
+    pub fn clear_faults(&self) {
+        let mut f = self.shared.lock_faults();
+        f.faults = Faults::default();
+        f.rules.clear();
+    }
+
+    /// Adds a scripted fault rule.
+    pub fn inject(&self, rule: FaultRule) {
+        self.shared.lock_faults().rules.push(rule);
+    }
+
+    /// Holds every request that got a concurrency slot until [`SimHandle::release`] (to
+    /// observe concurrency in tests without timing).
+    pub fn hold(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.shared.hold.send_replace(false);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    pub fn reset_stats(&self) {
+        let mut c = self.shared.lock_counters();
+        let inflight = std::mem::take(&mut c.inflight);
+        let total = c.inflight_total;
+        *c = server::Counters::default();
+        c.inflight = inflight;
+        c.inflight_total = total;
+    }
+
+    /// Waits until `cond` holds for the counters (re-checked on every counter change).
+    pub async fn wait_for(&self, mut cond: impl FnMut(&Stats) -> bool) {
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            if cond(&self.stats()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
