@@ -306,3 +306,8 @@ mod tests {
         assert_ne!(a.manifest_id("m", "i", "c"), a.manifest_id("m", "ic", ""));
     }
 }
+
+/// The unkeyed checksum that ends key objects.
+pub fn checksum(bytes: &[u8]) -> blake3::Hash {
+    blake3::hash(bytes)
+}

@@ -102,7 +102,7 @@ pub fn wrap(
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&secret);
     out.extend_from_slice(&tag);
-    let sum = blake3::hash(&out);
+    let sum = crypto::checksum(&out);
     out.extend_from_slice(sum.as_bytes());
     Ok(out)
 }
@@ -122,7 +122,7 @@ pub fn parse<'a>(name: &str, bytes: &'a [u8]) -> Result<ParsedKey<'a>> {
         return Err(FormatError::corrupt(name, "key object truncated"));
     }
     let (body, sum) = bytes.split_at(bytes.len() - 32);
-    if blake3::hash(body).as_bytes() != sum {
+    if crypto::checksum(body).as_bytes() != sum {
         return Err(FormatError::corrupt(name, "key object checksum mismatch"));
     }
     let n = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]) as usize;

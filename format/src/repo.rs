@@ -90,6 +90,20 @@ fn chunker_from(c: Option<&ChunkerRecord>) -> Result<ChunkerParams> {
     Ok(p)
 }
 
+/// Checks a decoded config and returns its chunker parameters.
+pub fn validate_config(config: &RepoConfig) -> Result<ChunkerParams> {
+    if config.format_version != u32::from(VERSION) {
+        return Err(FormatError::corrupt(
+            names::CONFIG,
+            format!("format version {} unsupported", config.format_version),
+        ));
+    }
+    if !(1..=22).contains(&config.zstd_level) {
+        return Err(FormatError::corrupt(names::CONFIG, format!("zstd level {}", config.zstd_level)));
+    }
+    chunker_from(config.chunker.as_ref())
+}
+
 impl Repository {
     /// Creates a repository in an empty store.
     pub async fn init(
@@ -188,13 +202,7 @@ impl Repository {
                 .as_slice(),
         )
         .map_err(|e| FormatError::corrupt(names::CONFIG, e))?;
-        if config.format_version != u32::from(VERSION) {
-            return Err(FormatError::corrupt(
-                names::CONFIG,
-                format!("format version {} unsupported", config.format_version),
-            ));
-        }
-        let chunker = chunker_from(config.chunker.as_ref())?;
+        let chunker = validate_config(&config)?;
         let repo = Repository {
             inner: Arc::new(Inner {
                 store,
