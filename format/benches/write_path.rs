@@ -271,6 +271,24 @@ fn main() {
         );
     }
 
+    for group in [16u32, 64, 128, 512] {
+        let (s, st, t) = store_all(
+            &msgs,
+            InitOptions {
+                group_target_bytes: group * 1024,
+                ..fast.clone()
+            },
+            1000,
+        );
+        println!(
+            "  group target {group:>3} KiB:  {:>8.1} MB ({:.1} %), {} packs, write path {:.0} MB/s",
+            s as f64 / 1e6,
+            100.0 * s as f64 / raw as f64,
+            st.packs,
+            mbps(raw, t)
+        );
+    }
+
     println!();
     println!("dedupe: one message to N mailboxes (Sent Items + N Inbox copies + journal report)");
     for (n, att) in [(10usize, 0usize), (50, 0), (50, 200_000)] {

@@ -26,8 +26,8 @@ pub enum Kind {
     PackHeader = 4,
     Index = 5,
     Dict = 6,
-    Chunk = 16,
-    Manifest = 17,
+    /// A group of blobs inside a pack.
+    Group = 16,
 }
 
 impl Kind {
@@ -39,8 +39,7 @@ impl Kind {
             4 => Kind::PackHeader,
             5 => Kind::Index,
             6 => Kind::Dict,
-            16 => Kind::Chunk,
-            17 => Kind::Manifest,
+            16 => Kind::Group,
             _ => return None,
         })
     }
@@ -83,12 +82,17 @@ fn aad(kind: Kind, id: &[u8]) -> Vec<u8> {
     a
 }
 
+fn group_aad(pack: &BlobId, offset: u64) -> Vec<u8> {
+    let mut a = aad(Kind::Group, &pack.0);
+    a.extend_from_slice(&offset.to_le_bytes());
+    a
+}
+
 /// The data keys of a repository, all derived from its 32-byte master secret.
 pub struct Keys {
     cipher: Aes256GcmSiv,
     id_key: Zeroizing<[u8; 32]>,
     manifest_key: Zeroizing<[u8; 32]>,
-    nonce_key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -111,10 +115,6 @@ impl Keys {
             )),
             manifest_key: Zeroizing::new(blake3::derive_key(
                 "mailvault 2026 v1 manifest id key",
-                master_secret,
-            )),
-            nonce_key: Zeroizing::new(blake3::derive_key(
-                "mailvault 2026 v1 nonce key",
                 master_secret,
             )),
         }
@@ -146,52 +146,55 @@ impl Keys {
         BlobId(*h.finalize().as_bytes())
     }
 
-    /// The nonce of a blob inside a pack: derived, not stored (12 bytes saved per blob).
-    /// Blob ids are unique per content, so a nonce never repeats for different plaintexts.
-    fn blob_nonce(&self, kind: Kind, id: &BlobId) -> [u8; NONCE_LEN] {
-        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
-        h.update(&[kind as u8]);
-        h.update(&id.0);
-        let mut n = [0u8; NONCE_LEN];
-        n.copy_from_slice(&h.finalize().as_bytes()[..NONCE_LEN]);
-        n
-    }
-
-    /// Encrypts a blob in place: `buf` becomes ciphertext followed by the tag.
-    pub fn seal_blob(&self, kind: Kind, id: &BlobId, buf: &mut Vec<u8>) {
-        let nonce = self.blob_nonce(kind, id);
+    /// Seals a group of blobs placed at `offset` in pack `pack`: `nonce ‖ ciphertext ‖ tag`.
+    /// The pack id and offset are bound in, so groups cannot be swapped or moved unnoticed.
+    pub fn seal_group(&self, pack: &BlobId, offset: u64, mut buf: Vec<u8>) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad(kind, &id.0), buf)
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                &group_aad(pack, offset),
+                &mut buf,
+            )
             .expect("AES-GCM-SIV encryption fails only for messages over 64 GiB");
-        buf.extend_from_slice(&tag);
+        let mut out = Vec::with_capacity(NONCE_LEN + buf.len() + TAG_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        out.extend_from_slice(&tag);
+        out
     }
 
-    /// Decrypts a blob sealed by [`Keys::seal_blob`]; `object` names it in errors.
-    pub fn open_blob(
+    /// Opens a group sealed by [`Keys::seal_group`]; `object` names the pack in errors.
+    pub fn open_group(
         &self,
         object: &str,
-        kind: Kind,
-        id: &BlobId,
+        pack: &BlobId,
+        offset: u64,
         sealed: &[u8],
     ) -> Result<Vec<u8>> {
-        if sealed.len() < TAG_LEN {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
             return Err(FormatError::corrupt(
                 object,
-                format!("blob {id} shorter than its tag"),
+                format!("group at {offset} shorter than nonce and tag"),
             ));
         }
-        let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         let mut buf = ct.to_vec();
-        let nonce = self.blob_nonce(kind, id);
         self.cipher
             .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                &aad(kind, &id.0),
+                Nonce::from_slice(nonce),
+                &group_aad(pack, offset),
                 &mut buf,
                 tag.into(),
             )
-            .map_err(|_| FormatError::corrupt(object, format!("blob {id} fails authentication")))?;
+            .map_err(|_| {
+                FormatError::corrupt(
+                    object,
+                    format!("group at offset {offset} fails authentication"),
+                )
+            })?;
         Ok(buf)
     }
 
@@ -282,19 +285,20 @@ mod tests {
     }
 
     #[test]
-    fn blob_round_trip_and_binding() {
+    fn group_round_trip_and_binding() {
         let k = Keys::derive(&[1u8; 32]);
-        let id = k.chunk_id(b"data");
-        let mut buf = b"data".to_vec();
-        k.seal_blob(Kind::Chunk, &id, &mut buf);
-        assert_eq!(buf.len(), 4 + TAG_LEN);
-        assert_eq!(
-            k.open_blob("p", Kind::Chunk, &id, &buf).expect("open"),
-            b"data"
+        let pack = BlobId([5u8; 32]);
+        let sealed = k.seal_group(&pack, 6, b"data".to_vec());
+        assert_eq!(sealed.len(), NONCE_LEN + 4 + TAG_LEN);
+        assert_eq!(k.open_group("p", &pack, 6, &sealed).expect("open"), b"data");
+        assert!(
+            k.open_group("p", &pack, 7, &sealed).is_err(),
+            "offset bound"
         );
-        assert!(k.open_blob("p", Kind::Manifest, &id, &buf).is_err());
-        let other = k.chunk_id(b"other");
-        assert!(k.open_blob("p", Kind::Chunk, &other, &buf).is_err());
+        assert!(
+            k.open_group("p", &BlobId([6u8; 32]), 6, &sealed).is_err(),
+            "pack bound"
+        );
     }
 
     #[test]

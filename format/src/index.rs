@@ -3,18 +3,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use mailvault_proto::storage::v1::{BlobKind, Compression, IndexFile, PackEntry, PackIndex};
+use mailvault_proto::storage::v1::{
+    BlobEntry, BlobKind, Compression, GroupEntry, IndexFile, PackIndex,
+};
 use prost::Message;
 
 use crate::crypto::{Keys, Kind};
 use crate::error::{FormatError, Result};
 use crate::id::BlobId;
 
-/// The location of one blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
+/// The group a blob lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupLoc {
     pub pack: BlobId,
-    pub kind: BlobKind,
     pub offset: u64,
     pub stored_len: u32,
     pub raw_len: u32,
@@ -22,16 +23,35 @@ pub struct Location {
     pub dict_id: u32,
 }
 
-impl Location {
-    pub fn from_entry(pack: BlobId, e: &PackEntry) -> Self {
-        Location {
+/// The location of one blob: its group and its place in the group's plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub group: GroupLoc,
+    pub kind: BlobKind,
+    pub offset: u32,
+    pub raw_len: u32,
+}
+
+impl GroupLoc {
+    pub fn from_entry(pack: BlobId, g: &GroupEntry) -> Self {
+        GroupLoc {
             pack,
-            kind: BlobKind::try_from(e.kind).unwrap_or(BlobKind::Unspecified),
-            offset: e.offset,
-            stored_len: e.stored_len,
-            raw_len: e.raw_len,
-            compression: Compression::try_from(e.compression).unwrap_or(Compression::None),
-            dict_id: e.dict_id,
+            offset: g.offset,
+            stored_len: g.stored_len,
+            raw_len: g.raw_len,
+            compression: Compression::try_from(g.compression).unwrap_or(Compression::None),
+            dict_id: g.dict_id,
+        }
+    }
+}
+
+impl Location {
+    pub fn new(group: GroupLoc, b: &BlobEntry) -> Self {
+        Location {
+            group,
+            kind: BlobKind::try_from(b.kind).unwrap_or(BlobKind::Unspecified),
+            offset: b.offset,
+            raw_len: b.raw_len,
         }
     }
 }
@@ -72,12 +92,15 @@ impl Index {
     pub fn add_pack(&mut self, p: &PackIndex) -> Result<()> {
         let pack = BlobId::from_slice(&p.pack_id)
             .ok_or_else(|| FormatError::corrupt("index", "pack id is not 32 bytes"))?;
-        for e in &p.entries {
-            let id = BlobId::from_slice(&e.id)
-                .ok_or_else(|| FormatError::corrupt("index", "blob id is not 32 bytes"))?;
-            self.blobs
-                .entry(id)
-                .or_insert_with(|| Location::from_entry(pack, e));
+        for g in &p.groups {
+            let group = GroupLoc::from_entry(pack, g);
+            for b in &g.blobs {
+                let id = BlobId::from_slice(&b.id)
+                    .ok_or_else(|| FormatError::corrupt("index", "blob id is not 32 bytes"))?;
+                self.blobs
+                    .entry(id)
+                    .or_insert_with(|| Location::new(group, b));
+            }
         }
         Ok(())
     }

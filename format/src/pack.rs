@@ -1,12 +1,12 @@
 //! Packs: many encrypted blobs in one object, located by an encrypted header at its end.
 //!
 //! ```text
-//! "MVLT" 01 03 | blob 0 | blob 1 | … | header envelope | u32 LE length of the header envelope
+//! "MVLT" 01 03 | group 0 | group 1 | … | header envelope | u32 LE length of the header envelope
 //! ```
 
 use std::time::{Duration, Instant};
 
-use mailvault_proto::storage::v1::{PackEntry, PackHeader, PackIndex};
+use mailvault_proto::storage::v1::{GroupEntry, PackHeader, PackIndex};
 use prost::Message;
 
 use crate::crypto::{self, HEADER_LEN, Keys, Kind};
@@ -45,7 +45,8 @@ impl SealPolicy {
 pub struct Packer {
     id: BlobId,
     buf: Vec<u8>,
-    entries: Vec<PackEntry>,
+    groups: Vec<GroupEntry>,
+    blobs: usize,
     opened: Instant,
 }
 
@@ -63,36 +64,44 @@ impl Packer {
         Packer {
             id: BlobId::random(),
             buf: crypto::header(Kind::Pack).to_vec(),
-            entries: Vec::new(),
+            groups: Vec::new(),
+            blobs: 0,
             opened: Instant::now(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.groups.is_empty()
     }
 
     pub fn len_bytes(&self) -> u64 {
         self.buf.len() as u64
     }
 
-    pub fn blob_count(&self) -> usize {
-        self.entries.len()
+    pub fn opened(&self) -> Instant {
+        self.opened
     }
 
-    /// Appends an already sealed blob; `entry.offset` and `stored_len` are filled in here.
-    pub fn add(&mut self, mut entry: PackEntry, sealed: &[u8]) {
+    pub fn blob_count(&self) -> usize {
+        self.blobs
+    }
+
+    /// Seals a group's (compressed) plaintext and appends it; `entry.offset` and `stored_len`
+    /// are filled in here.
+    pub fn add_group(&mut self, keys: &Keys, mut entry: GroupEntry, data: Vec<u8>) {
         entry.offset = self.buf.len() as u64;
+        let sealed = keys.seal_group(&self.id, entry.offset, data);
         entry.stored_len = sealed.len() as u32;
-        self.buf.extend_from_slice(sealed);
-        self.entries.push(entry);
+        self.buf.extend_from_slice(&sealed);
+        self.blobs += entry.blobs.len();
+        self.groups.push(entry);
     }
 
     pub fn seal(self, keys: &Keys) -> SealedPack {
         let name = names::pack(&self.id);
         let header = PackHeader {
             pack_id: self.id.0.to_vec().into(),
-            entries: self.entries.clone(),
+            groups: self.groups.clone(),
         };
         let env = keys.seal_object(Kind::PackHeader, &name, &header.encode_to_vec());
         let mut buf = self.buf;
@@ -102,7 +111,7 @@ impl Packer {
             id: self.id,
             index: PackIndex {
                 pack_id: self.id.0.to_vec().into(),
-                entries: self.entries,
+                groups: self.groups,
                 pack_size: buf.len() as u64,
             },
             name,
@@ -141,16 +150,22 @@ pub fn open_header(keys: &Keys, name: &str, size: u64, envelope: &[u8]) -> Resul
     let header = PackHeader::decode(plain.as_slice())
         .map_err(|e| FormatError::corrupt(name, format!("pack header: {e}")))?;
     let header_start = size - 4 - envelope.len() as u64;
-    for e in &header.entries {
-        let end = e.offset.checked_add(u64::from(e.stored_len));
-        if e.offset < HEADER_LEN as u64
-            || end.is_none_or(|end| end > header_start)
-            || e.id.len() != 32
-        {
+    for g in &header.groups {
+        let end = g.offset.checked_add(u64::from(g.stored_len));
+        if g.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > header_start) {
             return Err(FormatError::corrupt(
                 name,
-                "pack header entry points outside the pack",
+                "pack header: a group lies outside the pack",
             ));
+        }
+        for b in &g.blobs {
+            if b.id.len() != 32 || u64::from(b.offset) + u64::from(b.raw_len) > u64::from(g.raw_len)
+            {
+                return Err(FormatError::corrupt(
+                    name,
+                    "pack header: a blob lies outside its group",
+                ));
+            }
         }
     }
     Ok(header)

@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::Stream;
 use mailvault_proto::storage::v1::{
-    BlobKind, ChunkerParams as ChunkerRecord, ItemManifest, PackEntry, PackIndex, RepoConfig,
+    BlobEntry, BlobKind, ChunkerParams as ChunkerRecord, GroupEntry, ItemManifest, PackIndex,
+    RepoConfig,
 };
 use prost::Message;
 use zeroize::Zeroizing;
@@ -17,7 +18,7 @@ use crate::compress::{self, Compressor, Dictionaries, Dictionary};
 use crate::crypto::{Keys, Kind, VERSION};
 use crate::error::{FormatError, Result};
 use crate::id::{BlobId, names};
-use crate::index::{self, Index, Location};
+use crate::index::{self, GroupLoc, Index, Location};
 use crate::keys::{self, KdfParams};
 use crate::pack::{self, Packer, SealPolicy, SealedPack};
 use crate::store::{BlobStore, PutOutcome};
@@ -34,6 +35,8 @@ pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub zstd_level: i32,
     pub pack_target_bytes: u64,
+    /// Blobs are compressed and sealed together until a group holds this many bytes.
+    pub group_target_bytes: u32,
     pub kdf: KdfParams,
     pub key_label: String,
 }
@@ -44,6 +47,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams::default(),
             zstd_level: 3,
             pack_target_bytes: SealPolicy::default().max_bytes,
+            group_target_bytes: 128 * 1024,
             kdf: KdfParams::default(),
             key_label: "initial".into(),
         }
@@ -59,7 +63,11 @@ struct Inner {
     key_name: String,
     index: RwLock<Index>,
     dicts: RwLock<Dictionaries>,
+    /// The last few decoded groups: an item's chunks usually share one.
+    groups: std::sync::Mutex<std::collections::VecDeque<(GroupLoc, Arc<Vec<u8>>)>>,
 }
+
+const GROUP_CACHE: usize = 4;
 
 /// An open repository. Cheap to clone; share one per process.
 #[derive(Clone)]
@@ -99,7 +107,16 @@ pub fn validate_config(config: &RepoConfig) -> Result<ChunkerParams> {
         ));
     }
     if !(1..=22).contains(&config.zstd_level) {
-        return Err(FormatError::corrupt(names::CONFIG, format!("zstd level {}", config.zstd_level)));
+        return Err(FormatError::corrupt(
+            names::CONFIG,
+            format!("zstd level {}", config.zstd_level),
+        ));
+    }
+    if !(1..=(16 << 20)).contains(&config.group_target_bytes) {
+        return Err(FormatError::corrupt(
+            names::CONFIG,
+            format!("group target {}", config.group_target_bytes),
+        ));
     }
     chunker_from(config.chunker.as_ref())
 }
@@ -112,6 +129,12 @@ impl Repository {
         opts: InitOptions,
     ) -> Result<Repository> {
         opts.chunker.validate()?;
+        if !(1..=(16 << 20)).contains(&opts.group_target_bytes) {
+            return Err(FormatError::Invalid(format!(
+                "group target {} outside 1 B..16 MiB",
+                opts.group_target_bytes
+            )));
+        }
         if !(1..=22).contains(&opts.zstd_level) {
             return Err(FormatError::Invalid(format!(
                 "zstd level {} outside 1..=22",
@@ -147,6 +170,7 @@ impl Repository {
             }),
             zstd_level: opts.zstd_level,
             pack_target_bytes: opts.pack_target_bytes,
+            group_target_bytes: opts.group_target_bytes,
             created_unix_ms: now_ms(),
         };
         let keys = Keys::derive(&master);
@@ -164,6 +188,7 @@ impl Repository {
                 key_name,
                 index: RwLock::default(),
                 dicts: RwLock::default(),
+                groups: Default::default(),
             }),
         })
     }
@@ -213,6 +238,7 @@ impl Repository {
                 key_name,
                 index: RwLock::default(),
                 dicts: RwLock::default(),
+                groups: Default::default(),
             }),
         };
         repo.refresh().await?;
@@ -362,47 +388,78 @@ impl Repository {
     }
 
     pub(crate) async fn read_at(&self, id: &BlobId, loc: &Location) -> Result<Vec<u8>> {
-        let name = names::pack(&loc.pack);
+        let plain = self.group_plain(&loc.group).await?;
+        self.extract(&names::pack(&loc.group.pack), id, loc, &plain)
+    }
+
+    async fn group_plain(&self, g: &GroupLoc) -> Result<Arc<Vec<u8>>> {
+        let cached = {
+            let c = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
+            c.iter().find(|(k, _)| k == g).map(|(_, v)| v.clone())
+        };
+        if let Some(v) = cached {
+            return Ok(v);
+        }
+        let name = names::pack(&g.pack);
         let sealed = self
             .inner
             .store
-            .get_range(&name, loc.offset, u64::from(loc.stored_len))
+            .get_range(&name, g.offset, u64::from(g.stored_len))
             .await?;
-        self.decode_blob(&name, id, loc, &sealed)
+        let plain = Arc::new(self.decode_group(&name, g, &sealed)?);
+        let mut c = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= GROUP_CACHE {
+            c.pop_front();
+        }
+        c.push_back((*g, plain.clone()));
+        Ok(plain)
     }
 
-    pub(crate) fn decode_blob(
+    /// Decrypts and decompresses one group.
+    pub(crate) fn decode_group(
+        &self,
+        pack_name: &str,
+        g: &GroupLoc,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let plain = self
+            .inner
+            .keys
+            .open_group(pack_name, &g.pack, g.offset, sealed)?;
+        self.dicts().decompress(
+            pack_name,
+            g.compression,
+            g.dict_id,
+            plain,
+            g.raw_len as usize,
+        )
+    }
+
+    /// Takes one blob out of its group's plaintext; a chunk is re-hashed against its id.
+    pub(crate) fn extract(
         &self,
         pack_name: &str,
         id: &BlobId,
         loc: &Location,
-        sealed: &[u8],
+        group: &[u8],
     ) -> Result<Vec<u8>> {
-        let kind = match loc.kind {
-            BlobKind::Chunk => Kind::Chunk,
-            BlobKind::Manifest => Kind::Manifest,
-            BlobKind::Unspecified => {
-                return Err(FormatError::corrupt(
-                    pack_name,
-                    format!("blob {id} has no kind"),
-                ));
-            }
-        };
-        let plain = self.inner.keys.open_blob(pack_name, kind, id, sealed)?;
-        let raw = self.dicts().decompress(
-            pack_name,
-            loc.compression,
-            loc.dict_id,
-            plain,
-            loc.raw_len as usize,
-        )?;
-        if kind == Kind::Chunk && self.inner.keys.chunk_id(&raw) != *id {
-            return Err(FormatError::corrupt(
+        let start = loc.offset as usize;
+        let raw = group
+            .get(start..start + loc.raw_len as usize)
+            .ok_or_else(|| {
+                FormatError::corrupt(pack_name, format!("blob {id} lies outside its group"))
+            })?;
+        match loc.kind {
+            BlobKind::Chunk if self.inner.keys.chunk_id(raw) != *id => Err(FormatError::corrupt(
                 pack_name,
                 format!("chunk {id} content does not match its id"),
-            ));
+            )),
+            BlobKind::Unspecified => Err(FormatError::corrupt(
+                pack_name,
+                format!("blob {id} has no kind"),
+            )),
+            _ => Ok(raw.to_vec()),
         }
-        Ok(raw)
     }
 
     pub async fn manifest(&self, id: &BlobId) -> Result<ItemManifest> {
@@ -517,6 +574,12 @@ pub struct WriteStats {
     pub pack_bytes: u64,
 }
 
+#[derive(Default)]
+struct GroupBuf {
+    raw: Vec<u8>,
+    blobs: Vec<BlobEntry>,
+}
+
 struct Current {
     manifest: ItemManifest,
     id: BlobId,
@@ -534,6 +597,8 @@ pub struct Writer {
     policy: SealPolicy,
     chunker: Chunker,
     compressor: Compressor,
+    group: GroupBuf,
+    group_target: usize,
     packer: Packer,
     sealed: Vec<SealedPack>,
     uploaded: Vec<PackIndex>,
@@ -557,6 +622,8 @@ impl Writer {
         Ok(Writer {
             chunker: Chunker::new(repo.inner.chunker),
             compressor: Compressor::new(repo.inner.config.zstd_level, dict.as_ref())?,
+            group: GroupBuf::default(),
+            group_target: repo.inner.config.group_target_bytes as usize,
             repo,
             policy,
             packer: Packer::new(),
@@ -610,12 +677,10 @@ impl Writer {
         if cur.duplicate {
             return Ok(());
         }
-        let mut out = Vec::new();
-        self.chunker
-            .push(data, &mut |c| out.push(Bytes::copy_from_slice(c)));
-        for c in out {
-            self.add_chunk(&c);
-        }
+        let mut chunker =
+            std::mem::replace(&mut self.chunker, Chunker::new(self.repo.inner.chunker));
+        chunker.push(data, &mut |c| self.add_chunk(c));
+        self.chunker = chunker;
         Ok(())
     }
 
@@ -638,35 +703,46 @@ impl Writer {
     }
 
     fn store_blob(&mut self, kind: BlobKind, id: BlobId, raw: &[u8]) {
-        let (compression, dict_id, mut buf) = self.compressor.compress(raw);
-        let ckind = if kind == BlobKind::Manifest {
-            Kind::Manifest
-        } else {
-            Kind::Chunk
-        };
-        self.repo.inner.keys.seal_blob(ckind, &id, &mut buf);
         self.stats.new_chunks += u64::from(kind == BlobKind::Chunk);
         self.stats.new_raw_bytes += raw.len() as u64;
-        self.stats.new_stored_bytes += buf.len() as u64;
-        self.packer.add(
-            PackEntry {
-                id: id.0.to_vec().into(),
-                kind: kind as i32,
-                offset: 0,
-                stored_len: 0,
-                raw_len: raw.len() as u32,
-                compression: compression as i32,
-                dict_id,
-            },
-            &buf,
-        );
+        self.group.blobs.push(BlobEntry {
+            id: id.0.to_vec().into(),
+            kind: kind as i32,
+            offset: self.group.raw.len() as u32,
+            raw_len: raw.len() as u32,
+        });
+        self.group.raw.extend_from_slice(raw);
         self.pending.insert(id);
-        if self.policy.should_seal(&self.packer, Instant::now()) {
-            self.seal();
+        if self.group.raw.len() >= self.group_target {
+            self.close_group();
+            if self.policy.should_seal(&self.packer, Instant::now()) {
+                self.seal();
+            }
         }
     }
 
+    /// Compresses and seals the open group into the open pack.
+    fn close_group(&mut self) {
+        if self.group.blobs.is_empty() {
+            return;
+        }
+        let g = std::mem::take(&mut self.group);
+        let (compression, dict_id, data) = self.compressor.compress(&g.raw);
+        let entry = GroupEntry {
+            offset: 0,
+            stored_len: 0,
+            raw_len: g.raw.len() as u32,
+            compression: compression as i32,
+            dict_id,
+            blobs: g.blobs,
+        };
+        let before = self.packer.len_bytes();
+        self.packer.add_group(&self.repo.inner.keys, entry, data);
+        self.stats.new_stored_bytes += self.packer.len_bytes() - before;
+    }
+
     fn seal(&mut self) {
+        self.close_group();
         if self.packer.is_empty() {
             return;
         }
@@ -683,13 +759,11 @@ impl Writer {
             .take()
             .ok_or_else(|| FormatError::Invalid("finish_item without begin_item".into()))?;
         if !cur.duplicate {
-            let mut out = Vec::new();
-            self.chunker
-                .finish(&mut |c| out.push(Bytes::copy_from_slice(c)));
             self.current = Some(cur);
-            for c in out {
-                self.add_chunk(&c);
-            }
+            let mut chunker =
+                std::mem::replace(&mut self.chunker, Chunker::new(self.repo.inner.chunker));
+            chunker.finish(&mut |c| self.add_chunk(c));
+            self.chunker = chunker;
             cur = self.current.take().expect("restored above");
             let mut m = cur.manifest;
             m.size = cur.size;
@@ -738,7 +812,8 @@ impl Writer {
 
     /// Seals the open pack if the policy's age limit has passed.
     pub fn seal_if_due(&mut self) {
-        if self.policy.should_seal(&self.packer, Instant::now()) {
+        let has_data = !self.packer.is_empty() || !self.group.blobs.is_empty();
+        if has_data && self.packer.opened().elapsed() >= self.policy.max_age {
             self.seal();
         }
     }

@@ -9,7 +9,7 @@ use prost::Message;
 use crate::crypto::{self, Kind};
 use crate::error::{FormatError, Result};
 use crate::id::{BlobId, names};
-use crate::index::{self, Location};
+use crate::index::{self, GroupLoc, Location};
 use crate::keys;
 use crate::pack;
 use crate::repo::{Repository, read_pack_header};
@@ -120,14 +120,17 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
                 ck.problem(&name, "pack id is not 32 bytes");
                 continue;
             };
-            for e in &p.entries {
-                let Some(bid) = BlobId::from_slice(&e.id) else {
-                    ck.problem(&name, "blob id is not 32 bytes");
-                    continue;
-                };
-                let loc = Location::from_entry(pid, e);
-                located.entry(bid).or_insert(loc);
-                by_pack.entry(pid).or_default().push((bid, loc));
+            for g in &p.groups {
+                let group = GroupLoc::from_entry(pid, g);
+                for b in &g.blobs {
+                    let Some(bid) = BlobId::from_slice(&b.id) else {
+                        ck.problem(&name, "blob id is not 32 bytes");
+                        continue;
+                    };
+                    let loc = Location::new(group, b);
+                    located.entry(bid).or_insert(loc);
+                    by_pack.entry(pid).or_default().push((bid, loc));
+                }
             }
         }
     }
@@ -147,16 +150,30 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
             let bytes = store.get(name).await?;
             match pack::parse(keys_, name, &bytes) {
                 Ok(h) => {
-                    for e in &h.entries {
-                        let Some(bid) = BlobId::from_slice(&e.id) else {
-                            continue;
-                        };
-                        let loc = Location::from_entry(pid, e);
-                        let span = e.offset as usize..(e.offset + u64::from(e.stored_len)) as usize;
-                        ck.report.blobs_read += 1;
-                        if let Err(err) = repo.decode_blob(name, &bid, &loc, &bytes[span]) {
-                            let p = ck.from_error(name, err);
-                            ck.damaged.insert(bid, p);
+                    for g in &h.groups {
+                        let group = GroupLoc::from_entry(pid, g);
+                        let span = g.offset as usize..(g.offset + u64::from(g.stored_len)) as usize;
+                        let ids: Vec<Option<BlobId>> =
+                            g.blobs.iter().map(|b| BlobId::from_slice(&b.id)).collect();
+                        ck.report.blobs_read += g.blobs.len();
+                        match repo.decode_group(name, &group, &bytes[span]) {
+                            Ok(plain) => {
+                                for (b, bid) in g.blobs.iter().zip(&ids) {
+                                    let Some(bid) = bid else { continue };
+                                    if let Err(err) =
+                                        repo.extract(name, bid, &Location::new(group, b), &plain)
+                                    {
+                                        let p = ck.from_error(name, err);
+                                        ck.damaged.insert(*bid, p);
+                                    }
+                                }
+                            }
+                            Err(err) => {
+                                let p = ck.from_error(name, err);
+                                for bid in ids.into_iter().flatten() {
+                                    ck.damaged.insert(bid, p);
+                                }
+                            }
                         }
                     }
                     Ok(h)
@@ -175,13 +192,17 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
         };
         match header {
             Ok(h) => {
-                let entries: HashMap<Vec<u8>, (u64, u32)> = h
-                    .entries
-                    .iter()
-                    .map(|e| (e.id.to_vec(), (e.offset, e.stored_len)))
-                    .collect();
+                let mut entries: HashMap<BlobId, Location> = HashMap::new();
+                for g in &h.groups {
+                    let group = GroupLoc::from_entry(pid, g);
+                    for b in &g.blobs {
+                        if let Some(bid) = BlobId::from_slice(&b.id) {
+                            entries.insert(bid, Location::new(group, b));
+                        }
+                    }
+                }
                 for (bid, loc) in &claimed {
-                    if entries.get(bid.0.as_slice()) != Some(&(loc.offset, loc.stored_len)) {
+                    if entries.get(bid) != Some(loc) {
                         let p = ck.problem(
                             name,
                             format!(
@@ -228,12 +249,12 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
         }
         let m = match repo.read_at(&mid, &loc).await.and_then(|raw| {
             ItemManifest::decode(raw.as_slice()).map_err(|e| {
-                FormatError::corrupt(names::pack(&loc.pack), format!("manifest {mid}: {e}"))
+                FormatError::corrupt(names::pack(&loc.group.pack), format!("manifest {mid}: {e}"))
             })
         }) {
             Ok(m) => m,
             Err(e) => {
-                let p = ck.from_error(&names::pack(&loc.pack), e);
+                let p = ck.from_error(&names::pack(&loc.group.pack), e);
                 ck.report.problems[p].items.push(label_unknown);
                 continue;
             }
