@@ -182,7 +182,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut p = Vec::new();
         if !(self.ews.url.starts_with("https://") || self.ews.url.starts_with("http://")) {
-            p.push(format!("ews.url must be an http(s) URL, got {:?}", self.ews.url));
+            p.push(format!(
+                "ews.url must be an http(s) URL, got {:?}",
+                self.ews.url
+            ));
         }
         if self.ews.username.is_empty() {
             p.push("ews.username is empty".into());
@@ -193,7 +196,12 @@ impl Config {
                 self.ews.password_file.display()
             ));
         }
-        for (name, f) in [("ews.ca_file", &self.ews.ca_file), ("nats.ca_file", &self.nats.ca_file), ("nats.creds_file", &self.nats.creds_file), ("mailboxes_csv", &self.mailboxes_csv)] {
+        for (name, f) in [
+            ("ews.ca_file", &self.ews.ca_file),
+            ("nats.ca_file", &self.nats.ca_file),
+            ("nats.creds_file", &self.nats.creds_file),
+            ("mailboxes_csv", &self.mailboxes_csv),
+        ] {
             if let Some(f) = f
                 && !f.is_file()
             {
@@ -221,18 +229,34 @@ impl Config {
             }
         }
         if !(1..=512).contains(&l.max_changes) {
-            p.push(format!("limits.max_changes must be 1..=512, got {}", l.max_changes));
+            p.push(format!(
+                "limits.max_changes must be 1..=512, got {}",
+                l.max_changes
+            ));
         }
         if l.inline_limit_bytes > 900 * 1024 {
-            p.push("limits.inline_limit_bytes must stay below NATS's 1 MiB max payload (≤ 900 KiB)".into());
+            p.push(
+                "limits.inline_limit_bytes must stay below NATS's 1 MiB max payload (≤ 900 KiB)"
+                    .into(),
+            );
         }
         if l.backoff_base_ms == 0 || l.backoff_max_ms < l.backoff_base_ms {
             p.push("limits.backoff_base_ms must be > 0 and ≤ backoff_max_ms".into());
         }
-        if !(self.nats.url.starts_with("nats://") || self.nats.url.starts_with("tls://") || self.nats.url.contains(':')) {
-            p.push(format!("nats.url {:?} does not look like a NATS URL", self.nats.url));
+        if !(self.nats.url.starts_with("nats://")
+            || self.nats.url.starts_with("tls://")
+            || self.nats.url.contains(':'))
+        {
+            p.push(format!(
+                "nats.url {:?} does not look like a NATS URL",
+                self.nats.url
+            ));
         }
-        if p.is_empty() { Ok(()) } else { Err(ConfigErrors(p)) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(p))
+        }
     }
 
     /// The configured filters.

@@ -56,12 +56,19 @@ fn perr(what: &str, e: impl std::fmt::Display) -> PublishError {
 }
 
 /// Publishes ingest messages to JetStream.
-#[derive(Debug)]
 pub struct JetStreamPublisher {
     js: jetstream::Context,
     objects: object_store::ObjectStore,
     cfg: PublisherConfig,
     metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for JetStreamPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamPublisher")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JetStreamPublisher {
@@ -216,7 +223,10 @@ impl KvCheckpointStore {
 
 #[async_trait]
 impl CheckpointStore for KvCheckpointStore {
-    async fn get_mailbox(&self, mailbox: &str) -> Result<Option<MailboxCheckpoint>, CheckpointError> {
+    async fn get_mailbox(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<MailboxCheckpoint>, CheckpointError> {
         let key = format!("mb.{}", mailbox_key(mailbox));
         match self.kv.get(key).await.map_err(|e| cerr("get", e))? {
             None => Ok(None),
@@ -226,16 +236,27 @@ impl CheckpointStore for KvCheckpointStore {
         }
     }
 
-    async fn put_mailbox(&self, mailbox: &str, cp: &MailboxCheckpoint) -> Result<(), CheckpointError> {
+    async fn put_mailbox(
+        &self,
+        mailbox: &str,
+        cp: &MailboxCheckpoint,
+    ) -> Result<(), CheckpointError> {
         let key = format!("mb.{}", mailbox_key(mailbox));
         let mut cp = cp.clone();
         cp.version = 1;
         let v = serde_json::to_vec(&cp).map_err(|e| cerr("encoding", e))?;
-        self.kv.put(key, v.into()).await.map_err(|e| cerr("put", e))?;
+        self.kv
+            .put(key, v.into())
+            .await
+            .map_err(|e| cerr("put", e))?;
         Ok(())
     }
 
-    async fn get_folder(&self, mailbox: &str, folder_id: &str) -> Result<Option<String>, CheckpointError> {
+    async fn get_folder(
+        &self,
+        mailbox: &str,
+        folder_id: &str,
+    ) -> Result<Option<String>, CheckpointError> {
         let v = self
             .kv
             .get(Self::folder_key(mailbox, folder_id))
@@ -245,9 +266,17 @@ impl CheckpointStore for KvCheckpointStore {
             .filter(|s| !s.is_empty()))
     }
 
-    async fn put_folder(&self, mailbox: &str, folder_id: &str, sync_state: &str) -> Result<(), CheckpointError> {
+    async fn put_folder(
+        &self,
+        mailbox: &str,
+        folder_id: &str,
+        sync_state: &str,
+    ) -> Result<(), CheckpointError> {
         self.kv
-            .put(Self::folder_key(mailbox, folder_id), Bytes::copy_from_slice(sync_state.as_bytes()))
+            .put(
+                Self::folder_key(mailbox, folder_id),
+                Bytes::copy_from_slice(sync_state.as_bytes()),
+            )
             .await
             .map_err(|e| cerr("put", e))?;
         Ok(())
@@ -262,7 +291,12 @@ impl CheckpointStore for KvCheckpointStore {
 
     async fn has_version(&self, mailbox: &str, id: &ItemId) -> Result<bool, CheckpointError> {
         let key = hkey("v", &[&mailbox.to_lowercase(), &id.id, &id.change_key]);
-        Ok(self.kv.get(key).await.map_err(|e| cerr("get", e))?.is_some())
+        Ok(self
+            .kv
+            .get(key)
+            .await
+            .map_err(|e| cerr("get", e))?
+            .is_some())
     }
 
     async fn record_versions(&self, mailbox: &str, ids: &[ItemId]) -> Result<(), CheckpointError> {

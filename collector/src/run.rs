@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::ews::Ews;
 use crate::ews::Mailbox;
 use crate::ews::client::{HttpEws, HttpEwsConfig};
 use crate::metrics::Metrics;
@@ -17,7 +18,6 @@ use crate::nats::{JetStreamPublisher, KvCheckpointStore, PublisherConfig};
 use crate::secret::Secret;
 use crate::sync::{CheckpointStore, Engine, Publisher, SyncOptions};
 use crate::throttle::Backoff;
-use crate::ews::Ews;
 
 /// What a pass (or the last pass of a daemon) did.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +27,10 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn failed_mailboxes(&self) -> usize {
-        self.mailboxes.iter().filter(|m| !m.error.is_empty()).count()
+        self.mailboxes
+            .iter()
+            .filter(|m| !m.error.is_empty())
+            .count()
     }
 
     pub fn failed_folders(&self) -> usize {
@@ -39,11 +42,19 @@ impl RunSummary {
     }
 
     pub fn captured(&self) -> u64 {
-        self.mailboxes.iter().flat_map(|m| &m.folders).map(|f| f.captured).sum()
+        self.mailboxes
+            .iter()
+            .flat_map(|m| &m.folders)
+            .map(|f| f.captured)
+            .sum()
     }
 
     pub fn quarantined(&self) -> u64 {
-        self.mailboxes.iter().flat_map(|m| &m.folders).map(|f| f.quarantined).sum()
+        self.mailboxes
+            .iter()
+            .flat_map(|m| &m.folders)
+            .map(|f| f.quarantined)
+            .sum()
     }
 
     /// Whether everything was collected (quarantined items are reported, not failures).
@@ -66,11 +77,7 @@ pub async fn run_once<E: Ews, P: Publisher, C: CheckpointStore>(
             let stop = *shutdown.borrow();
             async move { !stop }
         })
-        .map(|m| async move {
-            engine
-                .sync_mailbox(&Mailbox { smtp: m.clone() })
-                .await
-        })
+        .map(|m| async move { engine.sync_mailbox(&Mailbox { smtp: m.clone() }).await })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -115,7 +122,8 @@ pub async fn run(
         },
         metrics.clone(),
     )?;
-    let mut opts = async_nats::ConnectOptions::new().name(format!("mailvault-collector/{}", config.source));
+    let mut opts =
+        async_nats::ConnectOptions::new().name(format!("mailvault-collector/{}", config.source));
     if let Some(creds) = &config.nats.creds_file {
         opts = opts
             .credentials_file(creds)

@@ -85,10 +85,26 @@ pub struct MailboxCheckpoint {
 /// Where sync states live.
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
-    async fn get_mailbox(&self, mailbox: &str) -> Result<Option<MailboxCheckpoint>, CheckpointError>;
-    async fn put_mailbox(&self, mailbox: &str, cp: &MailboxCheckpoint) -> Result<(), CheckpointError>;
-    async fn get_folder(&self, mailbox: &str, folder_id: &str) -> Result<Option<String>, CheckpointError>;
-    async fn put_folder(&self, mailbox: &str, folder_id: &str, sync_state: &str) -> Result<(), CheckpointError>;
+    async fn get_mailbox(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<MailboxCheckpoint>, CheckpointError>;
+    async fn put_mailbox(
+        &self,
+        mailbox: &str,
+        cp: &MailboxCheckpoint,
+    ) -> Result<(), CheckpointError>;
+    async fn get_folder(
+        &self,
+        mailbox: &str,
+        folder_id: &str,
+    ) -> Result<Option<String>, CheckpointError>;
+    async fn put_folder(
+        &self,
+        mailbox: &str,
+        folder_id: &str,
+        sync_state: &str,
+    ) -> Result<(), CheckpointError>;
     async fn delete_folder(&self, mailbox: &str, folder_id: &str) -> Result<(), CheckpointError>;
     /// Whether this item version was already published and acknowledged.
     async fn has_version(&self, mailbox: &str, id: &ItemId) -> Result<bool, CheckpointError>;
@@ -203,7 +219,11 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             ..Default::default()
         };
         let span = info_span!("mailbox", mailbox = %mailbox.smtp);
-        if let Err(e) = self.sync_mailbox_inner(mailbox, &mut rec).instrument(span).await {
+        if let Err(e) = self
+            .sync_mailbox_inner(mailbox, &mut rec)
+            .instrument(span)
+            .await
+        {
             warn!(mailbox = %mailbox.smtp, error = %e, "mailbox pass failed");
             Metrics::add(&self.metrics.mailbox_failures, 1);
             rec.error = e.to_string();
@@ -256,16 +276,22 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         let mut selected = Vec::new();
         for f in cp.folders.values() {
             if f.element == "SearchFolder" {
-                *rec.folders_skipped.entry("search_folder".into()).or_default() += 1;
+                *rec.folders_skipped
+                    .entry("search_folder".into())
+                    .or_default() += 1;
                 continue;
             }
             let (path, in_ipm) = folder_path(&cp.folders, f, root_id.as_deref());
             if !in_ipm && !self.opts.include_non_ipm {
-                *rec.folders_skipped.entry("outside_ipm_subtree".into()).or_default() += 1;
+                *rec.folders_skipped
+                    .entry("outside_ipm_subtree".into())
+                    .or_default() += 1;
                 continue;
             }
             if !self.opts.filters.folder_allowed(&path) {
-                *rec.folders_skipped.entry("folder_filter".into()).or_default() += 1;
+                *rec.folders_skipped
+                    .entry("folder_filter".into())
+                    .or_default() += 1;
                 continue;
             }
             selected.push((path, f));
@@ -278,7 +304,11 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 mailbox,
                 folder,
                 path: path.clone(),
-                distinguished: cp.distinguished.get(&folder.id).cloned().unwrap_or_default(),
+                distinguished: cp
+                    .distinguished
+                    .get(&folder.id)
+                    .cloned()
+                    .unwrap_or_default(),
             };
             let mut fr = pb::FolderReconciliation {
                 folder_id: folder.id.clone(),
@@ -442,7 +472,13 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                         } else {
                             fr.deleted += 1;
                             let folder = ctx.folder.id.clone();
-                            changes.push(self.change(ctx, &id, pb::ChangeKind::Delete, &folder, None));
+                            changes.push(self.change(
+                                ctx,
+                                &id,
+                                pb::ChangeKind::Delete,
+                                &folder,
+                                None,
+                            ));
                         }
                         pass.deleted.insert(id.id, ctx.folder.id.clone());
                     }
@@ -462,7 +498,9 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             // Content first, in bounded batches; each batch is acknowledged before the next.
             for chunk in fetch.chunks(self.opts.get_item_batch.max(1)) {
                 let span = info_span!("batch", items = chunk.len());
-                self.fetch_and_publish(ctx, chunk, fr).instrument(span).await?;
+                self.fetch_and_publish(ctx, chunk, fr)
+                    .instrument(span)
+                    .await?;
             }
             for id in &moved_in {
                 fr.moves += 1;
@@ -502,12 +540,18 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 // Isolate the item that breaks the response.
                 let mut r = Vec::with_capacity(ids.len());
                 for id in &ids {
-                    r.push(match self.ews.get_items_mime(ctx.mailbox, std::slice::from_ref(id)).await {
-                        Ok(mut one) if one.len() == 1 => one.remove(0),
-                        Ok(_) => Err(EwsError::malformed("GetItem answer count mismatch")),
-                        Err(e) if e.kind() == ErrorKind::MalformedResponse => Err(e),
-                        Err(e) => return Err(e.into()),
-                    });
+                    r.push(
+                        match self
+                            .ews
+                            .get_items_mime(ctx.mailbox, std::slice::from_ref(id))
+                            .await
+                        {
+                            Ok(mut one) if one.len() == 1 => one.remove(0),
+                            Ok(_) => Err(EwsError::malformed("GetItem answer count mismatch")),
+                            Err(e) if e.kind() == ErrorKind::MalformedResponse => Err(e),
+                            Err(e) => return Err(e.into()),
+                        },
+                    );
                 }
                 r
             }
@@ -545,7 +589,9 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         Metrics::add(&self.metrics.quarantined, quarantined);
         fr.captured += envelopes;
         fr.quarantined += quarantined;
-        self.store.record_versions(&ctx.mailbox.smtp, &acked).await?;
+        self.store
+            .record_versions(&ctx.mailbox.smtp, &acked)
+            .await?;
         Ok(())
     }
 
@@ -627,7 +673,13 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         }
     }
 
-    fn quarantine(&self, ctx: &FolderCtx<'_>, id: &ItemId, stage: &str, e: &EwsError) -> OutMessage {
+    fn quarantine(
+        &self,
+        ctx: &FolderCtx<'_>,
+        id: &ItemId,
+        stage: &str,
+        e: &EwsError,
+    ) -> OutMessage {
         let mb = &ctx.mailbox.smtp;
         OutMessage {
             subject: subject("quarantine", mb),
@@ -640,18 +692,20 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 e.kind().as_str(),
             ]),
             message: pb::IngestMessage {
-                message: Some(pb::ingest_message::Message::Quarantine(pb::ItemQuarantine {
-                    source: self.opts.source.clone(),
-                    mailbox: mb.clone(),
-                    folder_id: ctx.folder.id.clone(),
-                    folder_path: ctx.path.clone(),
-                    item_id: id.id.clone(),
-                    change_key: id.change_key.clone(),
-                    stage: stage.to_owned(),
-                    error_kind: e.kind().as_str().to_owned(),
-                    cause: e.to_string(),
-                    observed_unix_ms: now_ms(),
-                })),
+                message: Some(pb::ingest_message::Message::Quarantine(
+                    pb::ItemQuarantine {
+                        source: self.opts.source.clone(),
+                        mailbox: mb.clone(),
+                        folder_id: ctx.folder.id.clone(),
+                        folder_path: ctx.path.clone(),
+                        item_id: id.id.clone(),
+                        change_key: id.change_key.clone(),
+                        stage: stage.to_owned(),
+                        error_kind: e.kind().as_str().to_owned(),
+                        cause: e.to_string(),
+                        observed_unix_ms: now_ms(),
+                    },
+                )),
             },
         }
     }

@@ -97,7 +97,11 @@ impl Backoff {
         let ours = half + Duration::from_millis(jitter);
         match hint {
             // Honour the server's value, plus a little jitter so clients do not return in step.
-            Some(h) => h + Duration::from_millis(rand::random_range(0..=self.base.as_millis().max(1) as u64 / 4)),
+            Some(h) => {
+                h + Duration::from_millis(rand::random_range(
+                    0..=self.base.as_millis().max(1) as u64 / 4,
+                ))
+            }
             None => ours,
         }
     }
@@ -118,7 +122,10 @@ mod tests {
             let d = b.delay(attempt, None);
             assert!(d <= Duration::from_secs(2), "attempt {attempt}: {d:?}");
             let exp = (100u64 << attempt.min(20)).min(2000);
-            assert!(d >= Duration::from_millis(exp / 2), "attempt {attempt}: {d:?}");
+            assert!(
+                d >= Duration::from_millis(exp / 2),
+                "attempt {attempt}: {d:?}"
+            );
         }
         let hint = Duration::from_millis(7000);
         let d = b.delay(0, Some(hint));

@@ -59,10 +59,19 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
 
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let mut batch: Vec<OutMessage> = (0..10)
-        .map(|i| envelope("alice@example.com", &format!("i{i}"), format!("Subject: {i}").into_bytes()))
+        .map(|i| {
+            envelope(
+                "alice@example.com",
+                &format!("i{i}"),
+                format!("Subject: {i}").into_bytes(),
+            )
+        })
         .collect();
     batch.push(envelope("alice@example.com", "big", big.clone()));
-    publisher.publish_batch(batch.clone()).await.expect("publish");
+    publisher
+        .publish_batch(batch.clone())
+        .await
+        .expect("publish");
     // The same batch again (a crash before the checkpoint): de-duplicated by Nats-Msg-Id.
     publisher.publish_batch(batch).await.expect("republish");
 
@@ -70,7 +79,11 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
     let mut stream = js.get_stream(STREAM).await.expect("stream");
     let info = stream.info().await.expect("info");
     assert_eq!(info.state.messages, 11, "duplicates dropped");
-    assert_eq!(Metrics::get(&metrics.object_store_uploads), 1, "content-addressed, uploaded once");
+    assert_eq!(
+        Metrics::get(&metrics.object_store_uploads),
+        1,
+        "content-addressed, uploaded once"
+    );
 
     let mut found_big = false;
     for seq in 1..=11 {
@@ -124,7 +137,10 @@ async fn kv_checkpoints_round_trip() {
     let folder = "AAMkAD/+==.x y";
     assert_eq!(store.get_folder(mb, folder).await.expect("get"), None);
     store.put_folder(mb, folder, "state-1").await.expect("put");
-    assert_eq!(store.get_folder(mb, folder).await.expect("get").as_deref(), Some("state-1"));
+    assert_eq!(
+        store.get_folder(mb, folder).await.expect("get").as_deref(),
+        Some("state-1")
+    );
     store.delete_folder(mb, folder).await.expect("delete");
     assert_eq!(store.get_folder(mb, folder).await.expect("get"), None);
 
@@ -133,10 +149,15 @@ async fn kv_checkpoints_round_trip() {
         change_key: "CQA".into(),
     };
     assert!(!store.has_version(mb, &v).await.expect("has"));
-    store.record_versions(mb, std::slice::from_ref(&v)).await.expect("record");
+    store
+        .record_versions(mb, std::slice::from_ref(&v))
+        .await
+        .expect("record");
     assert!(store.has_version(mb, &v).await.expect("has"));
 
     // A second store on the same bucket sees the same state (restart).
-    let again = KvCheckpointStore::new(client, "mailvault-checkpoints").await.expect("kv");
+    let again = KvCheckpointStore::new(client, "mailvault-checkpoints")
+        .await
+        .expect("kv");
     assert!(again.has_version(mb, &v).await.expect("has"));
 }

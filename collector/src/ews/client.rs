@@ -19,8 +19,8 @@ use tracing::{debug, warn};
 
 use super::xml::Element;
 use super::{
-    DISTINGUISHED_FOLDERS, ErrorContext, ErrorKind, Ews, EwsError, FindPage, Folder,
-    HierarchyPage, ItemId, ItemSummary, ItemsPage, Mailbox, MimeItem, parse, request,
+    DISTINGUISHED_FOLDERS, ErrorContext, ErrorKind, Ews, EwsError, FindPage, Folder, HierarchyPage,
+    ItemId, ItemSummary, ItemsPage, Mailbox, MimeItem, parse, request,
 };
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -68,13 +68,12 @@ impl HttpEws {
                 message: format!("reading {}: {e}", path.display()),
                 context: ErrorContext::default(),
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                EwsError::Permanent {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| EwsError::Permanent {
                     code: "CaFile".into(),
                     message: format!("parsing {}: {e}", path.display()),
                     context: ErrorContext::default(),
-                }
-            })?;
+                })?;
             for c in certs {
                 b = b.add_root_certificate(c);
             }

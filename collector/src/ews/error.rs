@@ -14,7 +14,15 @@ pub struct ErrorContext {
 
 impl fmt::Display for ErrorContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", if self.operation.is_empty() { "EWS" } else { self.operation })?;
+        write!(
+            f,
+            "{}",
+            if self.operation.is_empty() {
+                "EWS"
+            } else {
+                self.operation
+            }
+        )?;
         if let Some(m) = &self.mailbox {
             write!(f, " mailbox={m}")?;
         }

@@ -67,19 +67,17 @@ fn fault_error(fault: &Element) -> EwsError {
     let code = detail
         .and_then(|d| d.find(NS_ERRORS, "ResponseCode"))
         .map(|c| c.text.trim().to_owned())
-        .unwrap_or_else(|| {
-            faultcode
-                .rsplit(':')
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        });
+        .unwrap_or_else(|| faultcode.rsplit(':').next().unwrap_or_default().to_owned());
     let back_off = detail.and_then(back_off_in);
     let message = detail
         .and_then(|d| d.find(NS_ERRORS, "Message"))
         .map(|m| m.text.trim().to_owned())
         .unwrap_or(faultstring);
-    let code = if code.is_empty() { "SoapFault".to_owned() } else { code };
+    let code = if code.is_empty() {
+        "SoapFault".to_owned()
+    } else {
+        code
+    };
     EwsError::from_response_code(&code, &message, back_off, ErrorContext::default())
 }
 
@@ -93,7 +91,9 @@ pub fn response_messages(resp: &Element) -> Result<&[Element], EwsError> {
 /// Checks one response message's `ResponseClass`/`ResponseCode`.
 pub fn check_status(msg: &Element) -> Result<(), EwsError> {
     let class = msg.attr("ResponseClass").unwrap_or("Success");
-    let code = msg.child_text(NS_MESSAGES, "ResponseCode").unwrap_or("NoError");
+    let code = msg
+        .child_text(NS_MESSAGES, "ResponseCode")
+        .unwrap_or("NoError");
     if class == "Success" && code == "NoError" {
         return Ok(());
     }
@@ -207,7 +207,8 @@ pub fn sync_folder_hierarchy(root: &Element) -> Result<HierarchyPage, EwsError> 
                         .child(NS_TYPES, "FolderId")
                         .and_then(|f| f.attr("Id"))
                         .ok_or_else(|| EwsError::malformed("folder Delete without FolderId"))?;
-                    page.changes.push(FolderChange::Delete { id: id.to_owned() });
+                    page.changes
+                        .push(FolderChange::Delete { id: id.to_owned() });
                 }
                 _ => {} // unknown change kinds are ignored
             }
@@ -241,7 +242,9 @@ pub fn sync_folder_items(root: &Element) -> Result<ItemsPage, EwsError> {
             .ok_or_else(|| EwsError::malformed("SyncFolderItems without SyncState"))?
             .to_owned(),
         includes_last: parse_bool(msg.child_text(NS_MESSAGES, "IncludesLastItemInRange"))
-            .ok_or_else(|| EwsError::malformed("SyncFolderItems without IncludesLastItemInRange"))?,
+            .ok_or_else(|| {
+                EwsError::malformed("SyncFolderItems without IncludesLastItemInRange")
+            })?,
         changes: Vec::new(),
     };
     if let Some(changes) = msg.child(NS_MESSAGES, "Changes") {

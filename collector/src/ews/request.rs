@@ -108,7 +108,9 @@ pub enum FolderRef<'a> {
 fn folder_ref(r: FolderRef<'_>) -> String {
     match r {
         FolderRef::Id(id) => format!(r#"<t:FolderId Id="{}"/>"#, escape(id)),
-        FolderRef::Distinguished(id) => format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, escape(id)),
+        FolderRef::Distinguished(id) => {
+            format!(r#"<t:DistinguishedFolderId Id="{}"/>"#, escape(id))
+        }
     }
 }
 
@@ -169,7 +171,10 @@ mod tests {
             .child(NS_SOAP, "Body")
             .and_then(|b| b.child(NS_MESSAGES, "SyncFolderItems"))
             .expect("op");
-        assert_eq!(op.child_text(NS_MESSAGES, "MaxChangesReturned"), Some("512"));
+        assert_eq!(
+            op.child_text(NS_MESSAGES, "MaxChangesReturned"),
+            Some("512")
+        );
         assert_eq!(
             op.find(NS_TYPES, "FolderId").and_then(|f| f.attr("Id")),
             Some("AQMk<&>")

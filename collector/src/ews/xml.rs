@@ -12,7 +12,6 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 
-
 /// SOAP 1.1 envelope namespace.
 pub const NS_SOAP: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 /// EWS messages namespace (`m:`).
@@ -208,7 +207,7 @@ pub fn parse<R: BufRead>(input: R, opts: ParseOptions<'_>) -> Result<Element, Xm
                         continue;
                     }
                     let value = a
-                        .unescape_value()
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                         .map_err(|err| XmlError::Syntax {
                             position: reader.buffer_position(),
                             message: err.to_string(),

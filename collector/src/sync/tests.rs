@@ -72,7 +72,10 @@ impl FakeEws {
             mime: body.as_bytes().to_vec(),
             malformed: false,
         };
-        mb.logs.entry(folder.into()).or_default().push(ItemChange::Create(summary(id, &item)));
+        mb.logs
+            .entry(folder.into())
+            .or_default()
+            .push(ItemChange::Create(summary(id, &item)));
         mb.live.insert(id.into(), item);
     }
 
@@ -82,35 +85,53 @@ impl FakeEws {
         it.ck = format!("{}x", it.ck);
         it.mime = body.as_bytes().to_vec();
         let s = summary(id, it);
-        mb.logs.entry(folder.into()).or_default().push(ItemChange::Update(s));
+        mb.logs
+            .entry(folder.into())
+            .or_default()
+            .push(ItemChange::Update(s));
     }
 
     fn delete(&self, folder: &str, id: &str) {
         let mut mb = lock(&self.mb);
         let it = mb.live.remove(id).expect("live item");
-        mb.logs.entry(folder.into()).or_default().push(ItemChange::Delete(ItemId {
-            id: id.into(),
-            change_key: it.ck,
-        }));
+        mb.logs
+            .entry(folder.into())
+            .or_default()
+            .push(ItemChange::Delete(ItemId {
+                id: id.into(),
+                change_key: it.ck,
+            }));
     }
 
     fn mv(&self, from: &str, to: &str, id: &str) {
         let mut mb = lock(&self.mb);
         let it = mb.live.get(id).expect("live item").clone();
-        mb.logs.entry(from.into()).or_default().push(ItemChange::Delete(ItemId {
-            id: id.into(),
-            change_key: it.ck.clone(),
-        }));
-        mb.logs.entry(to.into()).or_default().push(ItemChange::Create(summary(id, &it)));
+        mb.logs
+            .entry(from.into())
+            .or_default()
+            .push(ItemChange::Delete(ItemId {
+                id: id.into(),
+                change_key: it.ck.clone(),
+            }));
+        mb.logs
+            .entry(to.into())
+            .or_default()
+            .push(ItemChange::Create(summary(id, &it)));
     }
 
     fn read(&self, folder: &str, id: &str) {
         let mut mb = lock(&self.mb);
         let ck = mb.live[id].ck.clone();
-        mb.logs.entry(folder.into()).or_default().push(ItemChange::ReadFlag {
-            id: ItemId { id: id.into(), change_key: ck },
-            is_read: true,
-        });
+        mb.logs
+            .entry(folder.into())
+            .or_default()
+            .push(ItemChange::ReadFlag {
+                id: ItemId {
+                    id: id.into(),
+                    change_key: ck,
+                },
+                is_read: true,
+            });
     }
 
     fn vanish_silently(&self, id: &str) {
@@ -130,7 +151,10 @@ impl FakeEws {
 
 fn summary(id: &str, it: &FakeItem) -> ItemSummary {
     ItemSummary {
-        id: ItemId { id: id.into(), change_key: it.ck.clone() },
+        id: ItemId {
+            id: id.into(),
+            change_key: it.ck.clone(),
+        },
         item_class: it.class.clone(),
         is_read: Some(false),
         size: Some(it.mime.len() as u64),
@@ -140,18 +164,35 @@ fn summary(id: &str, it: &FakeItem) -> ItemSummary {
 
 #[async_trait]
 impl Ews for FakeEws {
-    async fn sync_folder_hierarchy(&self, _m: &Mailbox, state: Option<&str>) -> Result<HierarchyPage, EwsError> {
+    async fn sync_folder_hierarchy(
+        &self,
+        _m: &Mailbox,
+        state: Option<&str>,
+    ) -> Result<HierarchyPage, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mb = lock(&self.mb);
         let changes = if state.is_some() {
             Vec::new()
         } else {
-            mb.folders.iter().filter(|f| f.id != "root").cloned().map(FolderChange::Create).collect()
+            mb.folders
+                .iter()
+                .filter(|f| f.id != "root")
+                .cloned()
+                .map(FolderChange::Create)
+                .collect()
         };
-        Ok(HierarchyPage { sync_state: "h1".into(), includes_last: true, changes })
+        Ok(HierarchyPage {
+            sync_state: "h1".into(),
+            includes_last: true,
+            changes,
+        })
     }
 
-    async fn get_distinguished_folders(&self, _m: &Mailbox, _ids: &[&str]) -> Result<Vec<(String, Folder)>, EwsError> {
+    async fn get_distinguished_folders(
+        &self,
+        _m: &Mailbox,
+        _ids: &[&str],
+    ) -> Result<Vec<(String, Folder)>, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mb = lock(&self.mb);
         Ok(vec![
@@ -160,7 +201,13 @@ impl Ews for FakeEws {
         ])
     }
 
-    async fn sync_folder_items(&self, _m: &Mailbox, folder_id: &str, state: Option<&str>, max: u32) -> Result<ItemsPage, EwsError> {
+    async fn sync_folder_items(
+        &self,
+        _m: &Mailbox,
+        folder_id: &str,
+        state: Option<&str>,
+        max: u32,
+    ) -> Result<ItemsPage, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mb = lock(&self.mb);
         let pos = match state {
@@ -168,7 +215,12 @@ impl Ews for FakeEws {
             Some(s) => {
                 let (g, p) = s.split_once(':').expect("state shape");
                 if g != format!("g{}", mb.generation) {
-                    return Err(EwsError::from_response_code("ErrorInvalidSyncStateData", "invalid", None, ErrorContext::default()));
+                    return Err(EwsError::from_response_code(
+                        "ErrorInvalidSyncStateData",
+                        "invalid",
+                        None,
+                        ErrorContext::default(),
+                    ));
                 }
                 p.parse::<usize>().expect("pos")
             }
@@ -182,18 +234,28 @@ impl Ews for FakeEws {
         })
     }
 
-    async fn get_items_mime(&self, _m: &Mailbox, ids: &[ItemId]) -> Result<Vec<Result<MimeItem, EwsError>>, EwsError> {
+    async fn get_items_mime(
+        &self,
+        _m: &Mailbox,
+        ids: &[ItemId],
+    ) -> Result<Vec<Result<MimeItem, EwsError>>, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.get_item_ids.fetch_add(ids.len(), Ordering::Relaxed);
         let mb = lock(&self.mb);
-        if ids.iter().any(|i| mb.live.get(&i.id).is_some_and(|it| it.malformed)) {
+        if ids
+            .iter()
+            .any(|i| mb.live.get(&i.id).is_some_and(|it| it.malformed))
+        {
             return Err(EwsError::malformed("invalid base64 in <MimeContent>"));
         }
         Ok(ids
             .iter()
             .map(|i| match mb.live.get(&i.id) {
                 Some(it) => Ok(MimeItem {
-                    id: ItemId { id: i.id.clone(), change_key: it.ck.clone() },
+                    id: ItemId {
+                        id: i.id.clone(),
+                        change_key: it.ck.clone(),
+                    },
                     item_class: it.class.clone(),
                     is_read: Some(false),
                     mime: it.mime.clone(),
@@ -278,7 +340,11 @@ fn engine(opts: SyncOptions) -> TestEngine {
         ews: Arc::new(FakeEws::new()),
         publisher: Arc::new(FakePublisher::default()),
         store: Arc::new(FakeStore::default()),
-        opts: SyncOptions { max_changes: 3, get_item_batch: 2, ..opts },
+        opts: SyncOptions {
+            max_changes: 3,
+            get_item_batch: 2,
+            ..opts
+        },
         metrics: Arc::new(Metrics::default()),
     }
 }
@@ -330,7 +396,11 @@ fn changes(msgs: &[OutMessage]) -> Vec<(String, pb::ChangeKind, String)> {
 async fn first_run_everything_second_run_only_changes() {
     let e = engine(SyncOptions::default());
     for i in 0..7 {
-        e.ews.add("inbox", &format!("i{i}"), &format!("Subject: {i}\r\n\r\nbody {i}"));
+        e.ews.add(
+            "inbox",
+            &format!("i{i}"),
+            &format!("Subject: {i}\r\n\r\nbody {i}"),
+        );
     }
     e.ews.add("archive", "a0", "Subject: a\r\n\r\narchived");
     let rec = e.sync_mailbox(&mailbox()).await;
@@ -338,15 +408,32 @@ async fn first_run_everything_second_run_only_changes() {
     let first = take(&e);
     let got = items(&first);
     assert_eq!(got.len(), 8);
-    assert!(got.contains(&("i3".into(), "Inbox".into(), b"Subject: 3\r\n\r\nbody 3".to_vec())));
-    assert!(got.contains(&("a0".into(), "Archive".into(), b"Subject: a\r\n\r\narchived".to_vec())));
+    assert!(got.contains(&(
+        "i3".into(),
+        "Inbox".into(),
+        b"Subject: 3\r\n\r\nbody 3".to_vec()
+    )));
+    assert!(got.contains(&(
+        "a0".into(),
+        "Archive".into(),
+        b"Subject: a\r\n\r\narchived".to_vec()
+    )));
     // Non-IPM folders are out of scope by default and say so.
     assert_eq!(rec.folders_skipped.get("outside_ipm_subtree"), Some(&1));
     assert_eq!(rec.folders.iter().map(|f| f.captured).sum::<u64>(), 8);
     // Msg ids are the stable hash of (mailbox, item id, change key).
     for m in &first {
         if let Some(Message::Item(env)) = &m.message.message {
-            assert_eq!(m.msg_id, item_msg_id(MB, &ItemId { id: env.item_id.clone(), change_key: env.change_key.clone() }));
+            assert_eq!(
+                m.msg_id,
+                item_msg_id(
+                    MB,
+                    &ItemId {
+                        id: env.item_id.clone(),
+                        change_key: env.change_key.clone()
+                    }
+                )
+            );
             assert_eq!(m.subject, subject("item", MB));
         }
     }
@@ -356,7 +443,11 @@ async fn first_run_everything_second_run_only_changes() {
     let rec = e.sync_mailbox(&mailbox()).await;
     assert!(rec.error.is_empty());
     assert!(take(&e).is_empty());
-    assert_eq!(e.ews.calls.load(Ordering::Relaxed), 1 + 2, "hierarchy + one per folder");
+    assert_eq!(
+        e.ews.calls.load(Ordering::Relaxed),
+        1 + 2,
+        "hierarchy + one per folder"
+    );
 
     e.ews.add("inbox", "new1", "Subject: new");
     e.ews.update("inbox", "i1", "Subject: 1 edited");
@@ -389,14 +480,21 @@ async fn checkpoint_not_advanced_when_publish_fails() {
     assert!(!rec.error.is_empty(), "publish failure must surface");
     // Pages are 3 changes, GetItem batches 2: the first batch (2 items) was acked but the page
     // was not complete, so no state was stored for the inbox.
-    assert_eq!(lock(&e.store.folders).get(&(MB.into(), "inbox".into())), None);
+    assert_eq!(
+        lock(&e.store.folders).get(&(MB.into(), "inbox".into())),
+        None
+    );
     let before: Vec<String> = take(&e).into_iter().map(|m| m.msg_id).collect();
 
     *lock(&e.publisher.fail_after) = None;
     let rec = e.sync_mailbox(&mailbox()).await;
     assert!(rec.error.is_empty(), "{}", rec.error);
     let after = take(&e);
-    assert_eq!(items(&after).len(), 5, "everything re-read from the last checkpoint");
+    assert_eq!(
+        items(&after).len(),
+        5,
+        "everything re-read from the last checkpoint"
+    );
     // The re-published messages carry the same Nats-Msg-Id, so JetStream dedupes them.
     let after_ids: HashSet<String> = after.iter().map(|m| m.msg_id.clone()).collect();
     assert!(before.iter().all(|id| after_ids.contains(id)));
@@ -416,13 +514,28 @@ async fn invalid_sync_state_resyncs_without_refetching() {
     let fetched_before = e.ews.get_item_ids.load(Ordering::Relaxed);
     let rec = e.sync_mailbox(&mailbox()).await;
     assert!(rec.error.is_empty(), "{}", rec.error);
-    let inbox = rec.folders.iter().find(|f| f.folder_id == "inbox").expect("inbox report");
+    let inbox = rec
+        .folders
+        .iter()
+        .find(|f| f.folder_id == "inbox")
+        .expect("inbox report");
     assert!(inbox.resynced);
     assert_eq!(inbox.skipped.get("already_collected"), Some(&4));
-    assert_eq!(e.ews.get_item_ids.load(Ordering::Relaxed) - fetched_before, 1, "only the new item fetched");
+    assert_eq!(
+        e.ews.get_item_ids.load(Ordering::Relaxed) - fetched_before,
+        1,
+        "only the new item fetched"
+    );
     let msgs = take(&e);
-    assert_eq!(items(&msgs).into_iter().map(|x| x.0).collect::<Vec<_>>(), vec!["late"]);
-    assert_eq!(Metrics::get(&e.metrics.sync_state_resets), 2, "inbox and archive");
+    assert_eq!(
+        items(&msgs).into_iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec!["late"]
+    );
+    assert_eq!(
+        Metrics::get(&e.metrics.sync_state_resets),
+        2,
+        "inbox and archive"
+    );
 }
 
 #[tokio::test]
@@ -441,19 +554,31 @@ async fn vanished_and_malformed_items_are_quarantined_and_run_continues() {
     let mut q: Vec<(String, String, String)> = msgs
         .iter()
         .filter_map(|m| match &m.message.message {
-            Some(Message::Quarantine(q)) => Some((q.item_id.clone(), q.error_kind.clone(), q.cause.clone())),
+            Some(Message::Quarantine(q)) => {
+                Some((q.item_id.clone(), q.error_kind.clone(), q.cause.clone()))
+            }
             _ => None,
         })
         .collect();
     q.sort();
     assert_eq!(q.len(), 2);
     assert_eq!((q[0].0.as_str(), q[0].1.as_str()), ("i1", "item_not_found"));
-    assert_eq!((q[1].0.as_str(), q[1].1.as_str()), ("i3", "malformed_response"));
+    assert_eq!(
+        (q[1].0.as_str(), q[1].1.as_str()),
+        ("i3", "malformed_response")
+    );
     for (item, _, cause) in &q {
-        assert!(cause.contains(MB) && cause.contains(item.as_str()) && cause.contains("Inbox"), "{cause}");
+        assert!(
+            cause.contains(MB) && cause.contains(item.as_str()) && cause.contains("Inbox"),
+            "{cause}"
+        );
     }
     assert_eq!(Metrics::get(&e.metrics.quarantined), 2);
-    let inbox = rec.folders.iter().find(|f| f.folder_id == "inbox").expect("inbox");
+    let inbox = rec
+        .folders
+        .iter()
+        .find(|f| f.folder_id == "inbox")
+        .expect("inbox");
     assert_eq!((inbox.captured, inbox.quarantined), (3, 2));
     // The folder still advanced: quarantined items are accounted for, not retried forever.
     assert!(lock(&e.store.folders).contains_key(&(MB.into(), "inbox".into())));
@@ -474,6 +599,10 @@ async fn filters_skip_folders_and_item_classes() {
     let rec = e.sync_mailbox(&mailbox()).await;
     assert!(take(&e).is_empty());
     assert_eq!(rec.folders_skipped.get("folder_filter"), Some(&1));
-    let inbox = rec.folders.iter().find(|f| f.folder_id == "inbox").expect("inbox");
+    let inbox = rec
+        .folders
+        .iter()
+        .find(|f| f.folder_id == "inbox")
+        .expect("inbox");
     assert_eq!(inbox.skipped.get("item_class_filter"), Some(&1));
 }
