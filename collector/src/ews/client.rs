@@ -66,13 +66,13 @@ impl HttpEws {
             let pem = std::fs::read(path).map_err(|e| EwsError::Permanent {
                 code: "CaFile".into(),
                 message: format!("reading {}: {e}", path.display()),
-                context: ErrorContext::default(),
+                context: Box::default(),
             })?;
             let certs =
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| EwsError::Permanent {
                     code: "CaFile".into(),
                     message: format!("parsing {}: {e}", path.display()),
-                    context: ErrorContext::default(),
+                    context: Box::default(),
                 })?;
             for c in certs {
                 b = b.add_root_certificate(c);
@@ -81,7 +81,7 @@ impl HttpEws {
         let http = b.build().map_err(|e| EwsError::Permanent {
             code: "HttpClient".into(),
             message: e.to_string(),
-            context: ErrorContext::default(),
+            context: Box::default(),
         })?;
         Ok(Self {
             limiter: Limiter::new(cfg.per_server_concurrency, cfg.per_account_concurrency),
@@ -120,7 +120,7 @@ impl HttpEws {
                     Some(back_off) => EwsError::Throttled {
                         back_off: Some(back_off).filter(|d| !d.is_zero()),
                         code: "ErrorServerBusy".into(),
-                        context: ErrorContext::default(),
+                        context: Box::default(),
                     },
                 },
                 Err(e) => e,
@@ -164,14 +164,14 @@ impl HttpEws {
             return Err(EwsError::Throttled {
                 back_off,
                 code: format!("HTTP {}", status.as_u16()),
-                context: ErrorContext::default(),
+                context: Box::default(),
             });
         }
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(EwsError::AccessDenied {
                 code: format!("HTTP {}", status.as_u16()),
                 message: "authentication or authorisation failed".into(),
-                context: ErrorContext::default(),
+                context: Box::default(),
             });
         }
         if !(status.is_success() || status.as_u16() == 500) {
@@ -182,7 +182,7 @@ impl HttpEws {
                 EwsError::Permanent {
                     code: format!("HTTP {}", status.as_u16()),
                     message: msg,
-                    context: ErrorContext::default(),
+                    context: Box::default(),
                 }
             });
         }
@@ -244,7 +244,7 @@ impl HttpEws {
         &self,
         mailbox: &Mailbox,
         ids: &[ItemId],
-    ) -> Result<Vec<Result<(ItemId, Vec<u8>), EwsError>>, EwsError> {
+    ) -> Result<Vec<Result<parse::ExportedItem, EwsError>>, EwsError> {
         self.call(
             ctx("ExportItems", mailbox, None),
             mailbox,
@@ -266,6 +266,7 @@ fn ctx(op: &'static str, mailbox: &Mailbox, folder: Option<&str>) -> ErrorContex
 }
 
 /// A GetItem batch where some response messages were ErrorServerBusy is retried as a whole.
+#[allow(clippy::ptr_arg)] // must match `fn(&T)` with T = Vec<…>
 fn batch_throttled<T>(res: &Vec<Result<T, EwsError>>) -> Option<Duration> {
     res.iter()
         .filter_map(|r| r.as_ref().err())

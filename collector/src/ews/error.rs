@@ -82,40 +82,40 @@ pub enum EwsError {
     Throttled {
         back_off: Option<Duration>,
         code: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
     #[error("{context}: invalid sync state ({message})")]
     InvalidSyncState {
         message: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
     #[error("{context}: not found ({code}: {message})")]
     ItemNotFound {
         code: String,
         message: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
     #[error("{context}: access denied ({code}: {message})")]
     AccessDenied {
         code: String,
         message: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
     #[error("{context}: transient failure: {message}")]
     Transient {
         message: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
     #[error("{context}: request failed ({code}: {message})")]
     Permanent {
         code: String,
         message: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
     #[error("{context}: malformed response: {message}")]
     MalformedResponse {
         message: String,
-        context: ErrorContext,
+        context: Box<ErrorContext>,
     },
 }
 
@@ -148,7 +148,7 @@ impl EwsError {
             | Self::AccessDenied { context, .. }
             | Self::Transient { context, .. }
             | Self::Permanent { context, .. }
-            | Self::MalformedResponse { context, .. } => context,
+            | Self::MalformedResponse { context, .. } => context.as_mut(),
         }
     }
 
@@ -160,7 +160,7 @@ impl EwsError {
             | Self::AccessDenied { context, .. }
             | Self::Transient { context, .. }
             | Self::Permanent { context, .. }
-            | Self::MalformedResponse { context, .. } => context,
+            | Self::MalformedResponse { context, .. } => context.as_ref(),
         }
     }
 
@@ -190,6 +190,7 @@ impl EwsError {
         back_off: Option<Duration>,
         context: ErrorContext,
     ) -> Self {
+        let context = Box::new(context);
         let code_s = code.to_owned();
         let message = message.to_owned();
         match code {
@@ -246,14 +247,14 @@ impl EwsError {
     pub fn malformed(message: impl Into<String>) -> Self {
         Self::MalformedResponse {
             message: message.into(),
-            context: ErrorContext::default(),
+            context: Box::default(),
         }
     }
 
     pub fn transient(message: impl Into<String>) -> Self {
         Self::Transient {
             message: message.into(),
-            context: ErrorContext::default(),
+            context: Box::default(),
         }
     }
 }

@@ -388,8 +388,11 @@ pub fn find_item(root: &Element) -> Result<FindPage<ItemSummary>, EwsError> {
     })
 }
 
+/// One ExportItems result: the item id and its full-fidelity blob.
+pub type ExportedItem = (ItemId, Vec<u8>);
+
 /// Parses ExportItems: one `(ItemId, full-fidelity blob)` result per requested id.
-pub fn export_items(root: &Element) -> Result<Vec<Result<(ItemId, Vec<u8>), EwsError>>, EwsError> {
+pub fn export_items(root: &Element) -> Result<Vec<Result<ExportedItem, EwsError>>, EwsError> {
     let resp = operation_response(root, "ExportItems")?;
     let mut out = Vec::new();
     for msg in response_messages(resp)? {
