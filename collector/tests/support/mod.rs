@@ -1,6 +1,10 @@
 //! Starts a real nats-server (JetStream on) on a free loopback port for one test. Small on
 //! purpose: to be replaced by the shared `mailvault-harness` crate.
 
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod http;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
