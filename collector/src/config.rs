@@ -91,9 +91,9 @@ pub struct FilterConfig {
     pub exclude_item_classes: Vec<String>,
 }
 
-/// Concurrency, batching and retry limits.
+/// Concurrency, batching and retry limits. Every field has a default; set only what differs.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Concurrent EWS requests to the server (stay below EWSMaxConcurrency).
     pub per_server_concurrency: usize,
@@ -105,6 +105,9 @@ pub struct Limits {
     pub max_changes: u32,
     /// Item ids per GetItem call.
     pub get_item_batch: usize,
+    /// Server-reported item bytes per GetItem call (a batch is cut when the sum of the items'
+    /// `Size` would exceed this; an item larger than this is fetched alone).
+    pub get_item_max_bytes: u64,
     pub max_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -122,6 +125,7 @@ impl Default for Limits {
             mailbox_concurrency: 4,
             max_changes: 512,
             get_item_batch: 32,
+            get_item_max_bytes: 16 * 1024 * 1024,
             max_retries: 8,
             backoff_base_ms: 500,
             backoff_max_ms: 120_000,
@@ -339,6 +343,16 @@ mod tests {
         .expect("parses");
         let err = cfg.validate().expect_err("invalid");
         assert!(err.0.len() >= 5, "{err}");
+    }
+
+    #[test]
+    fn partial_limits_keep_defaults() {
+        let cfg = Config::from_toml(
+            "mailboxes=[\"a@x\"]\n[ews]\nurl=\"https://x\"\nusername=\"u\"\npassword_file=\"/x\"\n[limits]\nget_item_batch=8\n[nats]\nurl=\"nats://h:1\"",
+        )
+        .expect("parses");
+        assert_eq!(cfg.limits.get_item_batch, 8);
+        assert_eq!(cfg.limits.per_server_concurrency, 8);
     }
 
     #[test]

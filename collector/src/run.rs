@@ -158,6 +158,7 @@ pub async fn run(
             source: config.source.clone(),
             max_changes: l.max_changes,
             get_item_batch: l.get_item_batch,
+            get_item_max_bytes: l.get_item_max_bytes,
             include_non_ipm: config.ews.include_non_ipm,
             filters: config.filters(),
         },

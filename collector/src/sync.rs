@@ -132,6 +132,8 @@ pub struct SyncOptions {
     pub max_changes: u32,
     /// Ids per GetItem call.
     pub get_item_batch: usize,
+    /// Server-reported bytes per GetItem call.
+    pub get_item_max_bytes: u64,
     /// Also sync folders outside the IPM subtree (below `root` but not `msgfolderroot`).
     pub include_non_ipm: bool,
     pub filters: Filters,
@@ -143,6 +145,7 @@ impl Default for SyncOptions {
             source: "collector".into(),
             max_changes: 512,
             get_item_batch: 32,
+            get_item_max_bytes: 16 * 1024 * 1024,
             include_non_ipm: false,
             filters: Filters::default(),
         }
@@ -496,7 +499,11 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 }
             }
             // Content first, in bounded batches; each batch is acknowledged before the next.
-            for chunk in fetch.chunks(self.opts.get_item_batch.max(1)) {
+            for chunk in batches(
+                &fetch,
+                self.opts.get_item_batch,
+                self.opts.get_item_max_bytes,
+            ) {
                 let span = info_span!("batch", items = chunk.len());
                 self.fetch_and_publish(ctx, chunk, fr)
                     .instrument(span)
@@ -709,6 +716,30 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             },
         }
     }
+}
+
+/// Cuts `items` into GetItem batches bounded by count and by the server-reported sizes (memory
+/// bound: at most one batch of MIME is held at a time; an item larger than the budget goes
+/// alone).
+pub fn batches(items: &[ItemSummary], max_count: usize, max_bytes: u64) -> Vec<&[ItemSummary]> {
+    let max_count = max_count.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, it) in items.iter().enumerate() {
+        let size = it.size.unwrap_or(0);
+        let count = i - start;
+        if count > 0 && (count >= max_count || bytes.saturating_add(size) > max_bytes) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
 }
 
 /// Display-name path of a folder below `msgfolderroot`, and whether it is inside that subtree.

@@ -606,3 +606,25 @@ async fn filters_skip_folders_and_item_classes() {
         .expect("inbox");
     assert_eq!(inbox.skipped.get("item_class_filter"), Some(&1));
 }
+
+#[test]
+fn batches_bounded_by_count_and_bytes() {
+    let it = |size| ItemSummary {
+        id: ItemId {
+            id: String::new(),
+            change_key: String::new(),
+        },
+        item_class: String::new(),
+        is_read: None,
+        size: Some(size),
+        element: String::new(),
+    };
+    let items: Vec<ItemSummary> = [10, 10, 10, 100, 10, 10, 10, 10]
+        .into_iter()
+        .map(it)
+        .collect();
+    let lens: Vec<usize> = batches(&items, 3, 50).iter().map(|b| b.len()).collect();
+    assert_eq!(lens, vec![3, 1, 3, 1]);
+    assert_eq!(batches(&items, 100, u64::MAX).len(), 1);
+    assert!(batches(&[], 3, 50).is_empty());
+}
