@@ -340,6 +340,20 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 Err(e) => {
                     warn!(error = %e, "folder pass failed");
                     fr.error = e.to_string();
+                    // Visible as a record too (guarantee 7); the folder is retried next pass
+                    // from its last checkpoint.
+                    if let SyncError::Ews(ews_err) = &e {
+                        let none = ItemId {
+                            id: String::new(),
+                            change_key: String::new(),
+                        };
+                        let q = self.quarantine(&ctx, &none, "sync_folder_items", ews_err);
+                        if let Err(pe) = self.publisher.publish_batch(vec![q]).await {
+                            rec.folders.push(fr);
+                            return Err(pe.into());
+                        }
+                        Metrics::add(&self.metrics.quarantined, 1);
+                    }
                 }
             }
             rec.folders.push(fr);
@@ -709,13 +723,30 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                         change_key: id.change_key.clone(),
                         stage: stage.to_owned(),
                         error_kind: e.kind().as_str().to_owned(),
-                        cause: e.to_string(),
+                        cause: describe(ctx, id, e),
                         observed_unix_ms: now_ms(),
                     },
                 )),
             },
         }
     }
+}
+
+/// The error text, made to name mailbox, folder and item even when the error did not know them.
+fn describe(ctx: &FolderCtx<'_>, id: &ItemId, e: &EwsError) -> String {
+    let c = e.context();
+    let mut s = String::new();
+    if c.mailbox.is_none() {
+        s.push_str(&format!("mailbox={} ", ctx.mailbox.smtp));
+    }
+    if c.folder.is_none() {
+        s.push_str(&format!("folder={} ", ctx.path.join("/")));
+    }
+    if c.item.is_none() && !id.id.is_empty() {
+        s.push_str(&format!("item={} ", id.id));
+    }
+    s.push_str(&e.to_string());
+    s
 }
 
 /// Cuts `items` into GetItem batches bounded by count and by the server-reported sizes (memory

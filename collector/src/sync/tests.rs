@@ -28,6 +28,7 @@ struct FakeMailbox {
 
 #[derive(Debug, Default)]
 struct FakeEws {
+    broken_folder: Mutex<Option<String>>,
     mb: Mutex<FakeMailbox>,
     get_item_ids: AtomicUsize,
     calls: AtomicUsize,
@@ -209,6 +210,11 @@ impl Ews for FakeEws {
         max: u32,
     ) -> Result<ItemsPage, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if lock(&self.broken_folder).as_deref() == Some(folder_id) {
+            return Err(EwsError::malformed(
+                "XML document ended early (truncated response)",
+            ));
+        }
         let mb = lock(&self.mb);
         let pos = match state {
             None => 0,
@@ -627,4 +633,42 @@ fn batches_bounded_by_count_and_bytes() {
     assert_eq!(lens, vec![3, 1, 3, 1]);
     assert_eq!(batches(&items, 100, u64::MAX).len(), 1);
     assert!(batches(&[], 3, 50).is_empty());
+}
+
+#[tokio::test]
+async fn malformed_folder_response_is_recorded_and_other_folders_continue() {
+    let e = engine(SyncOptions::default());
+    e.ews.add("inbox", "i0", "Subject: x");
+    e.ews.add("archive", "a0", "Subject: y");
+    *lock(&e.ews.broken_folder) = Some("archive".into());
+    let rec = e.sync_mailbox(&mailbox()).await;
+    assert!(rec.error.is_empty(), "{}", rec.error);
+    let msgs = take(&e);
+    assert_eq!(
+        items(&msgs).into_iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec!["i0"]
+    );
+    let q: Vec<&pb::ItemQuarantine> = msgs
+        .iter()
+        .filter_map(|m| match &m.message.message {
+            Some(Message::Quarantine(q)) => Some(q),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].stage, "sync_folder_items");
+    assert_eq!(q[0].folder_path, vec!["Archive".to_string()]);
+    assert!(
+        q[0].cause.contains(MB) && q[0].cause.contains("truncated"),
+        "{}",
+        q[0].cause
+    );
+    let archive = rec
+        .folders
+        .iter()
+        .find(|f| f.folder_id == "archive")
+        .expect("archive");
+    assert!(!archive.error.is_empty());
+    // Not checkpointed: retried next pass.
+    assert!(!lock(&e.store.folders).contains_key(&(MB.into(), "archive".into())));
 }
