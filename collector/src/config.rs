@@ -356,6 +356,18 @@ mod tests {
     }
 
     #[test]
+    fn example_config_parses() {
+        let cfg =
+            Config::from_toml(include_str!("../collector.example.toml")).expect("example parses");
+        assert_eq!(cfg.mailboxes.len(), 2);
+        assert!(
+            !cfg.filters()
+                .mailboxes
+                .allows("HealthMailbox123@example.com")
+        );
+    }
+
+    #[test]
     fn csv_mailboxes() {
         let v = parse_mailbox_csv("smtp,name\n# c\nalice@x.com,Alice\n\"bob@x.com\";Bob\n\n");
         assert_eq!(v, vec!["alice@x.com", "bob@x.com"]);
