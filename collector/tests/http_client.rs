@@ -273,3 +273,42 @@ async fn concurrency_never_exceeds_the_limits() {
     assert!(max <= 3, "server limit 3, saw {max}");
     assert!(max >= 2, "requests did run concurrently ({max})");
 }
+
+#[tokio::test]
+async fn one_account_never_exceeds_its_own_limit() {
+    let stats = Arc::new(Stats::default());
+    let url = serve(
+        Arc::new(|_, req: &Request| Response {
+            status: 200,
+            headers: vec![],
+            body: get_item_ok(&requested_ids(&req.body), b"Subject: z\r\n\r\n"),
+        }),
+        Duration::from_millis(30),
+        stats.clone(),
+    )
+    .await;
+    let (c, _) = client(url, 8, 2);
+    let c = Arc::new(c);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mb = Mailbox {
+                smtp: "same@example.com".into(),
+            };
+            c.get_items_mime(
+                &mb,
+                &[ItemId {
+                    id: format!("J{i}"),
+                    change_key: String::new(),
+                }],
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("ok");
+    }
+    let max = stats.max_in_flight.load(Ordering::SeqCst);
+    assert!(max <= 2, "per-account limit 2, saw {max}");
+}

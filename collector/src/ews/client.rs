@@ -108,7 +108,14 @@ impl HttpEws {
         let mut attempt = 0u32;
         loop {
             let res = {
-                let _permits = self.limiter.acquire(&mailbox.smtp).await;
+                // Exchange charges an impersonated request to the target mailbox's budget,
+                // otherwise to the service account's.
+                let account = if self.cfg.impersonation {
+                    mailbox.smtp.as_str()
+                } else {
+                    self.cfg.username.as_str()
+                };
+                let _permits = self.limiter.acquire(account).await;
                 Metrics::add(&self.metrics.ews_requests, 1);
                 self.send_once(&xml, mailbox).await
             };
