@@ -119,6 +119,10 @@ async fn headers_and_large_streamed_get_item() {
     let reqs = seen.lock().expect("lock").clone();
     let req = &reqs[0];
     assert_eq!(req.header("X-AnchorMailbox"), Some("carol@example.com"));
+    assert_eq!(
+        req.header("SOAPAction"),
+        Some("\"http://schemas.microsoft.com/exchange/services/2006/messages/GetItem\"")
+    );
     assert!(
         req.header("Authorization")
             .is_some_and(|a| a.starts_with("Basic "))

@@ -117,7 +117,7 @@ impl HttpEws {
                 };
                 let _permits = self.limiter.acquire(account).await;
                 Metrics::add(&self.metrics.ews_requests, 1);
-                self.send_once(&xml, mailbox).await
+                self.send_once(ctx.operation, &xml, mailbox).await
             };
             let res = res.and_then(|root| parse_fn(&root));
             // A result can itself ask for a retry (e.g. ErrorServerBusy inside a GetItem batch).
@@ -147,13 +147,24 @@ impl HttpEws {
         }
     }
 
-    async fn send_once(&self, xml: &str, mailbox: &Mailbox) -> Result<Element, EwsError> {
+    async fn send_once(
+        &self,
+        operation: &str,
+        xml: &str,
+        mailbox: &Mailbox,
+    ) -> Result<Element, EwsError> {
         let resp = self
             .http
             .post(&self.cfg.url)
             .basic_auth(&self.cfg.username, Some(self.cfg.password.expose()))
             .header("Content-Type", "text/xml; charset=utf-8")
             .header("Accept", "text/xml")
+            .header(
+                "SOAPAction",
+                format!(
+                    "\"http://schemas.microsoft.com/exchange/services/2006/messages/{operation}\""
+                ),
+            )
             .header("X-AnchorMailbox", &mailbox.smtp)
             .body(xml.to_owned())
             .send()
@@ -321,7 +332,10 @@ impl Ews for HttpEws {
         for (name, r) in ids.iter().zip(res) {
             match r {
                 Ok(f) => out.push(((*name).to_owned(), f)),
-                Err(e) if e.kind() == ErrorKind::ItemNotFound => {}
+                // A server may not know every well-known folder (e.g. `journal`): skip it.
+                Err(e) if !e.kind().is_retryable() => {
+                    debug!(folder = name, error = %e, "distinguished folder not available");
+                }
                 Err(e) => return Err(e.with_context(&ctx("GetFolder", mailbox, Some(name)))),
             }
         }
