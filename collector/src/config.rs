@@ -23,6 +23,9 @@ pub struct Config {
     /// starting with `mailbox`/`smtp`/`email` are ignored).
     #[serde(default)]
     pub mailboxes_csv: Option<PathBuf>,
+    /// Collect public folders, reached through this mailbox (impersonated / anchor mailbox).
+    #[serde(default)]
+    pub public_folders_via: Option<String>,
     #[serde(default)]
     pub filters: FilterConfig,
     #[serde(default)]
@@ -59,6 +62,9 @@ pub struct EwsConfig {
     /// Also sync folders outside the IPM subtree.
     #[serde(default)]
     pub include_non_ipm: bool,
+    /// Also collect each mailbox's in-place archive (below `archivemsgfolderroot`).
+    #[serde(default)]
+    pub include_archives: bool,
 }
 
 fn yes() -> bool {
@@ -215,7 +221,7 @@ impl Config {
         if self.mailboxes.is_empty() && self.mailboxes_csv.is_none() {
             p.push("no mailboxes: set `mailboxes` or `mailboxes_csv`".into());
         }
-        for m in &self.mailboxes {
+        for m in self.mailboxes.iter().chain(&self.public_folders_via) {
             if !m.contains('@') {
                 p.push(format!("mailbox {m:?} is not an SMTP address"));
             }
@@ -284,6 +290,22 @@ impl Config {
         let filters = self.filters();
         let mut seen = std::collections::HashSet::new();
         out.retain(|m| filters.mailboxes.allows(m) && seen.insert(m.to_lowercase()));
+        Ok(out)
+    }
+
+    /// What one pass collects: every mailbox, its archive if configured, and public folders.
+    pub fn targets(&self) -> Result<Vec<(String, crate::ews::MailboxKind)>, ConfigErrors> {
+        use crate::ews::MailboxKind;
+        let mut out = Vec::new();
+        for m in self.mailbox_list()? {
+            if self.ews.include_archives {
+                out.push((m.clone(), MailboxKind::Archive));
+            }
+            out.push((m, MailboxKind::Primary));
+        }
+        if let Some(via) = &self.public_folders_via {
+            out.push((via.clone(), MailboxKind::PublicFolders));
+        }
         Ok(out)
     }
 

@@ -17,9 +17,10 @@ use mailvault_collector::{RunMode, run};
 #[derive(Debug, Parser)]
 #[command(name = "mailvault-collector", version)]
 struct Cli {
-    /// Configuration file (TOML). Keys: `source`, `mailboxes`, `mailboxes_csv`, `[ews]` (url,
+    /// Configuration file (TOML). Keys: `source`, `mailboxes`, `mailboxes_csv`,
+    /// `public_folders_via`, `[ews]` (url,
     /// username, password_file, impersonation, server_version, ca_file, insecure_skip_verify,
-    /// request_timeout_secs, include_non_ipm), `[filters]` (include/exclude_mailboxes,
+    /// request_timeout_secs, include_non_ipm, include_archives), `[filters]` (include/exclude_mailboxes,
     /// include/exclude_folders, include/exclude_item_classes), `[limits]`
     /// (per_server_concurrency, per_account_concurrency, mailbox_concurrency, max_changes,
     /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
@@ -89,8 +90,9 @@ async fn main() -> ExitCode {
                 let captured: u64 = m.folders.iter().map(|f| f.captured).sum();
                 let quarantined: u64 = m.folders.iter().map(|f| f.quarantined).sum();
                 println!(
-                    "{}: folders={} captured={} quarantined={}{}",
+                    "{} ({}): folders={} captured={} quarantined={}{}",
                     m.mailbox,
+                    m.mailbox_kind,
                     m.folders.len(),
                     captured,
                     quarantined,

@@ -11,8 +11,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::ews::Ews;
-use crate::ews::Mailbox;
 use crate::ews::client::{HttpEws, HttpEwsConfig};
+use crate::ews::{Mailbox, MailboxKind};
 use crate::metrics::Metrics;
 use crate::nats::{JetStreamPublisher, KvCheckpointStore, PublisherConfig};
 use crate::secret::Secret;
@@ -68,16 +68,16 @@ impl RunSummary {
 /// checkpoint written is already consistent).
 pub async fn run_once<E: Ews, P: Publisher, C: CheckpointStore>(
     engine: &Engine<E, P, C>,
-    mailboxes: &[String],
+    targets: &[(String, MailboxKind)],
     concurrency: usize,
     shutdown: &watch::Receiver<bool>,
 ) -> RunSummary {
-    let results: Vec<MailboxReconciliation> = futures::stream::iter(mailboxes.iter())
+    let results: Vec<MailboxReconciliation> = futures::stream::iter(targets.iter())
         .take_while(|_| {
             let stop = *shutdown.borrow();
             async move { !stop }
         })
-        .map(|m| async move { engine.sync_mailbox(&Mailbox { smtp: m.clone() }).await })
+        .map(|(m, kind)| async move { engine.sync_kind(&Mailbox { smtp: m.clone() }, *kind).await })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -167,9 +167,9 @@ pub async fn run(
     let mut last;
     loop {
         // Re-read the CSV every pass so new mailboxes are picked up by the daemon.
-        let mailboxes = config.mailbox_list()?;
-        info!(mailboxes = mailboxes.len(), "collector pass starting");
-        last = run_once(&engine, &mailboxes, l.mailbox_concurrency, &shutdown).await;
+        let targets = config.targets()?;
+        info!(targets = targets.len(), "collector pass starting");
+        last = run_once(&engine, &targets, l.mailbox_concurrency, &shutdown).await;
         info!(
             captured = last.captured(),
             quarantined = last.quarantined(),

@@ -39,9 +39,10 @@ use mailvault_proto::ingest::v1 as pb;
 use mailvault_proto::storage::v1::ContentFormat;
 use tracing::{Instrument as _, info, info_span, warn};
 
+use crate::ews::request::FolderRef;
 use crate::ews::{
     ErrorKind, Ews, EwsError, Folder, FolderChange, ItemChange, ItemId, ItemSummary, Mailbox,
-    MimeItem,
+    MailboxKind, MimeItem,
 };
 use crate::filter::Filters;
 use crate::metrics::Metrics;
@@ -205,6 +206,9 @@ struct PassState {
 
 struct FolderCtx<'a> {
     mailbox: &'a Mailbox,
+    kind: MailboxKind,
+    /// Checkpoint-store key of (mailbox, kind).
+    cp_key: &'a str,
     folder: &'a Folder,
     path: Vec<String>,
     distinguished: String,
@@ -215,18 +219,36 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     /// stop the other folders; mailbox-level failures (hierarchy, checkpoint store) return `Err`
     /// inside the reconciliation's `error`.
     pub async fn sync_mailbox(&self, mailbox: &Mailbox) -> pb::MailboxReconciliation {
+        self.sync_kind(mailbox, MailboxKind::Primary).await
+    }
+
+    /// One pass over the primary mailbox, its archive, or the public folders reached through it.
+    pub async fn sync_kind(
+        &self,
+        mailbox: &Mailbox,
+        kind: MailboxKind,
+    ) -> pb::MailboxReconciliation {
         let mut rec = pb::MailboxReconciliation {
             source: self.opts.source.clone(),
             mailbox: mailbox.smtp.clone(),
+            mailbox_kind: kind.label().into(),
             started_unix_ms: now_ms(),
             ..Default::default()
         };
-        let span = info_span!("mailbox", mailbox = %mailbox.smtp);
-        if let Err(e) = self
-            .sync_mailbox_inner(mailbox, &mut rec)
-            .instrument(span)
-            .await
-        {
+        let span = info_span!("mailbox", mailbox = %mailbox.smtp, kind = kind.label());
+        let res = match kind {
+            MailboxKind::PublicFolders => {
+                self.sync_public_folders(mailbox, &mut rec)
+                    .instrument(span)
+                    .await
+            }
+            _ => {
+                self.sync_mailbox_inner(mailbox, kind, &mut rec)
+                    .instrument(span)
+                    .await
+            }
+        };
+        if let Err(e) = res {
             warn!(mailbox = %mailbox.smtp, error = %e, "mailbox pass failed");
             Metrics::add(&self.metrics.mailbox_failures, 1);
             rec.error = e.to_string();
@@ -237,6 +259,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             msg_id: msg_id(&[
                 "reconcile",
                 &mailbox.smtp.to_lowercase(),
+                kind.label(),
                 &rec.started_unix_ms.to_string(),
             ]),
             message: pb::IngestMessage {
@@ -255,26 +278,29 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     async fn sync_mailbox_inner(
         &self,
         mailbox: &Mailbox,
+        kind: MailboxKind,
         rec: &mut pb::MailboxReconciliation,
     ) -> Result<(), SyncError> {
-        let mut cp = self
-            .store
-            .get_mailbox(&mailbox.smtp)
-            .await?
-            .unwrap_or_default();
+        let key = checkpoint_key(mailbox, kind);
+        let mut cp = self.store.get_mailbox(&key).await?.unwrap_or_default();
         if cp.distinguished.is_empty() {
-            let ids: Vec<&str> = crate::ews::DISTINGUISHED_FOLDERS.to_vec();
+            let ids: Vec<&str> = match kind {
+                MailboxKind::Primary => crate::ews::DISTINGUISHED_FOLDERS.to_vec(),
+                _ => vec![kind.root()],
+            };
             for (name, f) in self.ews.get_distinguished_folders(mailbox, &ids).await? {
                 cp.distinguished.insert(f.id.clone(), name);
             }
         }
-        self.sync_hierarchy(mailbox, &mut cp).await?;
-        self.store.put_mailbox(&mailbox.smtp, &cp).await?;
+        let hierarchy_root = (kind != MailboxKind::Primary).then_some(kind.root());
+        self.sync_hierarchy(mailbox, hierarchy_root, &key, &mut cp)
+            .await?;
+        self.store.put_mailbox(&key, &cp).await?;
 
         let root_id = cp
             .distinguished
             .iter()
-            .find(|(_, n)| n.as_str() == "msgfolderroot")
+            .find(|(_, n)| n.as_str() == kind.root())
             .map(|(id, _)| id.clone());
         let mut selected = Vec::new();
         for f in cp.folders.values() {
@@ -305,6 +331,8 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         for (path, folder) in selected {
             let ctx = FolderCtx {
                 mailbox,
+                kind,
+                cp_key: &key,
                 folder,
                 path: path.clone(),
                 distinguished: cp
@@ -361,15 +389,147 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         Ok(())
     }
 
+    /// Public folders: SyncFolderItems does not work there, so each pass walks the tree with
+    /// FindFolder and lists every folder with FindItem (both paged), and fetches only item
+    /// versions the checkpoint store has not recorded. Deletions are not detected on this path
+    /// (the archive keeps what it has); read flags are not tracked for public folders.
+    async fn sync_public_folders(
+        &self,
+        mailbox: &Mailbox,
+        rec: &mut pb::MailboxReconciliation,
+    ) -> Result<(), SyncError> {
+        const PAGE: u32 = 256;
+        let key = checkpoint_key(mailbox, MailboxKind::PublicFolders);
+        // (parent, path of parent); the root is addressed by its distinguished id.
+        let mut queue: Vec<(Option<String>, Vec<String>)> = vec![(None, Vec::new())];
+        let mut visited = 0usize;
+        while let Some((parent, parent_path)) = queue.pop() {
+            let mut offset = 0;
+            loop {
+                let parent_ref = match &parent {
+                    Some(id) => FolderRef::Id(id),
+                    None => FolderRef::Distinguished(MailboxKind::PublicFolders.root()),
+                };
+                let page = self
+                    .ews
+                    .find_folders(mailbox, parent_ref, offset, PAGE)
+                    .await?;
+                let n = page.entries.len() as u32;
+                for f in page.entries {
+                    visited += 1;
+                    if visited > 100_000 {
+                        return Err(
+                            EwsError::malformed("public folder tree too large or cyclic").into(),
+                        );
+                    }
+                    let mut path = parent_path.clone();
+                    path.push(f.display_name.clone());
+                    queue.push((Some(f.id.clone()), path.clone()));
+                    if !self.opts.filters.folder_allowed(&path) {
+                        *rec.folders_skipped
+                            .entry("folder_filter".into())
+                            .or_default() += 1;
+                        continue;
+                    }
+                    let mut fr = pb::FolderReconciliation {
+                        folder_id: f.id.clone(),
+                        folder_path: path.clone(),
+                        server_total: f.total_count.unwrap_or_default(),
+                        server_total_known: f.total_count.is_some(),
+                        ..Default::default()
+                    };
+                    let ctx = FolderCtx {
+                        mailbox,
+                        kind: MailboxKind::PublicFolders,
+                        cp_key: &key,
+                        folder: &f,
+                        path,
+                        distinguished: String::new(),
+                    };
+                    let span = info_span!("folder", folder = %f.display_name);
+                    match self
+                        .sync_public_folder(&ctx, &mut fr)
+                        .instrument(span)
+                        .await
+                    {
+                        Ok(()) => Metrics::add(&self.metrics.folders_synced, 1),
+                        Err(e @ (SyncError::Publish(_) | SyncError::Checkpoint(_))) => {
+                            fr.error = e.to_string();
+                            rec.folders.push(fr);
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "public folder pass failed");
+                            fr.error = e.to_string();
+                        }
+                    }
+                    rec.folders.push(fr);
+                }
+                match page.next_offset {
+                    Some(next) if !page.includes_last && n > 0 => offset = next,
+                    _ if !page.includes_last && n > 0 => offset += n,
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_public_folder(
+        &self,
+        ctx: &FolderCtx<'_>,
+        fr: &mut pb::FolderReconciliation,
+    ) -> Result<(), SyncError> {
+        const PAGE: u32 = 512;
+        let mb = &ctx.mailbox.smtp;
+        let mut offset = 0;
+        loop {
+            let page = self
+                .ews
+                .find_items(ctx.mailbox, &ctx.folder.id, offset, PAGE)
+                .await?;
+            let n = page.entries.len() as u32;
+            let mut fetch = Vec::new();
+            for s in page.entries {
+                if !s.item_class.is_empty() && !self.opts.filters.item_classes.allows(&s.item_class)
+                {
+                    *fr.skipped.entry("item_class_filter".into()).or_default() += 1;
+                } else if self.store.has_version(mb, &s.id).await? {
+                    *fr.skipped.entry("already_collected".into()).or_default() += 1;
+                } else {
+                    fr.created += 1;
+                    fetch.push(s);
+                }
+            }
+            for chunk in batches(
+                &fetch,
+                self.opts.get_item_batch,
+                self.opts.get_item_max_bytes,
+            ) {
+                let span = info_span!("batch", items = chunk.len());
+                self.fetch_and_publish(ctx, chunk, fr)
+                    .instrument(span)
+                    .await?;
+            }
+            match page.next_offset {
+                Some(next) if !page.includes_last && n > 0 => offset = next,
+                _ if !page.includes_last && n > 0 => offset += n,
+                _ => return Ok(()),
+            }
+        }
+    }
+
     async fn sync_hierarchy(
         &self,
         mailbox: &Mailbox,
+        root: Option<&str>,
+        key: &str,
         cp: &mut MailboxCheckpoint,
     ) -> Result<(), SyncError> {
         let mut reset_once = false;
         loop {
             let state = Some(cp.hierarchy_sync_state.as_str()).filter(|s| !s.is_empty());
-            let page = match self.ews.sync_folder_hierarchy(mailbox, state).await {
+            let page = match self.ews.sync_folder_hierarchy(mailbox, root, state).await {
                 Ok(p) => p,
                 Err(e) if e.kind() == ErrorKind::InvalidSyncState && !reset_once => {
                     warn!(error = %e, "hierarchy sync state invalid, resynchronising the folder tree");
@@ -388,7 +548,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                     }
                     FolderChange::Delete { id } => {
                         cp.folders.remove(&id);
-                        self.store.delete_folder(&mailbox.smtp, &id).await?;
+                        self.store.delete_folder(key, &id).await?;
                     }
                 }
             }
@@ -409,9 +569,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             Err(SyncError::Ews(e)) if e.kind() == ErrorKind::InvalidSyncState => {
                 warn!(error = %e, "folder sync state invalid, full resync");
                 Metrics::add(&self.metrics.sync_state_resets, 1);
-                self.store
-                    .delete_folder(&ctx.mailbox.smtp, &ctx.folder.id)
-                    .await?;
+                self.store.delete_folder(ctx.cp_key, &ctx.folder.id).await?;
                 fr.resynced = true;
                 self.sync_folder(ctx, pass, fr, true).await
             }
@@ -430,7 +588,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         let mut state = if resync {
             None
         } else {
-            self.store.get_folder(mb, &ctx.folder.id).await?
+            self.store.get_folder(ctx.cp_key, &ctx.folder.id).await?
         };
         loop {
             let page = self
@@ -535,7 +693,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             }
             // Every message of this page is acknowledged: now, and only now, advance.
             self.store
-                .put_folder(mb, &ctx.folder.id, &page.sync_state)
+                .put_folder(ctx.cp_key, &ctx.folder.id, &page.sync_state)
                 .await?;
             state = Some(page.sync_state);
             if page.includes_last {
@@ -638,7 +796,10 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             size,
             collected_unix_ms: now_ms(),
             is_read: item.is_read.or(summary.is_read).unwrap_or(false),
-            properties: Default::default(),
+            properties: match ctx.kind {
+                MailboxKind::Primary => Default::default(),
+                k => [("mailbox_kind".to_owned(), k.label().to_owned())].into(),
+            },
         };
         OutMessage {
             subject: subject("item", mb),
@@ -729,6 +890,16 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 )),
             },
         }
+    }
+}
+
+/// Checkpoint-store key of a mailbox part: the address for the primary mailbox (so existing
+/// checkpoints stay valid), `archive:`/`public:` + address otherwise.
+pub fn checkpoint_key(mailbox: &Mailbox, kind: MailboxKind) -> String {
+    match kind {
+        MailboxKind::Primary => mailbox.smtp.clone(),
+        MailboxKind::Archive => format!("archive:{}", mailbox.smtp),
+        MailboxKind::PublicFolders => format!("public:{}", mailbox.smtp),
     }
 }
 

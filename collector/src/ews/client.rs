@@ -221,42 +221,6 @@ impl HttpEws {
         }
     }
 
-    /// FindFolder with paging (public folders).
-    pub async fn find_folders(
-        &self,
-        mailbox: &Mailbox,
-        parent: request::FolderRef<'_>,
-        offset: u32,
-        page: u32,
-    ) -> Result<FindPage<Folder>, EwsError> {
-        self.call(
-            ctx("FindFolder", mailbox, None),
-            mailbox,
-            request::find_folder(parent, offset, page),
-            parse::find_folder,
-            |_| None,
-        )
-        .await
-    }
-
-    /// FindItem with paging (public folders).
-    pub async fn find_items(
-        &self,
-        mailbox: &Mailbox,
-        parent: request::FolderRef<'_>,
-        offset: u32,
-        page: u32,
-    ) -> Result<FindPage<ItemSummary>, EwsError> {
-        self.call(
-            ctx("FindItem", mailbox, None),
-            mailbox,
-            request::find_item(parent, offset, page),
-            parse::find_item,
-            |_| None,
-        )
-        .await
-    }
-
     /// ExportItems (full-fidelity blobs).
     pub async fn export_items(
         &self,
@@ -297,12 +261,13 @@ impl Ews for HttpEws {
     async fn sync_folder_hierarchy(
         &self,
         mailbox: &Mailbox,
+        root: Option<&str>,
         sync_state: Option<&str>,
     ) -> Result<HierarchyPage, EwsError> {
         self.call(
-            ctx("SyncFolderHierarchy", mailbox, None),
+            ctx("SyncFolderHierarchy", mailbox, root),
             mailbox,
-            request::sync_folder_hierarchy(sync_state),
+            request::sync_folder_hierarchy(root, sync_state),
             parse::sync_folder_hierarchy,
             |_| None,
         )
@@ -395,5 +360,41 @@ impl Ews for HttpEws {
                 })
             })
             .collect())
+    }
+
+    /// FindFolder with paging (public folders).
+    async fn find_folders(
+        &self,
+        mailbox: &Mailbox,
+        parent: request::FolderRef<'_>,
+        offset: u32,
+        page: u32,
+    ) -> Result<FindPage<Folder>, EwsError> {
+        self.call(
+            ctx("FindFolder", mailbox, None),
+            mailbox,
+            request::find_folder(parent, offset, page),
+            parse::find_folder,
+            |_| None,
+        )
+        .await
+    }
+
+    /// FindItem with paging (public folders).
+    async fn find_items(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        offset: u32,
+        page: u32,
+    ) -> Result<FindPage<ItemSummary>, EwsError> {
+        self.call(
+            ctx("FindItem", mailbox, Some(folder_id)),
+            mailbox,
+            request::find_item(request::FolderRef::Id(folder_id), offset, page),
+            parse::find_item,
+            |_| None,
+        )
+        .await
     }
 }

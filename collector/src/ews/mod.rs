@@ -98,14 +98,49 @@ pub struct Mailbox {
     pub smtp: String,
 }
 
+/// Which part of a mailbox a pass collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MailboxKind {
+    /// The primary mailbox (IPM subtree below `msgfolderroot`).
+    #[default]
+    Primary,
+    /// The in-place archive (below `archivemsgfolderroot`).
+    Archive,
+    /// Public folders below `publicfoldersroot`, reached through this mailbox (FindFolder /
+    /// FindItem: SyncFolderItems does not work on public folders).
+    PublicFolders,
+}
+
+impl MailboxKind {
+    /// Stable label (`primary`, `archive`, `public_folders`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Archive => "archive",
+            Self::PublicFolders => "public_folders",
+        }
+    }
+
+    /// Distinguished id of the subtree root.
+    pub fn root(self) -> &'static str {
+        match self {
+            Self::Primary => "msgfolderroot",
+            Self::Archive => "archivemsgfolderroot",
+            Self::PublicFolders => "publicfoldersroot",
+        }
+    }
+}
+
 /// EWS operations the sync engine needs. The HTTP implementation is [`client::HttpEws`]; tests
 /// use in-memory fakes.
 #[async_trait]
 pub trait Ews: Send + Sync {
-    /// SyncFolderHierarchy over the whole mailbox, from `sync_state` (None = from scratch).
+    /// SyncFolderHierarchy below the distinguished folder `root` (None = the whole mailbox),
+    /// from `sync_state` (None = from scratch).
     async fn sync_folder_hierarchy(
         &self,
         mailbox: &Mailbox,
+        root: Option<&str>,
         sync_state: Option<&str>,
     ) -> Result<HierarchyPage, EwsError>;
 
@@ -132,6 +167,41 @@ pub trait Ews: Send + Sync {
         mailbox: &Mailbox,
         ids: &[ItemId],
     ) -> Result<Vec<Result<MimeItem, EwsError>>, EwsError>;
+
+    /// FindFolder (shallow, paged) below `parent` — the public-folder path.
+    async fn find_folders(
+        &self,
+        mailbox: &Mailbox,
+        parent: request::FolderRef<'_>,
+        offset: u32,
+        page: u32,
+    ) -> Result<FindPage<Folder>, EwsError> {
+        let _ = (mailbox, parent, offset, page);
+        Err(unsupported("FindFolder"))
+    }
+
+    /// FindItem (shallow, paged) in `folder_id` — the public-folder path.
+    async fn find_items(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        offset: u32,
+        page: u32,
+    ) -> Result<FindPage<ItemSummary>, EwsError> {
+        let _ = (mailbox, folder_id, offset, page);
+        Err(unsupported("FindItem"))
+    }
+}
+
+fn unsupported(op: &'static str) -> EwsError {
+    EwsError::Permanent {
+        code: "Unsupported".into(),
+        message: format!("{op} is not implemented by this EWS backend"),
+        context: Box::new(ErrorContext {
+            operation: op,
+            ..ErrorContext::default()
+        }),
+    }
 }
 
 /// Well-known folders resolved by distinguished id, so restores map to localized names.

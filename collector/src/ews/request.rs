@@ -37,11 +37,18 @@ pub fn envelope(h: Headers<'_>, body: &str) -> String {
     s
 }
 
-/// SyncFolderHierarchy for the whole mailbox.
-pub fn sync_folder_hierarchy(sync_state: Option<&str>) -> String {
+/// SyncFolderHierarchy below a distinguished folder (`None`: the whole mailbox).
+pub fn sync_folder_hierarchy(root: Option<&str>, sync_state: Option<&str>) -> String {
     let mut s = String::from(
         "<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape>",
     );
+    if let Some(root) = root {
+        let _ = write!(
+            s,
+            r#"<m:SyncFolderId><t:DistinguishedFolderId Id="{}"/></m:SyncFolderId>"#,
+            escape(root)
+        );
+    }
     if let Some(st) = sync_state.filter(|s| !s.is_empty()) {
         let _ = write!(s, "<m:SyncState>{}</m:SyncState>", escape(st));
     }
@@ -188,7 +195,7 @@ mod tests {
                 server_version: "Exchange2013_SP1",
                 impersonate: None,
             },
-            &sync_folder_hierarchy(None),
+            &sync_folder_hierarchy(None, None),
         );
         assert!(!xml.contains("ExchangeImpersonation"));
         assert!(!xml.contains("SyncState"));

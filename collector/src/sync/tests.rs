@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
+use crate::ews::request::FolderRef;
 use crate::ews::{ErrorContext, HierarchyPage, ItemsPage};
 use crate::filter::Filter;
 use pb::ingest_message::Message;
@@ -168,9 +169,22 @@ impl Ews for FakeEws {
     async fn sync_folder_hierarchy(
         &self,
         _m: &Mailbox,
+        _root: Option<&str>,
         state: Option<&str>,
     ) -> Result<HierarchyPage, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if _root == Some("archivemsgfolderroot") {
+            let changes = if state.is_some() {
+                Vec::new()
+            } else {
+                vec![FolderChange::Create(folder("arch-inbox", "aroot", "Inbox"))]
+            };
+            return Ok(HierarchyPage {
+                sync_state: "ah1".into(),
+                includes_last: true,
+                changes,
+            });
+        }
         let mb = lock(&self.mb);
         let changes = if state.is_some() {
             Vec::new()
@@ -192,9 +206,15 @@ impl Ews for FakeEws {
     async fn get_distinguished_folders(
         &self,
         _m: &Mailbox,
-        _ids: &[&str],
+        ids: &[&str],
     ) -> Result<Vec<(String, Folder)>, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if ids == ["archivemsgfolderroot"] {
+            return Ok(vec![(
+                "archivemsgfolderroot".into(),
+                folder("aroot", "", "Archive root"),
+            )]);
+        }
         let mb = lock(&self.mb);
         Ok(vec![
             ("msgfolderroot".into(), mb.folders[0].clone()),
@@ -274,6 +294,60 @@ impl Ews for FakeEws {
                 )),
             })
             .collect())
+    }
+
+    async fn find_folders(
+        &self,
+        _m: &Mailbox,
+        parent: FolderRef<'_>,
+        offset: u32,
+        _page: u32,
+    ) -> Result<crate::ews::FindPage<Folder>, EwsError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let entries = match parent {
+            FolderRef::Distinguished("publicfoldersroot") => {
+                vec![
+                    folder("pf1", "pfroot", "Sales"),
+                    folder("pf3", "pfroot", "Private"),
+                ]
+            }
+            FolderRef::Id("pf1") => vec![folder("pf2", "pf1", "EMEA")],
+            _ => vec![],
+        };
+        // Page size 1 to exercise paging.
+        let o = offset as usize;
+        let last = o + 1 >= entries.len();
+        Ok(crate::ews::FindPage {
+            entries: entries.into_iter().skip(o).take(1).collect(),
+            includes_last: last,
+            next_offset: (!last).then_some(offset + 1),
+        })
+    }
+
+    async fn find_items(
+        &self,
+        _m: &Mailbox,
+        folder_id: &str,
+        _offset: u32,
+        _page: u32,
+    ) -> Result<crate::ews::FindPage<ItemSummary>, EwsError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mb = lock(&self.mb);
+        let entries = mb
+            .logs
+            .get(folder_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| match c {
+                ItemChange::Create(s) => mb.live.get(&s.id.id).map(|it| summary(&s.id.id, it)),
+                _ => None,
+            })
+            .collect();
+        Ok(crate::ews::FindPage {
+            entries,
+            includes_last: true,
+            next_offset: None,
+        })
     }
 }
 
@@ -671,4 +745,70 @@ async fn malformed_folder_response_is_recorded_and_other_folders_continue() {
     assert!(!archive.error.is_empty());
     // Not checkpointed: retried next pass.
     assert!(!lock(&e.store.folders).contains_key(&(MB.into(), "archive".into())));
+}
+
+#[tokio::test]
+async fn archive_is_synced_below_its_root_with_its_own_checkpoints() {
+    let e = engine(SyncOptions::default());
+    e.ews.add("inbox", "i0", "Subject: primary");
+    e.ews.add("arch-inbox", "old1", "Subject: archived");
+    let rec = e.sync_kind(&mailbox(), MailboxKind::Archive).await;
+    assert!(rec.error.is_empty(), "{}", rec.error);
+    assert_eq!(rec.mailbox_kind, "archive");
+    let msgs = take(&e);
+    assert_eq!(
+        items(&msgs),
+        vec![("old1".into(), "Inbox".into(), b"Subject: archived".to_vec())]
+    );
+    let Some(Message::Item(env)) = &msgs[0].message.message else {
+        panic!("item expected");
+    };
+    assert_eq!(
+        env.properties.get("mailbox_kind").map(String::as_str),
+        Some("archive")
+    );
+    assert!(lock(&e.store.mailboxes).contains_key(&format!("archive:{MB}")));
+    assert!(
+        !lock(&e.store.mailboxes).contains_key(MB),
+        "primary checkpoint untouched"
+    );
+    let rec = e.sync_kind(&mailbox(), MailboxKind::Archive).await;
+    assert!(rec.error.is_empty());
+    assert!(take(&e).is_empty());
+}
+
+#[tokio::test]
+async fn public_folders_walked_with_paging_and_only_new_versions_fetched() {
+    let e = engine(SyncOptions {
+        filters: Filters {
+            folders: Filter::new(&[], &["Private".into()]),
+            ..Filters::default()
+        },
+        ..SyncOptions::default()
+    });
+    e.ews.add("pf1", "p1", "Subject: sales");
+    e.ews.add("pf2", "p2", "Subject: emea");
+    e.ews.add("pf3", "p3", "Subject: private");
+    let rec = e.sync_kind(&mailbox(), MailboxKind::PublicFolders).await;
+    assert!(rec.error.is_empty(), "{}", rec.error);
+    let got: Vec<(String, String)> = items(&take(&e))
+        .into_iter()
+        .map(|(i, p, _)| (i, p))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("p1".into(), "Sales".into()),
+            ("p2".into(), "Sales/EMEA".into())
+        ]
+    );
+    assert_eq!(rec.folders_skipped.get("folder_filter"), Some(&1));
+
+    e.ews.add("pf2", "p4", "Subject: new");
+    let before = e.ews.get_item_ids.load(Ordering::Relaxed);
+    let rec = e.sync_kind(&mailbox(), MailboxKind::PublicFolders).await;
+    assert!(rec.error.is_empty());
+    let got: Vec<String> = items(&take(&e)).into_iter().map(|(i, _, _)| i).collect();
+    assert_eq!(got, vec!["p4"]);
+    assert_eq!(e.ews.get_item_ids.load(Ordering::Relaxed) - before, 1);
 }
