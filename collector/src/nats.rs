@@ -154,6 +154,9 @@ impl Publisher for JetStreamPublisher {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", m.msg_id.as_str());
             headers.insert(KIND_HEADER, kind_of(&m.message));
+            if let Some(tp) = &m.traceparent {
+                headers.insert("traceparent", tp.as_str());
+            }
             let payload = Bytes::from(m.message.encode_to_vec());
             let ack = self
                 .js

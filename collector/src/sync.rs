@@ -53,6 +53,9 @@ pub struct OutMessage {
     pub subject: String,
     /// `Nats-Msg-Id`: stable across retries and restarts.
     pub msg_id: String,
+    /// W3C `traceparent` header value: one trace per mailbox pass, so every message of a pass
+    /// can be followed downstream.
+    pub traceparent: Option<String>,
     pub message: pb::IngestMessage,
 }
 
@@ -212,6 +215,8 @@ struct FolderCtx<'a> {
     folder: &'a Folder,
     path: Vec<String>,
     distinguished: String,
+    /// Trace id of this mailbox pass (32 hex).
+    trace_id: &'a str,
 }
 
 impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
@@ -255,6 +260,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         }
         rec.finished_unix_ms = now_ms();
         let out = OutMessage {
+            traceparent: Some(traceparent(&trace_id(&rec))),
             subject: subject("reconcile", &mailbox.smtp),
             msg_id: msg_id(&[
                 "reconcile",
@@ -282,6 +288,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         rec: &mut pb::MailboxReconciliation,
     ) -> Result<(), SyncError> {
         let key = checkpoint_key(mailbox, kind);
+        let trace = trace_id(rec);
         let mut cp = self.store.get_mailbox(&key).await?.unwrap_or_default();
         if cp.distinguished.is_empty() {
             let ids: Vec<&str> = match kind {
@@ -335,6 +342,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                 cp_key: &key,
                 folder,
                 path: path.clone(),
+                trace_id: &trace,
                 distinguished: cp
                     .distinguished
                     .get(&folder.id)
@@ -400,6 +408,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     ) -> Result<(), SyncError> {
         const PAGE: u32 = 256;
         let key = checkpoint_key(mailbox, MailboxKind::PublicFolders);
+        let trace = trace_id(rec);
         // (parent, path of parent); the root is addressed by its distinguished id.
         let mut queue: Vec<(Option<String>, Vec<String>)> = vec![(None, Vec::new())];
         let mut visited = 0usize;
@@ -445,6 +454,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                         folder: &f,
                         path,
                         distinguished: String::new(),
+                        trace_id: &trace,
                     };
                     let span = info_span!("folder", folder = %f.display_name);
                     match self
@@ -802,6 +812,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             },
         };
         OutMessage {
+            traceparent: Some(traceparent(ctx.trace_id)),
             subject: subject("item", mb),
             msg_id,
             message: pb::IngestMessage {
@@ -825,6 +836,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             None => "",
         };
         OutMessage {
+            traceparent: Some(traceparent(ctx.trace_id)),
             subject: subject("change", mb),
             msg_id: msg_id(&[
                 "change",
@@ -864,6 +876,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     ) -> OutMessage {
         let mb = &ctx.mailbox.smtp;
         OutMessage {
+            traceparent: Some(traceparent(ctx.trace_id)),
             subject: subject("quarantine", mb),
             msg_id: msg_id(&[
                 "quarantine",
@@ -891,6 +904,23 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             },
         }
     }
+}
+
+/// Trace id of a mailbox pass, derived from what identifies the pass.
+fn trace_id(rec: &pb::MailboxReconciliation) -> String {
+    let h = blake3::hash(
+        format!(
+            "{}\0{}\0{}\0{}",
+            rec.source, rec.mailbox, rec.mailbox_kind, rec.started_unix_ms
+        )
+        .as_bytes(),
+    );
+    hex::encode(&h.as_bytes()[..16])
+}
+
+/// A W3C `traceparent` value in `trace_id` with a fresh span id.
+fn traceparent(trace_id: &str) -> String {
+    format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1)
 }
 
 /// Checkpoint-store key of a mailbox part: the address for the primary mailbox (so existing

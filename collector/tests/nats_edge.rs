@@ -21,6 +21,7 @@ fn envelope(mailbox: &str, id: &str, body: Vec<u8>) -> OutMessage {
         change_key: "ck".into(),
     };
     OutMessage {
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         subject: subject("item", mailbox),
         msg_id: item_msg_id(mailbox, &iid),
         message: pb::IngestMessage {
@@ -89,6 +90,7 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
     for seq in 1..=11 {
         let raw = stream.get_raw_message(seq).await.expect("get");
         assert!(raw.headers.get("Nats-Msg-Id").is_some());
+        assert!(raw.headers.get("traceparent").is_some());
         let msg = pb::IngestMessage::decode(raw.payload).expect("decode");
         let Some(pb::ingest_message::Message::Item(env)) = msg.message else {
             panic!("item expected");

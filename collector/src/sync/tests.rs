@@ -515,6 +515,8 @@ async fn first_run_everything_second_run_only_changes() {
                 )
             );
             assert_eq!(m.subject, subject("item", MB));
+            let tp = m.traceparent.as_deref().expect("traceparent");
+            assert_eq!(tp.len(), 55, "{tp}");
         }
     }
 
