@@ -1,1 +1,19 @@
-//! Reads Exchange over EWS and publishes items to JetStream. Filled in by its own issue.
+//! Reads Exchange over EWS and publishes items to JetStream.
+//!
+//! Stages, each testable without a network: [`ews`] (SOAP requests, namespace-aware streaming
+//! parsers, the HTTP client), [`throttle`] (concurrency limits and back-off), [`sync`] (the
+//! incremental engine over the `Ews`/`Publisher`/`CheckpointStore` traits), [`nats`] (the
+//! JetStream publisher and KV checkpoint store), [`config`].
+
+pub mod config;
+pub mod ews;
+pub mod filter;
+pub mod metrics;
+pub mod nats;
+pub mod secret;
+pub mod sync;
+pub mod throttle;
+
+mod run;
+
+pub use run::{RunMode, RunSummary, run, run_once};

@@ -1,0 +1,117 @@
+//! `mailvault-collector`: reads Exchange mailboxes over EWS and publishes them to JetStream.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mailvault_collector::config::Config;
+use mailvault_collector::{RunMode, run};
+
+/// Mail-level backup collector for Microsoft Exchange (EWS → NATS JetStream).
+///
+/// Reads every configured mailbox incrementally (SyncFolderHierarchy / SyncFolderItems), fetches
+/// MIME with GetItem and publishes protobuf envelopes to the `MAILVAULT_INGEST` stream. Sync
+/// states are checkpointed in the `mailvault-checkpoints` KV bucket only after JetStream
+/// acknowledged every item of a batch.
+#[derive(Debug, Parser)]
+#[command(name = "mailvault-collector", version)]
+struct Cli {
+    /// Configuration file (TOML). Keys: `source`, `mailboxes`, `mailboxes_csv`,
+    /// `public_folders_via`, `[ews]` (url,
+    /// username, password_file, impersonation, server_version, ca_file, insecure_skip_verify,
+    /// request_timeout_secs, include_non_ipm, include_archives), `[filters]` (include/exclude_mailboxes,
+    /// include/exclude_folders, include/exclude_item_classes), `[limits]`
+    /// (per_server_concurrency, per_account_concurrency, mailbox_concurrency, max_changes,
+    /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
+    /// max_in_flight_publishes), `[nats]` (url, creds_file, ca_file, stream, kv_bucket,
+    /// object_bucket).
+    #[arg(short, long, env = "MAILVAULT_COLLECTOR_CONFIG")]
+    config: PathBuf,
+
+    /// Make one pass over all mailboxes and exit. Exit code 0: everything collected (quarantined
+    /// items are reported, not failures); 2: some mailbox or folder failed; 1: startup error.
+    #[arg(long, conflicts_with = "interval")]
+    once: bool,
+
+    /// Daemon mode: time between passes (e.g. `5m`, `30s`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    interval: Duration,
+
+    /// Only validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.check_config {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = tx.send(true);
+        }
+    });
+    let mode = if cli.once {
+        RunMode::Once
+    } else {
+        RunMode::Daemon {
+            interval: cli.interval,
+        }
+    };
+    match run(config, mode, rx).await {
+        Ok(summary) => {
+            for m in &summary.mailboxes {
+                let captured: u64 = m.folders.iter().map(|f| f.captured).sum();
+                let quarantined: u64 = m.folders.iter().map(|f| f.quarantined).sum();
+                println!(
+                    "{} ({}): folders={} captured={} quarantined={}{}",
+                    m.mailbox,
+                    m.mailbox_kind,
+                    m.folders.len(),
+                    captured,
+                    quarantined,
+                    if m.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" error={}", m.error)
+                    }
+                );
+            }
+            if summary.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Secrets read from files, never printed.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A secret string whose `Debug`/`Display` are redacted.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(Arc::from(s.into()))
+    }
+
+    /// The secret value; call only where it is sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads a secret from a file, trimming one trailing newline.
+    pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
+        let s = std::fs::read_to_string(path)?;
+        Ok(Self::new(s.trim_end_matches(['\r', '\n'])))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
