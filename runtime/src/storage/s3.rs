@@ -19,6 +19,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
 use mailvault_format::store::{BlobStore, PutOutcome, StoreError, check_range, validate_name};
 use serde::Deserialize;
 
@@ -93,6 +94,9 @@ pub struct S3Config {
     /// Size of each multipart part (S3 requires at least 5 MiB, except the last).
     #[serde(default = "default_part_size")]
     pub part_size: u64,
+    /// Parts of one object uploaded at once.
+    #[serde(default = "default_part_concurrency")]
+    pub part_concurrency: usize,
 }
 
 fn default_region() -> String {
@@ -118,6 +122,9 @@ fn default_multipart_threshold() -> u64 {
 }
 fn default_part_size() -> u64 {
     8 * 1024 * 1024
+}
+fn default_part_concurrency() -> usize {
+    4
 }
 
 /// Durations as human strings ("5s", "200ms").
@@ -149,6 +156,7 @@ impl fmt::Debug for S3Config {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
+            .field("part_concurrency", &self.part_concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -173,6 +181,7 @@ impl S3Config {
             attempt_timeout: default_attempt_timeout(),
             multipart_threshold: default_multipart_threshold(),
             part_size: default_part_size(),
+            part_concurrency: default_part_concurrency(),
         }
     }
 
@@ -208,6 +217,9 @@ impl S3Config {
         if self.part_size < 5 * 1024 * 1024 {
             p.push("s3.part_size: must be at least 5 MiB".to_owned());
         }
+        if self.part_concurrency == 0 {
+            p.push("s3.part_concurrency: must be at least 1".to_owned());
+        }
         if self.multipart_threshold < self.part_size {
             p.push("s3.multipart_threshold: must be at least part_size".to_owned());
         }
@@ -221,6 +233,17 @@ impl S3Config {
         } else {
             format!("{p}/")
         }
+    }
+}
+
+impl crate::config::Validate for S3Config {
+    fn validate(&self, problems: &mut Vec<String>) {
+        // The bucket may come from the store URL instead.
+        problems.extend(
+            self.problems()
+                .into_iter()
+                .filter(|p| !p.starts_with("s3.bucket")),
+        );
     }
 }
 
@@ -245,6 +268,7 @@ pub struct S3Store {
     prefix: String,
     multipart_threshold: u64,
     part_size: u64,
+    part_concurrency: usize,
 }
 
 impl fmt::Debug for S3Store {
@@ -323,6 +347,7 @@ impl S3Store {
             prefix: cfg.normalized_prefix(),
             multipart_threshold: cfg.multipart_threshold,
             part_size: cfg.part_size,
+            part_concurrency: cfg.part_concurrency,
         })
     }
 
@@ -389,33 +414,42 @@ impl S3Store {
         data: &Bytes,
     ) -> Result<(), StoreError> {
         let part_size = usize::try_from(self.part_size).unwrap_or(usize::MAX);
-        let mut parts = Vec::new();
-        let mut offset = 0usize;
-        let mut number = 1i32;
-        while offset < data.len() {
-            let end = data.len().min(offset.saturating_add(part_size));
-            let part = data.slice(offset..end);
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .content_length((end - offset) as i64)
-                .body(ByteStream::from(part))
-                .send()
-                .await
-                .map_err(|e| map_sdk_error("put (upload part)", name, e))?;
-            parts.push(
-                CompletedPart::builder()
+        let ranges: Vec<(i32, usize, usize)> = (0..data.len())
+            .step_by(part_size)
+            .zip(1i32..)
+            .map(|(start, number)| {
+                (
+                    number,
+                    start,
+                    data.len().min(start.saturating_add(part_size)),
+                )
+            })
+            .collect();
+        // A few parts in flight at once; the parts are slices of `data`, so no extra memory.
+        let parts: Vec<CompletedPart> = stream::iter(ranges)
+            .map(|(number, start, end)| async move {
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
                     .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_owned))
-                    .build(),
-            );
-            offset = end;
-            number += 1;
-        }
+                    .content_length((end - start) as i64)
+                    .body(ByteStream::from(data.slice(start..end)))
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk_error("put (upload part)", name, e))?;
+                Ok::<_, StoreError>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .build(),
+                )
+            })
+            .buffered(self.part_concurrency)
+            .try_collect()
+            .await?;
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -675,6 +709,40 @@ mod tests {
         assert_eq!(cfg.connect_timeout, Duration::from_secs(2));
         let problems = cfg.problems();
         assert_eq!(problems.len(), 5, "{problems:#?}");
+    }
+
+    #[test]
+    fn loads_through_the_config_loader_with_env_overrides() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Svc {
+            s3: S3Config,
+        }
+        impl crate::config::Validate for Svc {
+            fn validate(&self, problems: &mut Vec<String>) {
+                self.s3.validate(problems);
+            }
+        }
+        let env = vec![
+            (
+                "MAILVAULT_S3_ENDPOINT".to_owned(),
+                "http://garage:3900".to_owned(),
+            ),
+            ("MAILVAULT_S3_MAX_ATTEMPTS".to_owned(), "9".to_owned()),
+        ];
+        let svc: Svc =
+            crate::config::load_str("[s3]\nregion = \"garage\"\n", "svc.toml", env).expect("valid");
+        assert_eq!(svc.s3.endpoint.as_deref(), Some("http://garage:3900"));
+        assert_eq!(svc.s3.max_attempts, 9);
+        assert_eq!(svc.s3.region, "garage");
+
+        let err = crate::config::load_str::<Svc, _>(
+            "[s3]\nmax_attempts = 0\npart_concurrency = 0\n",
+            "svc.toml",
+            Vec::new(),
+        )
+        .expect_err("invalid");
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 
     #[test]
