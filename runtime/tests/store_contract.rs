@@ -178,6 +178,7 @@ async fn s3_outage_is_transient_and_names_the_object_then_recovers() {
         .expect_err("put during outage");
     assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
     assert!(err.to_string().contains("packs/during"), "{err}");
+    assert!(err.to_string().contains("put"), "{err}");
 
     let _garage = tokio::task::spawn_blocking(move || {
         let mut garage = garage;

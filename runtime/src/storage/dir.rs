@@ -103,9 +103,13 @@ impl DirStore {
                 Err(e) => Err(e),
             }
         })();
-        let removed = fs::remove_file(&tmp);
+        if let Err(e) = fs::remove_file(&tmp)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            // Harmless for correctness (hidden, never listed), but it takes space.
+            tracing::warn!(object = name, tmp = %tmp.display(), error = %e, "could not remove a temporary file");
+        }
         let outcome = result.map_err(err)?;
-        removed.map_err(err)?;
         sync_dir(&dir).map_err(err)?;
         Ok(outcome)
     }

@@ -351,6 +351,28 @@ impl S3Store {
         })
     }
 
+    /// The object's size via HEAD, `None` when it does not exist.
+    async fn head(&self, op: &'static str, name: &str) -> Result<Option<u64>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(
+                out.content_length()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .unwrap_or(0),
+            )),
+            Err(e) => match map_sdk_error(op, name, e) {
+                StoreError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -530,7 +552,7 @@ impl BlobStore for S3Store {
     async fn put(&self, name: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
         validate_name(name)?;
         // Never a conditional PUT: Garage ignores If-None-Match.
-        if self.size(name).await?.is_some() {
+        if self.head("put (existence check)", name).await?.is_some() {
             return Ok(PutOutcome::AlreadyExists);
         }
         if data.len() as u64 > self.multipart_threshold {
@@ -614,24 +636,7 @@ impl BlobStore for S3Store {
 
     async fn size(&self, name: &str) -> Result<Option<u64>, StoreError> {
         validate_name(name)?;
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.key(name))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(
-                out.content_length()
-                    .and_then(|l| u64::try_from(l).ok())
-                    .unwrap_or(0),
-            )),
-            Err(e) => match map_sdk_error("size", name, e) {
-                StoreError::NotFound { .. } => Ok(None),
-                other => Err(other),
-            },
-        }
+        self.head("size", name).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
