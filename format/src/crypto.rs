@@ -264,6 +264,11 @@ pub(crate) fn cipher_from(key: &[u8; 32]) -> Aes256GcmSiv {
     Aes256GcmSiv::new(key.into())
 }
 
+/// The unkeyed checksum that ends key objects.
+pub fn checksum(bytes: &[u8]) -> blake3::Hash {
+    blake3::hash(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,9 +314,4 @@ mod tests {
         assert_ne!(a.chunk_id(b"x"), b.chunk_id(b"x"));
         assert_ne!(a.manifest_id("m", "i", "c"), a.manifest_id("m", "ic", ""));
     }
-}
-
-/// The unkeyed checksum that ends key objects.
-pub fn checksum(bytes: &[u8]) -> blake3::Hash {
-    blake3::hash(bytes)
 }

@@ -94,7 +94,7 @@ pub fn wrap(
         .encode_to_vec(),
     );
     let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad(name, &hbytes), &mut *secret)
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad(name, &hbytes), &mut secret)
         .map_err(|_| FormatError::Invalid("key wrapping failed".into()))?;
     let mut out = crypto::header(Kind::Key).to_vec();
     out.extend_from_slice(&(hbytes.len() as u32).to_le_bytes());
@@ -162,7 +162,7 @@ pub fn unwrap(
         .decrypt_in_place_detached(
             Nonce::from_slice(key.nonce),
             &aad(name, key.header_bytes),
-            &mut *buf,
+            &mut buf,
             tag.into(),
         )
         .is_err()

@@ -62,7 +62,7 @@ impl Checker {
         self.report.problems.len() - 1
     }
 
-    fn from_error(&mut self, object: &str, e: FormatError) -> usize {
+    fn error(&mut self, object: &str, e: FormatError) -> usize {
         match e {
             FormatError::Corrupt { object, cause } => self.problem(object, cause),
             other => self.problem(object, other),
@@ -81,7 +81,7 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
     match store.get(names::CONFIG).await {
         Ok(b) => {
             if let Err(e) = keys_.open_object(Kind::Config, names::CONFIG, &b) {
-                ck.from_error(names::CONFIG, e);
+                ck.error(names::CONFIG, e);
             }
         }
         Err(e) => {
@@ -92,13 +92,13 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
         ck.report.keys += 1;
         let b = store.get(&name).await?;
         if let Err(e) = keys::parse(&name, &b) {
-            ck.from_error(&name, e);
+            ck.error(&name, e);
         }
     }
     for name in store.list(names::DICTS).await? {
         let id = u32::from_str_radix(name.trim_start_matches(names::DICTS), 16).unwrap_or(0);
         if let Err(e) = repo.read_dictionary(&name, id).await {
-            ck.from_error(&name, e);
+            ck.error(&name, e);
         }
     }
 
@@ -111,7 +111,7 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
         let file = match index::decode(keys_, &name, &bytes) {
             Ok(f) => f,
             Err(e) => {
-                ck.from_error(&name, e);
+                ck.error(&name, e);
                 continue;
             }
         };
@@ -163,13 +163,13 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
                                     if let Err(err) =
                                         repo.extract(name, bid, &Location::new(group, b), &plain)
                                     {
-                                        let p = ck.from_error(name, err);
+                                        let p = ck.error(name, err);
                                         ck.damaged.insert(*bid, p);
                                     }
                                 }
                             }
                             Err(err) => {
-                                let p = ck.from_error(name, err);
+                                let p = ck.error(name, err);
                                 for bid in ids.into_iter().flatten() {
                                     ck.damaged.insert(bid, p);
                                 }
@@ -214,7 +214,7 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
                 }
             }
             Err(e) => {
-                let p = ck.from_error(name, e);
+                let p = ck.error(name, e);
                 for (bid, _) in &claimed {
                     ck.damaged.insert(*bid, p);
                 }
@@ -254,7 +254,7 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
         }) {
             Ok(m) => m,
             Err(e) => {
-                let p = ck.from_error(&names::pack(&loc.group.pack), e);
+                let p = ck.error(&names::pack(&loc.group.pack), e);
                 ck.report.problems[p].items.push(label_unknown);
                 continue;
             }
