@@ -107,10 +107,13 @@ impl JetStreamPublisher {
         })
     }
 
-    /// Moves a large inline body into the object store (content-addressed name, so a retry
-    /// finds it already there) and returns the reference.
-    async fn offload(&self, body: &Bytes) -> Result<pb::ObjectRef, PublishError> {
-        let name = blake3::hash(body).to_hex().to_string();
+        /// Moves a large inline body into the object store and returns the reference. The object
+    /// is named by the item version (its `Nats-Msg-Id`), not by content: the aggregator deletes
+    /// a body once its item is durable, and a content-addressed body shared by fifty mailboxes'
+    /// copies would vanish under the forty-nine still in flight. A retry of the same version
+    /// finds its object already there.
+    async fn offload(&self, version: &str, body: &Bytes) -> Result<pb::ObjectRef, PublishError> {
+        let name = version.to_owned();
         let exists = matches!(self.objects.info(&name).await, Ok(info) if info.size == body.len() && !info.deleted);
         if !exists {
             let mut reader: &[u8] = body;
@@ -148,7 +151,7 @@ impl Publisher for JetStreamPublisher {
                 && let Some(pb::item_envelope::Body::Inline(body)) = &env.body
                 && body.len() > self.cfg.inline_limit
             {
-                let r = self.offload(body).await?;
+                let r = self.offload(&m.msg_id, body).await?;
                 env.body = Some(pb::item_envelope::Body::Object(r));
             }
             let mut headers = async_nats::HeaderMap::new();
