@@ -458,7 +458,7 @@ async fn admitted(
         mailbox,
         can_impersonate: account.impersonation,
     };
-    let result = if ops::is_mutating(&op_name) {
+    let result = if ops::is_mutating(op_name) {
         let mut store = shared.write_store();
         ops::dispatch(&mut store, &ctx, op)
     } else {
