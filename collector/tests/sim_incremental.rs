@@ -198,3 +198,70 @@ async fn second_run_publishes_exactly_the_changes_and_idle_run_is_cheap() {
     assert_eq!(idle.len(), mailboxes.len(), "only reconciliations");
     assert!(idle.iter().all(|m| m.reconciliation().is_some()));
 }
+
+/// `ErrorInvalidSyncStateData` (Exchange lost or rejects the stored states): every folder is
+/// resynchronised from scratch, nothing already collected is fetched or published again, and
+/// a change made meanwhile is still picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_sync_states_resync_without_republishing() {
+    let nats = mailvault_harness::NatsServer::start().expect("start nats-server");
+    let mut sim_cfg = SimConfig::new(DOMAIN);
+    sim_cfg.generate = Some(GenConfig {
+        seed: 78,
+        domain: DOMAIN.into(),
+        users: 2,
+        messages: 30,
+        journal: false,
+        ..GenConfig::default()
+    });
+    let sim = Simulator::start(sim_cfg).await.expect("start simulator");
+    let mailboxes = sim.mailboxes();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(dir.path(), &sim.url(), &nats.url(), &mailboxes);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let first = run(cfg.clone(), RunMode::Once, rx.clone())
+        .await
+        .expect("first run");
+    assert!(first.is_clean(), "{first:?}");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let after_first = common::last_seq(&js).await;
+
+    sim.invalidate_sync_states(None);
+    let inbox = sim
+        .distinguished_folder_id(&mailboxes[0], "inbox")
+        .expect("inbox");
+    let added = sim
+        .add_item(&inbox, &new_mime(1000), "IPM.Note")
+        .expect("add item");
+    sim.reset_stats();
+    let second = run(cfg, RunMode::Once, rx).await.expect("second run");
+    assert!(second.is_clean(), "{second:?}");
+    let folders: Vec<_> = second.mailboxes.iter().flat_map(|m| &m.folders).collect();
+    assert!(
+        folders.iter().all(|f| f.resynced),
+        "every folder resynchronised"
+    );
+    let skipped: u64 = folders
+        .iter()
+        .map(|f| f.skipped.get("already_collected").copied().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        skipped as usize,
+        sim.total_items() - 1,
+        "all but the new item known"
+    );
+    assert_eq!(
+        sim.stats().items_fetched,
+        1,
+        "only the new item's MIME fetched"
+    );
+    let msgs = common::stream_messages(&js, after_first).await;
+    let items: Vec<_> = msgs.iter().filter_map(|m| m.item()).collect();
+    assert_eq!(items.len(), 1, "only the new item published");
+    assert_eq!(items[0].item_id, added.id);
+    assert!(
+        msgs.iter()
+            .all(|m| m.item().is_some() || m.reconciliation().is_some()),
+        "no change events or quarantines from a resync"
+    );
+}
