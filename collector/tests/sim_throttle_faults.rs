@@ -132,6 +132,20 @@ async fn throttled_run_completes_within_limits_and_honours_backoff() {
             continue;
         };
         let ms: u64 = ms.parse().expect("backoff in outcome");
+        // Exchange charges the back-off to the account's budget: nothing else of that
+        // account may come in during it either.
+        for n in log
+            .iter()
+            .filter(|n| n.account == r.account && n.arrived > r.answered)
+        {
+            let gap = n.arrived.duration_since(r.answered);
+            assert!(
+                gap >= Duration::from_millis(ms),
+                "{} for {} arrived {gap:?} after an ErrorServerBusy asking for {ms} ms",
+                n.operation,
+                n.account
+            );
+        }
         let retry = log[i + 1..]
             .iter()
             .filter(|n| n.account == r.account && n.body_hash == r.body_hash)
