@@ -1,7 +1,5 @@
 //! JetStreamPublisher and KvCheckpointStore against a real nats-server.
 
-mod support;
-
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -39,10 +37,7 @@ fn envelope(mailbox: &str, id: &str, body: Vec<u8>) -> OutMessage {
 
 #[tokio::test]
 async fn publisher_dedupes_and_offloads_large_bodies() {
-    let Some(server) = support::NatsServer::start().await else {
-        eprintln!("nats-server not installed; skipping");
-        return;
-    };
+    let server = mailvault_harness::NatsServer::start().expect("start nats-server");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let metrics = Arc::new(Metrics::default());
     let cfg = PublisherConfig {
@@ -115,10 +110,7 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
 
 #[tokio::test]
 async fn kv_checkpoints_round_trip() {
-    let Some(server) = support::NatsServer::start().await else {
-        eprintln!("nats-server not installed; skipping");
-        return;
-    };
+    let server = mailvault_harness::NatsServer::start().expect("start nats-server");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let store = KvCheckpointStore::new(client.clone(), "mailvault-checkpoints")
         .await

@@ -135,10 +135,7 @@ async fn stream_contents(js: &jetstream::Context) -> Vec<pb::IngestMessage> {
 
 #[tokio::test]
 async fn run_once_collects_every_item_and_second_pass_publishes_nothing_new() {
-    let Some(nats) = support::NatsServer::start().await else {
-        eprintln!("nats-server not installed; skipping");
-        return;
-    };
+    let nats = mailvault_harness::NatsServer::start().expect("start nats-server");
     let calls = Arc::new(AtomicUsize::new(0));
     let c2 = calls.clone();
     let url = serve(

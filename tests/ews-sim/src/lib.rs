@@ -156,12 +156,35 @@ pub struct Stats {
     pub impersonation_denied: u64,
     /// SOAP faults sent, by response code.
     pub faults: BTreeMap<String, u64>,
+    /// Peak of concurrent requests of one account *sent* by the client, counting those the
+    /// concurrency limit refused (`max_concurrent_per_account` only counts admitted ones, so it
+    /// can never exceed the limit; this one shows whether a client tried to).
+    pub max_attempted_per_account: usize,
+    /// Item ids named in GetItem/ExportItems requests that reached the store (after
+    /// throttling and injected faults): how often content was fetched.
+    pub items_fetched: u64,
 }
 
 impl Stats {
     pub fn count(&self, op: &str) -> u64 {
         self.requests.get(op).copied().unwrap_or(0)
     }
+}
+
+/// One answered request (after authentication and the SOAP header checks), in answer order.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub arrived: std::time::Instant,
+    pub answered: std::time::Instant,
+    /// The account (impersonated mailbox when impersonating) the request is charged to.
+    pub account: String,
+    pub operation: String,
+    /// Hash of the request body: a client's retry of the same request has the same hash.
+    pub body_hash: u64,
+    /// `ok`, `busy:<BackOffMilliseconds>` (injected), `concurrency_limit_busy:<ms>`,
+    /// `concurrency_limit_503`, `http503`, `http500`, `invalid_sync_state`, `truncated_xml`,
+    /// `malformed_xml` or `fault:<ResponseCode>`.
+    pub outcome: String,
 }
 
 /// One item as the store holds it.
@@ -216,6 +239,7 @@ impl Simulator {
             changed,
             hold,
             tick: AtomicU64::new(0),
+            vanish_on_fetch: Default::default(),
         });
         let app_state = shared.clone();
         let app = axum::Router::new()
@@ -494,6 +518,29 @@ impl SimHandle {
 
     // ------------------------------------------------------------ faults and counters
 
+    /// Marks an item as damaged: GetItem answers `ErrorCorruptData` for it from now on.
+    pub fn corrupt_item(&self, item_id: &str) -> Result<(), StoreError> {
+        let mut s = self.shared.write_store();
+        let (mb, serial) = s.find_item(item_id).ok_or(StoreError::NoItem)?;
+        let it = s.mailboxes[mb]
+            .items
+            .get_mut(&serial)
+            .ok_or(StoreError::NoItem)?;
+        it.corrupt = true;
+        Ok(())
+    }
+
+    /// Deletes the item the moment a GetItem or ExportItems request names it, before the
+    /// request is answered: the item was listed by SyncFolderItems and is gone when its
+    /// content is fetched (answer `ErrorItemNotFound`, and a Delete in the next sync).
+    pub fn delete_on_fetch(&self, item_id: &str) {
+        self.shared
+            .vanish_on_fetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(item_id.to_owned());
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock_faults().faults = faults;
     }
@@ -523,13 +570,20 @@ impl SimHandle {
         self.shared.stats()
     }
 
+    /// Every answered request since the start or the last [`SimHandle::reset_stats`].
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.lock_counters().log.clone()
+    }
+
     pub fn reset_stats(&self) {
         let mut c = self.shared.lock_counters();
         let inflight = std::mem::take(&mut c.inflight);
         let total = c.inflight_total;
+        let attempts = std::mem::take(&mut c.attempts);
         *c = server::Counters::default();
         c.inflight = inflight;
         c.inflight_total = total;
+        c.attempts = attempts;
     }
 
     /// Waits until `cond` holds for the counters (re-checked on every counter change).

@@ -896,14 +896,19 @@ fn get_item(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
     let mut msgs = String::new();
     for id in &ids.children {
         match resolve_item(store, ctx, id) {
-            Ok((mb, s)) => {
-                let mut c = String::from("<m:Items>");
-                if let Some(it) = store.mailboxes[mb].items.get(&s) {
-                    write_item(&mut c, store, mb, it, &shape);
+            Ok((mb, s)) => match store.mailboxes[mb].items.get(&s) {
+                Some(it) if it.corrupt => {
+                    msgs.push_str(&shape_err("GetItem", "ErrorCorruptData", "<m:Items/>"));
                 }
-                c.push_str("</m:Items>");
-                msgs.push_str(&ok("GetItem", &c));
-            }
+                it => {
+                    let mut c = String::from("<m:Items>");
+                    if let Some(it) = it {
+                        write_item(&mut c, store, mb, it, &shape);
+                    }
+                    c.push_str("</m:Items>");
+                    msgs.push_str(&ok("GetItem", &c));
+                }
+            },
             Err(code) => msgs.push_str(&shape_err("GetItem", code, "<m:Items/>")),
         }
     }

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::ops::{self, Ctx, Fault};
 use crate::store::Store;
 use crate::xml::{self, El, NS_E, NS_T, SOAP11, SOAP12, esc};
-use crate::{Account, FaultKind, FaultRule, Faults, SimConfig, Stats};
+use crate::{Account, FaultKind, FaultRule, Faults, RequestRecord, SimConfig, Stats};
 
 pub(crate) struct Shared {
     pub store: RwLock<Store>,
@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     pub changed: tokio::sync::watch::Sender<u64>,
     pub hold: tokio::sync::watch::Sender<bool>,
     pub tick: AtomicU64,
+    /// Item ids deleted the moment a GetItem/ExportItems request names them (the race of an
+    /// item deleted between SyncFolderItems and GetItem).
+    pub vanish_on_fetch: Mutex<std::collections::HashSet<String>>,
 }
 
 pub(crate) struct FaultState {
@@ -56,7 +59,16 @@ pub(crate) struct Counters {
     pub auth_failures: u64,
     pub impersonation_denied: u64,
     pub faults_sent: BTreeMap<String, u64>,
+    /// Requests per account that passed authentication and the SOAP header checks and have
+    /// not been answered yet, admitted or not.
+    pub attempts: HashMap<String, usize>,
+    pub max_attempted_per_account: usize,
+    pub items_fetched: u64,
+    pub log: Vec<RequestRecord>,
 }
+
+/// Most entries kept in the request log (older ones are dropped first).
+const LOG_CAP: usize = 1 << 20;
 
 impl Shared {
     pub fn lock_counters(&self) -> std::sync::MutexGuard<'_, Counters> {
@@ -101,6 +113,38 @@ impl Shared {
             auth_failures: c.auth_failures,
             impersonation_denied: c.impersonation_denied,
             faults: c.faults_sent.clone(),
+            max_attempted_per_account: c.max_attempted_per_account,
+            items_fetched: c.items_fetched,
+        }
+    }
+}
+
+/// Counts a request against its account until it is answered (admitted or refused), so
+/// tests can see whether a client ever *tried* to exceed the concurrency limit.
+struct Attempt<'a> {
+    shared: &'a Shared,
+    key: String,
+}
+
+impl<'a> Attempt<'a> {
+    fn new(shared: &'a Shared, key: &str) -> Self {
+        let mut c = shared.lock_counters();
+        let n = c.attempts.entry(key.to_owned()).or_insert(0);
+        *n += 1;
+        let n = *n;
+        c.max_attempted_per_account = c.max_attempted_per_account.max(n);
+        Attempt {
+            shared,
+            key: key.to_owned(),
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut c = self.shared.lock_counters();
+        if let Some(n) = c.attempts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
         }
     }
 }
@@ -277,7 +321,45 @@ pub(crate) async fn handle(
             return fault_response(&f);
         }
     };
+    let attempt = Attempt::new(&shared, &throttle_key);
+    let arrived = std::time::Instant::now();
+    let body_hash = {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        h.finish()
+    };
+    let account_key = throttle_key.clone();
+    let (response, outcome) = admitted(&shared, account, &op_name, op, mailbox, throttle_key).await;
+    {
+        let mut c = shared.lock_counters();
+        if c.log.len() >= LOG_CAP {
+            c.log.remove(0);
+        }
+        c.log.push(RequestRecord {
+            arrived,
+            answered: std::time::Instant::now(),
+            account: account_key,
+            operation: op_name,
+            body_hash,
+            outcome,
+        });
+    }
+    drop(attempt);
+    shared.notify();
+    response
+}
 
+/// A request whose envelope and SOAP header are valid: throttling, fault injection, the
+/// operation. Returns the response and a short outcome for the request log.
+async fn admitted(
+    shared: &Arc<Shared>,
+    account: &Account,
+    op_name: &str,
+    op: &El,
+    mailbox: Option<usize>,
+    throttle_key: String,
+) -> (Response, String) {
     // Throttling: per-account concurrency limit.
     let slot = {
         let mut c = shared.lock_counters();
@@ -287,9 +369,15 @@ pub(crate) async fn handle(
             drop(c);
             shared.notify();
             if shared.config.busy_as_http_503 {
-                return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+                return (
+                    (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response(),
+                    "concurrency_limit_503".into(),
+                );
             }
-            return fault_response(&busy_fault(shared.config.busy_backoff_ms));
+            return (
+                fault_response(&busy_fault(shared.config.busy_backoff_ms)),
+                format!("concurrency_limit_busy:{}", shared.config.busy_backoff_ms),
+            );
         }
         *n += 1;
         let per = *n;
@@ -297,7 +385,7 @@ pub(crate) async fn handle(
         c.max_concurrent = c.max_concurrent.max(c.inflight_total);
         c.max_concurrent_per_account = c.max_concurrent_per_account.max(per);
         Slot {
-            shared: &shared,
+            shared,
             key: throttle_key,
         }
     };
@@ -311,7 +399,7 @@ pub(crate) async fn handle(
         }
     }
 
-    let (fault, latency) = pick_fault(&shared, &op_name);
+    let (fault, latency) = pick_fault(shared, op_name);
     if let Some(d) = latency {
         tokio::time::sleep(d).await;
     }
@@ -327,16 +415,22 @@ pub(crate) async fn handle(
             FaultKind::ServerBusy => {
                 shared.lock_counters().busy += 1;
                 drop(slot);
-                return fault_response(&busy_fault(shared.lock_faults().faults.backoff_ms));
+                let ms = shared.lock_faults().faults.backoff_ms;
+                return (fault_response(&busy_fault(ms)), format!("busy:{ms}"));
             }
             FaultKind::Http503 => {
                 drop(slot);
-                return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+                return (
+                    (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response(),
+                    "http503".into(),
+                );
             }
             FaultKind::Http500 => {
                 drop(slot);
-                return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
-                    .into_response();
+                return (
+                    (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response(),
+                    "http500".into(),
+                );
             }
             FaultKind::InvalidSyncState
                 if op_name == "SyncFolderItems" || op_name == "SyncFolderHierarchy" =>
@@ -346,17 +440,25 @@ pub(crate) async fn handle(
                     "<m:{op_name}Response xmlns:m=\"{}\" xmlns:t=\"{NS_T}\"><m:ResponseMessages><m:{op_name}ResponseMessage ResponseClass=\"Error\"><m:MessageText>Synchronization state data is corrupt or otherwise invalid.</m:MessageText><m:ResponseCode>ErrorInvalidSyncStateData</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey></m:{op_name}ResponseMessage></m:ResponseMessages></m:{op_name}Response>",
                     xml::NS_M
                 );
-                return xml_response(StatusCode::OK, envelope(&msg));
+                return (
+                    xml_response(StatusCode::OK, envelope(&msg)),
+                    "invalid_sync_state".into(),
+                );
             }
             other => post = Some(other),
         }
     }
 
+    if op_name == "GetItem" || op_name == "ExportItems" {
+        vanish_named_items(shared, op);
+        let n = op.child("ItemIds").map_or(0, |i| i.children.len()) as u64;
+        shared.lock_counters().items_fetched += n;
+    }
     let ctx = Ctx {
         mailbox,
         can_impersonate: account.impersonation,
     };
-    let result = if ops::is_mutating(&op_name) {
+    let result = if ops::is_mutating(op_name) {
         let mut store = shared.write_store();
         ops::dispatch(&mut store, &ctx, op)
     } else {
@@ -373,18 +475,49 @@ pub(crate) async fn handle(
                     while !text.is_char_boundary(cut) {
                         cut -= 1;
                     }
-                    xml_response(StatusCode::OK, text[..cut].to_owned())
+                    (
+                        xml_response(StatusCode::OK, text[..cut].to_owned()),
+                        "truncated_xml".into(),
+                    )
                 }
-                Some(FaultKind::MalformedXml) => xml_response(
-                    StatusCode::OK,
-                    text.replacen("<s:Body", "<s:Body <<not-xml", 1),
+                Some(FaultKind::MalformedXml) => (
+                    xml_response(
+                        StatusCode::OK,
+                        text.replacen("<s:Body", "<s:Body <<not-xml", 1),
+                    ),
+                    "malformed_xml".into(),
                 ),
-                _ => xml_response(StatusCode::OK, text),
+                _ => (xml_response(StatusCode::OK, text), "ok".into()),
             }
         }
         Err(f) => {
-            record_fault(&shared, f.code);
-            fault_response(&f)
+            record_fault(shared, f.code);
+            (fault_response(&f), format!("fault:{}", f.code))
+        }
+    }
+}
+
+/// Deletes the items of `op` that tests marked with `delete_on_fetch`, before the operation
+/// runs (as if a user deleted them just before the request arrived).
+fn vanish_named_items(shared: &Shared, op: &El) {
+    let mut marked = shared
+        .vanish_on_fetch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if marked.is_empty() {
+        return;
+    }
+    let Some(ids) = op.child("ItemIds") else {
+        return;
+    };
+    for el in &ids.children {
+        if let Some(id) = el.attr("Id")
+            && marked.remove(id)
+        {
+            let mut store = shared.write_store();
+            if let Some((mb, serial)) = store.find_item(id) {
+                let _ = store.remove_item(mb, serial);
+            }
         }
     }
 }

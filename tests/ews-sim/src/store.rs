@@ -36,6 +36,8 @@ pub struct Item {
     /// Reported by some SyncFolderItems response: only items a client may know of get a
     /// Delete when they go.
     pub seen: std::sync::atomic::AtomicBool,
+    /// The item's data is damaged: GetItem answers `ErrorCorruptData` for it (tests).
+    pub corrupt: bool,
 }
 
 impl Item {
@@ -448,6 +450,7 @@ impl Store {
                 received,
                 summary,
                 seen: std::sync::atomic::AtomicBool::new(false),
+                corrupt: false,
             },
         );
         m.folders[folder as usize].items.insert(serial);
