@@ -107,7 +107,7 @@ impl JetStreamPublisher {
         })
     }
 
-        /// Moves a large inline body into the object store and returns the reference. The object
+    /// Moves a large inline body into the object store and returns the reference. The object
     /// is named by the item version (its `Nats-Msg-Id`), not by content: the aggregator deletes
     /// a body once its item is durable, and a content-addressed body shared by fifty mailboxes'
     /// copies would vanish under the forty-nine still in flight. A retry of the same version
