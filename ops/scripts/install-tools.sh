@@ -19,7 +19,7 @@ if want "${1:-all}" nats && ! "$TOOLS/bin/nats-server" --version 2>/dev/null | g
   "$TOOLS/bin/nats-server" --version >&2
 fi
 
-if want "${1:-all}" garage && ! "$TOOLS/bin/garage" --version 2>/dev/null | grep -q "v${GARAGE_VERSION}"; then
+if want "${1:-all}" garage && ! "$TOOLS/bin/garage" --version 2>/dev/null | grep -Eq "(v|cargo:)${GARAGE_VERSION}"; then
   echo "install-tools: building garage ${GARAGE_VERSION} from crates.io into $TOOLS (about 6 minutes on 2 cores)" >&2
   CARGO_TARGET_DIR="$TOOLS/garage-target" cargo install --locked --quiet \
     --root "$TOOLS" garage --version "${GARAGE_VERSION}" --no-default-features \

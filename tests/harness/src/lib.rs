@@ -1,1 +1,600 @@
-//! Test servers.
+//! Real servers for tests, on free loopback ports: `nats-server` with JetStream and a
+//! single-node Garage (S3). Plain `std`, usable from sync and async tests alike.
+//!
+//! Binaries come from the project's tools cache (`ops/scripts/install-tools.sh`), else `PATH`;
+//! when neither has a suitable one, the script is run to install it. A test never skips because
+//! a server is missing. Every server is torn down on drop, also when the test panics.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a server may take to come up before the harness gives up.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Harness failures carry what the server printed, to make CI logs self-explanatory.
+#[derive(Debug)]
+pub struct HarnessError(String);
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+impl From<io::Error> for HarnessError {
+    fn from(e: io::Error) -> Self {
+        HarnessError(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, HarnessError>;
+
+fn err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(HarnessError(msg.into()))
+}
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Where `install-tools.sh` puts binaries.
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("MAILVAULT_TOOLS") {
+        Some(dir) => PathBuf::from(dir).join("bin"),
+        None => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            PathBuf::from(home).join(".cache/mailvault/tools/bin")
+        }
+    }
+}
+
+/// What a binary's `--version` must contain (one of) and the install script's tool name.
+/// Garage built from crates.io reports `garage cargo:2.5.0`, release builds `garage v2.5.0`.
+fn tool_spec(name: &str) -> (&'static [&'static str], &'static str) {
+    match name {
+        "nats-server" => (&["v2.15."], "nats"),
+        "garage" => (&["cargo:2.", "v2."], "garage"),
+        _ => (&[""], "all"),
+    }
+}
+
+fn suitable(path: &Path, want: &[&str]) -> bool {
+    path.is_file()
+        && Command::new(path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                want.iter().any(|w| text.contains(w))
+            })
+            .unwrap_or(false)
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let (want, _) = tool_spec(name);
+    let cached = tools_dir().join(name);
+    if suitable(&cached, want) {
+        return Some(cached);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| suitable(p, want))
+    })
+}
+
+/// The path of a tool binary (`nats-server`, `garage`), installing it if needed.
+pub fn tools_bin(name: &str) -> Result<PathBuf> {
+    // One install at a time per process; the script itself is safe across processes.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    if let Some(p) = find_tool(name) {
+        return Ok(p);
+    }
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = find_tool(name) {
+        return Ok(p);
+    }
+    let (_, which) = tool_spec(name);
+    let script = repo_root().join("ops/scripts/install-tools.sh");
+    eprintln!(
+        "harness: {name} not found, running {} {which}",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(which)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return err(format!(
+            "{} {which} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    find_tool(name).ok_or_else(|| {
+        HarnessError(format!(
+            "{name} still missing after {} {which}",
+            script.display()
+        ))
+    })
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Polls `ready` until it returns true or the deadline passes.
+pub fn wait_until(deadline: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The HTTP status of `GET path` on a loopback port, if anything answered.
+pub fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).ok()?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A child process whose output goes to log files in `dir`.
+#[derive(Debug)]
+struct Proc {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, dir: &Path, tag: &str) -> Result<Self> {
+        let stdout = dir.join(format!("{tag}.stdout.log"));
+        let stderr = dir.join(format!("{tag}.stderr.log"));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout)?)
+            .stderr(fs::File::create(&stderr)?)
+            .spawn()
+            .map_err(|e| HarnessError(format!("spawning {cmd:?}: {e}")))?;
+        Ok(Self {
+            child: Some(child),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The process's output so far, for error messages.
+    fn output(&self) -> String {
+        let tail = |p: &Path| {
+            let s = fs::read_to_string(p).unwrap_or_default();
+            let start = s.len().saturating_sub(4000);
+            s.get(start..).unwrap_or_default().to_owned()
+        };
+        format!(
+            "--- stderr ---\n{}\n--- stdout ---\n{}",
+            tail(&self.stderr),
+            tail(&self.stdout)
+        )
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for `ready`, failing early with the server's output if the process dies.
+fn wait_ready(proc: &mut Proc, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let mut died = None;
+    let ok = wait_until(START_DEADLINE, || {
+        if let Some(status) = proc.exited() {
+            died = Some(status);
+            return true;
+        }
+        ready()
+    });
+    match (ok, died) {
+        (true, None) => Ok(()),
+        (_, Some(status)) => err(format!(
+            "{what} exited ({status}) before it was ready\n{}",
+            proc.output()
+        )),
+        (false, None) => err(format!(
+            "{what} not ready after {START_DEADLINE:?}\n{}",
+            proc.output()
+        )),
+    }
+}
+
+/// A `nats-server` with JetStream on a free loopback port and a temporary store directory.
+#[derive(Debug)]
+pub struct NatsServer {
+    proc: Option<Proc>,
+    port: u16,
+    monitor_port: u16,
+    bin: PathBuf,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Result<Self> {
+        let bin = tools_bin("nats-server")?;
+        let dir = tempfile::Builder::new()
+            .prefix("mailvault-nats-")
+            .tempdir()?;
+        let mut server = Self {
+            proc: None,
+            port: free_port()?,
+            monitor_port: free_port()?,
+            bin,
+            dir,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let store = self.dir.path().join("jetstream");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-js")
+            .args(["-a", "127.0.0.1"])
+            .args(["-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .arg("-sd")
+            .arg(&store);
+        let mut proc = Proc::spawn(&mut cmd, self.dir.path(), "nats-server")?;
+        let monitor = self.monitor_port;
+        wait_ready(&mut proc, "nats-server", || {
+            http_get_status(monitor, "/healthz") == Some(200)
+        })?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (survives `restart`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// Kills the server (like a crash) and starts it again on the same port and store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Kills the server, keeping its store; `restart` brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+/// A single-node Garage with one bucket and one key allowed on it.
+pub struct Garage {
+    proc: Option<Proc>,
+    bin: PathBuf,
+    dir: TempDir,
+    config: PathBuf,
+    s3_port: u16,
+    admin_port: u16,
+    bucket: String,
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+impl fmt::Debug for Garage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Garage")
+            .field("config", &self.config)
+            .field("s3_port", &self.s3_port)
+            .field("admin_port", &self.admin_port)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("running", &self.proc.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Garage {
+    pub const REGION: &'static str = "garage";
+
+    /// Starts Garage and provisions bucket `mailvault-test`.
+    pub fn start() -> Result<Self> {
+        Self::start_with_bucket("mailvault-test")
+    }
+
+    pub fn start_with_bucket(bucket: &str) -> Result<Self> {
+        let bin = tools_bin("garage")?;
+        let dir = tempfile::Builder::new()
+            .prefix("mailvault-garage-")
+            .tempdir()?;
+        let rpc_port = free_port()?;
+        let s3_port = free_port()?;
+        let admin_port = free_port()?;
+        let config = dir.path().join("garage.toml");
+        let base = dir.path().display();
+        fs::write(
+            &config,
+            format!(
+                r#"metadata_dir = "{base}/meta"
+data_dir = "{base}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc_port}"
+rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "{region}"
+api_bind_addr = "127.0.0.1:{s3_port}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin_port}"
+"#,
+                secret = random_hex(32)?,
+                region = Self::REGION,
+            ),
+        )?;
+        let mut garage = Self {
+            proc: None,
+            bin,
+            dir,
+            config,
+            s3_port,
+            admin_port,
+            bucket: bucket.to_owned(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+        };
+        garage.spawn(false)?;
+        garage.provision()?;
+        garage.wait_healthy()?;
+        Ok(garage)
+    }
+
+    fn spawn(&mut self, wait_healthy: bool) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c").arg(&self.config).arg("server");
+        cmd.env("RUST_LOG", "garage=warn");
+        let mut proc = Proc::spawn(&mut cmd, self.dir.path(), "garage")?;
+        let admin = self.admin_port;
+        // The admin API answers once the node runs; /health is 200 only with a layout.
+        wait_ready(&mut proc, "garage", || {
+            http_get_status(admin, "/health").is_some()
+        })?;
+        self.proc = Some(proc);
+        if wait_healthy {
+            self.wait_healthy()?;
+        }
+        Ok(())
+    }
+
+    fn wait_healthy(&mut self) -> Result<()> {
+        let admin = self.admin_port;
+        let s3 = self.s3_port;
+        let proc = self
+            .proc
+            .as_mut()
+            .ok_or_else(|| HarnessError("garage is stopped".into()))?;
+        wait_ready(proc, "garage (healthy)", || {
+            http_get_status(admin, "/health") == Some(200) && http_get_status(s3, "/").is_some()
+        })
+    }
+
+    /// Runs a garage CLI command against this node.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out: Output = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return err(format!(
+                "garage {}: {}\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn provision(&mut self) -> Result<()> {
+        let node = self.cli(&["node", "id", "-q"])?;
+        let node_id = node
+            .trim()
+            .split('@')
+            .next()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| HarnessError(format!("garage node id: unexpected output {node:?}")))?
+            .to_owned();
+        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node_id])?;
+        self.cli(&["layout", "apply", "--version", "1"])?;
+        let bucket = self.bucket.clone();
+        self.create_bucket(&bucket)?;
+        let key = self.cli(&["key", "create", "mailvault-test-key"])?;
+        let field = |label: &str| {
+            key.lines()
+                .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| HarnessError(format!("garage key create: no {label:?} in {key}")))
+        };
+        self.access_key_id = field("Key ID:")?;
+        self.secret_access_key = field("Secret key:")?;
+        self.allow(&bucket)?;
+        Ok(())
+    }
+
+    /// Creates another bucket the harness key may read and write.
+    pub fn create_bucket(&self, name: &str) -> Result<()> {
+        self.cli(&["bucket", "create", name])?;
+        if !self.access_key_id.is_empty() {
+            self.allow(name)?;
+        }
+        Ok(())
+    }
+
+    fn allow(&self, bucket: &str) -> Result<()> {
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            bucket,
+            "--key",
+            &self.access_key_id,
+        ])
+        .map(drop)
+    }
+
+    /// `http://127.0.0.1:PORT`, the S3 API.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    pub fn region(&self) -> &str {
+        Self::REGION
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn access_key_id(&self) -> &str {
+        &self.access_key_id
+    }
+
+    pub fn secret_access_key(&self) -> &str {
+        &self.secret_access_key
+    }
+
+    /// Kills the server (like a crash or an outage), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the server again with the same config, ports and data, once healthy.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn(true)
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_server_starts_restarts_and_cleans_up() {
+        let mut nats = NatsServer::start().expect("nats-server starts");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, nats.port()));
+        TcpStream::connect(addr).expect("client port open");
+        let store = nats.store_dir();
+        nats.restart().expect("restart");
+        TcpStream::connect(addr).expect("client port open after restart");
+        let dir = nats.dir.path().to_path_buf();
+        drop(nats);
+        assert!(!dir.exists() && !store.exists(), "temp dir removed on drop");
+        assert!(TcpStream::connect(addr).is_err(), "server gone after drop");
+    }
+
+    #[test]
+    fn garage_starts_provisions_and_survives_a_restart() {
+        let mut garage = Garage::start().expect("garage starts");
+        assert!(garage.access_key_id().starts_with("GK"), "{garage:?}");
+        assert_eq!(garage.secret_access_key().len(), 64);
+        let info = garage
+            .cli(&["bucket", "info", "mailvault-test"])
+            .expect("bucket info");
+        assert!(info.contains(garage.access_key_id()), "{info}");
+        garage.stop();
+        assert_eq!(http_get_status(garage.s3_port, "/"), None, "stopped");
+        garage.start_again().expect("start again");
+        assert!(http_get_status(garage.s3_port, "/").is_some());
+    }
+
+    #[test]
+    fn free_ports_differ_and_polling_has_a_deadline() {
+        assert_ne!(free_port().expect("port"), 0);
+        let start = Instant::now();
+        assert!(!wait_until(Duration::from_millis(100), || false));
+        assert!(start.elapsed() >= Duration::from_millis(100));
+    }
+}
