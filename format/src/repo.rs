@@ -99,7 +99,10 @@ pub fn validate_config(config: &RepoConfig) -> Result<ChunkerParams> {
         ));
     }
     if !(1..=22).contains(&config.zstd_level) {
-        return Err(FormatError::corrupt(names::CONFIG, format!("zstd level {}", config.zstd_level)));
+        return Err(FormatError::corrupt(
+            names::CONFIG,
+            format!("zstd level {}", config.zstd_level),
+        ));
     }
     chunker_from(config.chunker.as_ref())
 }
@@ -721,6 +724,15 @@ impl Writer {
         };
         self.finished.push(r.clone());
         Ok(r)
+    }
+
+    /// Abandons the open item (its body could not be read to the end): no manifest is
+    /// written and no receipt issued, so a redelivery stores the item in full. Chunks already
+    /// queued stay in their packs, unreferenced until prune; that is harmless.
+    pub fn abort_item(&mut self) {
+        if self.current.take().is_some() {
+            self.chunker = Chunker::new(self.repo.inner.chunker);
+        }
     }
 
     /// Stores a whole item held in memory.
