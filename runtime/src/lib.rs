@@ -1,1 +1,6 @@
-//! Shared service runtime.
+//! Shared service runtime: configuration loading, telemetry, and the directory and S3
+//! [`BlobStore`](mailvault_format::store::BlobStore) implementations.
+
+pub mod config;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,156 @@
+//! The JetStream features the services rely on, against a real nats-server 2.15.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use mailvault_harness::NatsServer;
+use tokio::io::AsyncReadExt;
+
+async fn server() -> (NatsServer, jetstream::Context) {
+    let nats = tokio::task::spawn_blocking(|| NatsServer::start().expect("nats-server starts"))
+        .await
+        .expect("join");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    (nats, jetstream::new(client))
+}
+
+#[tokio::test]
+async fn stream_dedupes_by_msg_id_and_pull_consumer_acks() {
+    let (_nats, js) = server().await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: "ITEMS".into(),
+            subjects: vec!["items.>".into()],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+
+    let publish = |id: &'static str, body: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, id);
+            js.publish_with_headers("items.mbx1", headers, Bytes::from_static(body.as_bytes()))
+                .await
+                .expect("publish")
+                .await
+                .expect("ack")
+        }
+    };
+    let first = publish("item-1", "one").await;
+    assert!(!first.duplicate);
+    let again = publish("item-1", "one").await;
+    assert!(again.duplicate, "same Nats-Msg-Id is a duplicate");
+    assert_eq!(again.sequence, first.sequence);
+    publish("item-2", "two").await;
+
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("aggregator".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut bodies = Vec::new();
+    while let Some(msg) = batch.next().await {
+        let msg = msg.expect("message");
+        bodies.push(msg.payload.clone());
+        msg.ack().await.expect("ack");
+    }
+    assert_eq!(bodies, vec![Bytes::from("one"), Bytes::from("two")]);
+
+    let mut consumer = consumer;
+    let info = consumer.info().await.expect("info");
+    assert_eq!(info.num_pending, 0);
+    // Acks are asynchronous on the server; poll until they are all counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = consumer.info().await.expect("info");
+        if info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks not applied: {info:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn kv_compare_and_set() {
+    let (_nats, js) = server().await;
+    let leases = js
+        .create_key_value(kv::Config {
+            bucket: "leases".into(),
+            history: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("kv bucket");
+    let rev = leases
+        .create("mbx-1", Bytes::from_static(b"collector-a"))
+        .await
+        .expect("create");
+    assert!(
+        leases
+            .create("mbx-1", Bytes::from_static(b"collector-b"))
+            .await
+            .is_err(),
+        "create of an existing key fails"
+    );
+    let rev2 = leases
+        .update("mbx-1", Bytes::from_static(b"collector-b"), rev)
+        .await
+        .expect("update with the current revision");
+    assert!(rev2 > rev);
+    assert!(
+        leases
+            .update("mbx-1", Bytes::from_static(b"collector-c"), rev)
+            .await
+            .is_err(),
+        "update with a stale revision fails"
+    );
+    assert_eq!(
+        leases.get("mbx-1").await.expect("get"),
+        Some(Bytes::from_static(b"collector-b"))
+    );
+}
+
+#[tokio::test]
+async fn object_store_round_trips_a_large_object() {
+    let (_nats, js) = server().await;
+    let bucket = js
+        .create_object_store(object_store::Config {
+            bucket: "blobs".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("object store");
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let info = bucket
+        .put("attachment-1", &mut data.as_slice())
+        .await
+        .expect("put");
+    assert_eq!(info.size, data.len());
+    let mut object = bucket.get("attachment-1").await.expect("get");
+    let mut back = Vec::new();
+    object.read_to_end(&mut back).await.expect("read");
+    assert!(back == data, "object read back differently");
+}
