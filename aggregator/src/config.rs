@@ -51,6 +51,9 @@ pub struct Config {
     pub batch: BatchConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Connection settings of an `s3://` repository (endpoint, region, credentials).
+    #[serde(default)]
+    pub s3: Option<mailvault_runtime::storage::S3Config>,
 }
 
 /// JetStream: where items come from and events go.
@@ -231,6 +234,7 @@ impl Config {
             },
             batch: BatchConfig::default(),
             limits: LimitsConfig::default(),
+            s3: None,
         }
     }
 
@@ -294,8 +298,22 @@ impl Config {
         if b.max_delay >= n.ack_wait {
             p.push("batch.max_delay must be shorter than nats.ack_wait".to_owned());
         }
-        if self.repository.url.is_empty() {
-            p.push("repository.url is empty".to_owned());
+        match mailvault_runtime::storage::StoreLocation::parse(&self.repository.url) {
+            Err(e) => p.push(format!("repository.url: {e}")),
+            Ok(mailvault_runtime::storage::StoreLocation::S3 { bucket, prefix }) => {
+                if let Some(s3) = &self.s3 {
+                    // The URL names bucket and prefix; the section may leave them out.
+                    let mut s3 = s3.clone();
+                    if s3.bucket.is_empty() {
+                        s3.bucket = bucket;
+                    }
+                    if s3.prefix.is_empty() {
+                        s3.prefix = prefix;
+                    }
+                    p.extend(s3.problems());
+                }
+            }
+            Ok(_) => {}
         }
         if p.is_empty() {
             Ok(())

@@ -27,6 +27,7 @@ metrics! {
     items_duplicate_total => "mailvault_aggregator_items_duplicate_total", "Item versions that were already stored (redelivery): body not read.";
     changes_recorded_total => "mailvault_aggregator_changes_recorded_total", "Change events recorded as item-history entries.";
     logical_bytes_total => "mailvault_aggregator_logical_bytes_total", "Item bytes fed to the writer.";
+    new_chunks_total => "mailvault_aggregator_new_chunks_total", "Chunks this process stored (not found in the index it knew of).";
     new_raw_bytes_total => "mailvault_aggregator_new_raw_bytes_total", "Bytes of new chunks (not deduplicated away), before compression.";
     quarantined_total => "mailvault_aggregator_quarantined_total", "Poison messages terminated with a quarantine record.";
     naks_total => "mailvault_aggregator_naks_total", "Deliveries sent back for later redelivery (retryable errors, shutdown).";

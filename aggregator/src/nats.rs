@@ -485,8 +485,7 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 }
 
 async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, RunError> {
-    Err(RunError::Store(format!(
-        "no store backend for {:?} yet (S3 and directory stores come with the runtime crate)",
-        cfg.repository.url
-    )))
+    mailvault_runtime::storage::open_store(&cfg.repository.url, cfg.s3.clone())
+        .await
+        .map_err(|e| RunError::Store(e.to_string()))
 }

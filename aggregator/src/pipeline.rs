@@ -456,6 +456,10 @@ impl Pipeline {
         let bytes = receipt.size;
         Metrics::add(&self.metrics.logical_bytes_total, bytes);
         Metrics::add(&self.metrics.new_raw_bytes_total, receipt.new_raw_bytes);
+        Metrics::add(
+            &self.metrics.new_chunks_total,
+            u64::from(receipt.new_chunks),
+        );
         self.push_pending(Pending {
             event: Event {
                 subject: SUBJECT_STORED.into(),
