@@ -151,7 +151,11 @@ shutdown_deadline = "10s"
     // Wait until it holds every message (delivered, not acknowledged).
     let end = std::time::Instant::now() + Duration::from_secs(60);
     while collector.backlog().await != Some((0, items.len())) {
-        assert!(std::time::Instant::now() < end, "{:?}", collector.backlog().await);
+        assert!(
+            std::time::Instant::now() < end,
+            "{:?}",
+            collector.backlog().await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = std::time::Instant::now();
