@@ -59,6 +59,10 @@ async fn aggregator_throughput_against_the_format_write_path() {
     cfg.limits.fetch_messages = 256;
     cfg.nats.max_ack_pending = 4096;
     cfg.batch.max_items = 2000;
+    cfg.limits.workers = std::env::var("MAILVAULT_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let t = Instant::now();
     let r = Replica::start(cfg, store);
     collector.wait_drained(Duration::from_secs(600)).await;

@@ -84,8 +84,10 @@ async fn s3_outage_stalls_the_run_and_loses_nothing() {
         errors > 0,
         "the replicas tried and failed while S3 was down"
     );
+    let back = Instant::now();
     tokio::task::block_in_place(|| garage.start_again()).expect("garage back");
     collector.wait_drained(Duration::from_secs(180)).await;
+    let resumed = back.elapsed();
     let ra = a.stop().await;
     let rb = b.stop().await;
     println!(
