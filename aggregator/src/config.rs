@@ -110,7 +110,8 @@ pub struct RepositoryConfig {
 }
 
 fn default_refresh() -> Duration {
-    Duration::from_secs(30)
+    // One LIST of `index/` per interval; short, so replicas see each other's chunks soon.
+    Duration::from_secs(5)
 }
 
 impl std::fmt::Debug for RepositoryConfig {

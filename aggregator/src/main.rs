@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 ///   ("MAILVAULT_EVENTS"), ack_wait ("60s"), max_ack_pending (2000), delete_bodies (true)
 ///
 ///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file
-///   (required, never logged), refresh_interval ("30s": load other replicas' index objects)
+///   (required, never logged), refresh_interval ("5s": load other replicas' index objects)
 ///
 ///   [batch] max_items (500), max_bytes ("64 MiB"), max_delay ("2s"): flush when any is reached
 ///

@@ -91,7 +91,7 @@ async fn s3_outage_stalls_the_run_and_loses_nothing() {
     let ra = a.stop().await;
     let rb = b.stop().await;
     println!(
-        "outage {:?}: replica a {ra:?}, replica b {rb:?}; failed flush attempts {errors}",
+        "outage {:?}: drained {resumed:?} after Garage was started again (restart included); replica a {ra:?}, replica b {rb:?}; failed flush attempts {errors}",
         outage()
     );
     check_repository(store, &items, 0).await;
