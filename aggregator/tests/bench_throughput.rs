@@ -17,7 +17,10 @@ use mailvault_harness::NatsServer;
 async fn aggregator_throughput_against_the_format_write_path() {
     let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
         seed: 77,
-        messages: 400,
+        messages: std::env::var("MAILVAULT_BENCH_MESSAGES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(400),
         ..Default::default()
     });
     let items = items_from(&corpus.items, "b");
