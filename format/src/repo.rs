@@ -797,6 +797,15 @@ impl Writer {
         Ok(r)
     }
 
+    /// Abandons the open item (its body could not be read to the end): no manifest is
+    /// written and no receipt issued, so a redelivery stores the item in full. Chunks already
+    /// queued stay in their packs, unreferenced until prune; that is harmless.
+    pub fn abort_item(&mut self) {
+        if self.current.take().is_some() {
+            self.chunker = Chunker::new(self.repo.inner.chunker);
+        }
+    }
+
     /// Stores a whole item held in memory.
     pub fn add_item(&mut self, meta: ItemManifest, data: &[u8]) -> Result<ItemReceipt> {
         self.begin_item(meta)?;

@@ -244,3 +244,31 @@ fn verify_without_data_reads_still_catches_structure_damage() {
         "{p:?}"
     );
 }
+
+#[test]
+fn an_aborted_item_leaves_no_manifest_and_is_stored_in_full_later() {
+    let (_store, repo) = new_repo();
+    let data = noise(50_000, 3);
+    let mut w = repo.writer().expect("writer");
+    w.begin_item(meta("a@x", "1", "c1")).expect("begin");
+    w.write(&data[..20_000]).expect("write");
+    w.abort_item();
+    // A redelivery of the same version is not taken for a duplicate and stores every byte.
+    w.begin_item(meta("a@x", "1", "c1")).expect("begin again");
+    assert!(!w.current_is_duplicate());
+    w.write(&data).expect("write");
+    let r = w.finish_item().expect("finish");
+    let receipts = block_on(w.flush()).expect("flush");
+    assert_eq!(
+        receipts,
+        vec![r.clone()],
+        "only the finished item is reported"
+    );
+    assert_eq!(
+        block_on(repo.read_item(&r.manifest_id)).expect("read"),
+        data
+    );
+    assert_eq!(repo.manifests().len(), 1);
+    let report = block_on(verify(&repo, VerifyOptions { read_data: true })).expect("verify");
+    assert!(report.is_clean(), "{:?}", report.problems);
+}

@@ -1,0 +1,90 @@
+//! `mailvault-aggregator`: consumes collected items from JetStream and stores them in the
+//! repository. Stateless: run as many replicas as needed.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Stores items collected from Exchange in the mailvault repository.
+///
+/// Pulls from the JetStream stream `MAILVAULT_INGEST` through the durable consumer shared by
+/// every replica, chunks, deduplicates, compresses, encrypts and packs each item into the
+/// repository, and acknowledges a message only once its item is durable and the `ItemStored`
+/// event is published. SIGTERM or ctrl-c: stop pulling, flush, publish, ack, exit within
+/// `limits.shutdown_deadline`.
+///
+/// Configuration file (TOML, unknown keys rejected; sizes like "64 MiB", durations like "2s"):
+///
+///   [nats] url ("nats://127.0.0.1:4222"), stream ("MAILVAULT_INGEST"), consumer
+///   ("mailvault-aggregator"), filter_subjects (items and changes), events_stream
+///   ("MAILVAULT_EVENTS"), ack_wait ("60s"), max_ack_pending (2000), delete_bodies (true)
+///
+///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file
+///   (required, never logged), refresh_interval ("5s": load other replicas' index objects)
+///
+///   [batch] max_items (500), max_bytes ("64 MiB"), max_delay ("2s"): flush when any is reached
+///
+///   [limits] workers (1), fetch_messages (64), fetch_bytes ("16 MiB"), piece_bytes ("1 MiB"),
+///   max_sealed_bytes ("64 MiB"), nak_delay ("5s"), poison_after_attempts (5),
+///   progress_every ("10s"), shutdown_deadline ("25s")
+#[derive(Debug, Parser)]
+#[command(name = "mailvault-aggregator", version, verbatim_doc_comment)]
+struct Args {
+    /// Path of the TOML configuration file.
+    #[arg(short, long, env = "MAILVAULT_AGGREGATOR_CONFIG")]
+    config: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let cfg = mailvault_aggregator::Config::load(&args.config)?;
+    if args.check {
+        println!("configuration OK: {cfg:?}");
+        return Ok(());
+    }
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        s.cancel();
+    });
+    let report = mailvault_aggregator::run(cfg, shutdown)
+        .await
+        .context("aggregator failed")?;
+    tracing::info!(?report, "done");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,491 @@
+//! The JetStream edge: the shared durable pull consumer, the acker, Object Store bodies and the
+//! event publisher, and the worker loop with its shutdown protocol:
+//! stop pulling → nak what was pulled but not started → commit (flush, publish, ack) under a
+//! deadline → flush the NATS connection.
+
+use std::collections::HashMap;
+use std::future::IntoFuture as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer, object_store, stream};
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use mailvault_format::{BlobStore, Repository};
+use mailvault_proto::ingest::v1::ObjectRef;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::edge::{Acker, Bodies, BodyError, BodyReader, Delivery, EdgeError, Event, EventSink};
+use crate::metrics::Metrics;
+use crate::pipeline::{Committed, Pipeline, PipelineError};
+
+/// Subjects of the ingest stream when the aggregator has to create it (same as the collector).
+pub const INGEST_SUBJECTS: &str = "mailvault.ingest.>";
+pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Most event publishes awaiting their ack at once.
+const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("opening repository: {0}")]
+    Repository(#[from] mailvault_format::FormatError),
+    #[error("pipeline: {0}")]
+    Pipeline(#[from] PipelineError),
+    #[error("reading passphrase file: {0}")]
+    Passphrase(std::io::Error),
+    #[error("opening store: {0}")]
+    Store(String),
+}
+
+fn nats_err(what: &str, e: impl std::fmt::Display) -> RunError {
+    RunError::Nats(format!("{what}: {e}"))
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub items: usize,
+    pub changes: usize,
+    pub duplicates: usize,
+    /// Deliveries still unsettled when the shutdown deadline passed (redelivered to others).
+    pub abandoned: usize,
+}
+
+impl RunReport {
+    fn add(&mut self, c: Committed) {
+        self.items += c.items;
+        self.changes += c.changes;
+        self.duplicates += c.duplicates;
+    }
+}
+
+#[derive(Debug)]
+struct JsAcker(jetstream::Message);
+
+fn ack_err(e: impl std::fmt::Display) -> EdgeError {
+    EdgeError::new("ack", e)
+}
+
+#[async_trait]
+impl Acker for JsAcker {
+    async fn ack(&self) -> Result<(), EdgeError> {
+        self.0.ack().await.map_err(ack_err)
+    }
+    async fn nak(&self, delay: Duration) -> Result<(), EdgeError> {
+        self.0
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(ack_err)
+    }
+    async fn term(&self) -> Result<(), EdgeError> {
+        self.0.ack_with(AckKind::Term).await.map_err(ack_err)
+    }
+    async fn progress(&self) -> Result<(), EdgeError> {
+        self.0.ack_with(AckKind::Progress).await.map_err(ack_err)
+    }
+}
+
+fn delivery(stream: &str, m: jetstream::Message) -> Delivery {
+    let (attempt, seq) = m
+        .info()
+        .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
+        .unwrap_or((1, 0));
+    Delivery {
+        payload: m.payload.clone(),
+        attempt,
+        id: format!("{stream}-{seq}"),
+        acker: Box::new(JsAcker(m)),
+    }
+}
+
+/// Bodies in JetStream Object Store buckets.
+pub struct JsBodies {
+    js: jetstream::Context,
+    stores: Mutex<HashMap<String, object_store::ObjectStore>>,
+    delete: bool,
+}
+
+impl std::fmt::Debug for JsBodies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsBodies")
+            .field("delete", &self.delete)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsBodies {
+    pub fn new(js: jetstream::Context, delete: bool) -> Self {
+        JsBodies {
+            js,
+            stores: Mutex::default(),
+            delete,
+        }
+    }
+
+    async fn bucket(&self, name: &str) -> Result<object_store::ObjectStore, BodyError> {
+        if let Some(s) = self
+            .stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(s.clone());
+        }
+        let s = self.js.get_object_store(name).await.map_err(|e| {
+            if e.kind() == jetstream::context::ObjectStoreErrorKind::InvalidBucketName {
+                BodyError::NotFound(format!("bucket {name}"))
+            } else {
+                BodyError::Unavailable(format!("bucket {name}: {e}"))
+            }
+        })?;
+        self.stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+#[async_trait]
+impl Bodies for JsBodies {
+    async fn open(&self, r: &ObjectRef) -> Result<BodyReader, BodyError> {
+        let store = self.bucket(&r.bucket).await?;
+        match store.get(&r.name).await {
+            Ok(o) => Ok(Box::new(o)),
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                Err(BodyError::NotFound(format!("{}/{}", r.bucket, r.name)))
+            }
+            Err(e) => Err(BodyError::Unavailable(format!(
+                "{}/{}: {e}",
+                r.bucket, r.name
+            ))),
+        }
+    }
+
+    async fn delete(&self, r: &ObjectRef) -> Result<(), BodyError> {
+        if !self.delete {
+            return Ok(());
+        }
+        let store = self.bucket(&r.bucket).await?;
+        store
+            .delete(&r.name)
+            .await
+            .map_err(|e| BodyError::Unavailable(format!("deleting {}/{}: {e}", r.bucket, r.name)))
+    }
+}
+
+/// Publishes events with `Nats-Msg-Id`, waiting for every stream ack.
+#[derive(Debug, Clone)]
+pub struct JsEvents {
+    js: jetstream::Context,
+}
+
+impl JsEvents {
+    pub fn new(js: jetstream::Context) -> Self {
+        JsEvents { js }
+    }
+}
+
+#[async_trait]
+impl EventSink for JsEvents {
+    async fn publish(&self, events: Vec<Event>) -> Result<(), EdgeError> {
+        let mut in_flight = FuturesUnordered::new();
+        for e in events {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e.msg_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(e.subject, headers, e.payload)
+                .await
+                .map_err(|e| EdgeError::new("publish", e))?;
+            in_flight.push(ack.into_future());
+            while in_flight.len() >= MAX_PUBLISHES_IN_FLIGHT {
+                if let Some(r) = in_flight.next().await {
+                    r.map_err(|e| EdgeError::new("publish ack", e))?;
+                }
+            }
+        }
+        while let Some(r) = in_flight.next().await {
+            r.map_err(|e| EdgeError::new("publish ack", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates (if missing) the ingest and events streams and the shared durable consumer.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    cfg: &Config,
+) -> Result<consumer::Consumer<consumer::pull::Config>, RunError> {
+    let n = &cfg.nats;
+    let ingest = js
+        .get_or_create_stream(stream::Config {
+            name: n.stream.clone(),
+            subjects: vec![INGEST_SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err("ingest stream", e))?;
+    js.get_or_create_stream(stream::Config {
+        name: n.events_stream.clone(),
+        subjects: vec![EVENTS_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_err("events stream", e))?;
+    ingest
+        .get_or_create_consumer(
+            &n.consumer,
+            consumer::pull::Config {
+                durable_name: Some(n.consumer.clone()),
+                description: Some("mailvault aggregators (shared by every replica)".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: n.ack_wait,
+                max_ack_pending: n.max_ack_pending,
+                // Poison messages are terminated by the aggregator itself, with a record.
+                max_deliver: -1,
+                filter_subjects: n.filter_subjects.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| nats_err("consumer", e))
+}
+
+/// Connects to NATS and runs until `shutdown`, opening the repository in `store`.
+pub async fn run_with_store(
+    cfg: Config,
+    store: Arc<dyn BlobStore>,
+    passphrase: &[u8],
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let client = async_nats::connect(&cfg.nats.url)
+        .await
+        .map_err(|e| nats_err("connect", e))?;
+    let js = jetstream::new(client.clone());
+    let consumer = ensure_consumer(&js, &cfg).await?;
+    let repo = Repository::open(store, passphrase).await?;
+    tracing::info!(?repo, workers = cfg.limits.workers, "aggregator running");
+    let bodies: Arc<dyn Bodies> = Arc::new(JsBodies::new(js.clone(), cfg.nats.delete_bodies));
+    let events: Arc<dyn EventSink> = Arc::new(JsEvents::new(js.clone()));
+
+    let refresher = tokio::spawn(refresh_loop(
+        repo.clone(),
+        cfg.repository.refresh_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..cfg.limits.workers {
+        let p = Pipeline::new(
+            repo.clone(),
+            cfg.pipeline(),
+            bodies.clone(),
+            events.clone(),
+            metrics.clone(),
+        )?;
+        workers.spawn(worker(cfg.clone(), consumer.clone(), p, shutdown.clone()));
+    }
+    let mut report = RunReport::default();
+    let mut first_err = None;
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(Ok(r)) => {
+                report.items += r.items;
+                report.changes += r.changes;
+                report.duplicates += r.duplicates;
+                report.abandoned += r.abandoned;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "worker failed");
+                // One fatal worker stops the process: unacked work goes to other replicas.
+                shutdown.cancel();
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                shutdown.cancel();
+                first_err
+                    .get_or_insert(RunError::Pipeline(PipelineError::WriterLost(e.to_string())));
+            }
+        }
+    }
+    refresher.abort();
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flushing NATS connection");
+    }
+    tracing::info!(?report, "aggregator stopped");
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+async fn refresh_loop(
+    repo: Repository,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match repo.refresh().await {
+            Ok(()) => Metrics::add(&metrics.refreshes_total, 1),
+            Err(e) => tracing::warn!(error = %e, "index refresh failed"),
+        }
+    }
+}
+
+/// Commits, retrying retryable failures with back-off (the pipeline pauses meanwhile: an S3
+/// outage stalls, it never acks early). Once `shutdown` is cancelled it gives up after
+/// `grace` with `Ok(None)`, leaving the unacked deliveries to redelivery.
+async fn commit_with_retry(
+    p: &mut Pipeline,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    progress_every: Duration,
+) -> Result<Option<Committed>, PipelineError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_progress = Instant::now();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        match p.commit().await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, held = p.held(), "commit failed; retrying");
+                if shutdown.is_cancelled() {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + grace);
+                    if Instant::now() + backoff >= d {
+                        return Ok(None);
+                    }
+                }
+                if last_progress.elapsed() >= progress_every {
+                    p.keep_alive().await;
+                    last_progress = Instant::now();
+                }
+                tokio::select! {
+                    () = shutdown.cancelled(), if deadline.is_none() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn worker(
+    cfg: Config,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    mut p: Pipeline,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
+    let mut report = RunReport::default();
+    let progress_every = cfg.limits.progress_every;
+    let grace = cfg.limits.shutdown_deadline;
+    let stream = cfg.nats.stream.clone();
+    while !shutdown.is_cancelled() {
+        if p.commit_due(Instant::now()) || p.backlogged() {
+            // During an outage this blocks (stops pulling) until S3 is back or shutdown.
+            if let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
+                report.add(c);
+            }
+        }
+        let wait = p
+            .next_deadline()
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let batch = consumer
+            .batch()
+            .max_messages(cfg.limits.fetch_messages)
+            .max_bytes(cfg.limits.fetch_bytes as usize)
+            .expires(wait)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull request failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
+                m = batch.next() => m,
+            };
+            let Some(m) = next else { break };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull batch ended");
+                    break;
+                }
+            };
+            let d = delivery(&stream, m);
+            if shutdown.is_cancelled() {
+                // Pulled but not started: hand it straight back to the other replicas.
+                if let Err(e) = d.acker.nak(Duration::ZERO).await {
+                    tracing::debug!(error = %e, "nak at shutdown");
+                }
+                continue;
+            }
+            p.handle(d).await?;
+            if p.backlogged()
+                && let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await?
+            {
+                report.add(c);
+            }
+        }
+        if let Err(e) = p.tick().await {
+            if !e.is_retryable() {
+                return Err(e.into());
+            }
+            tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
+        }
+    }
+    // Shutdown: everything handled is flushed, published and acked — or left to redelivery.
+    match commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
+        Some(c) => report.add(c),
+        None => report.abandoned = p.held(),
+    }
+    Ok(report)
+}
+
+/// Opens the configured store, reads the passphrase and runs until `shutdown`.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+    let pass = std::fs::read(&cfg.repository.passphrase_file).map_err(RunError::Passphrase)?;
+    let pass = trim_newline(&pass).to_vec();
+    let store = open_store(&cfg).await?;
+    run_with_store(cfg, store, &pass, Arc::new(Metrics::default()), shutdown).await
+}
+
+fn trim_newline(b: &[u8]) -> &[u8] {
+    let b = b.strip_suffix(b"\n").unwrap_or(b);
+    b.strip_suffix(b"\r").unwrap_or(b)
+}
+
+async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, RunError> {
+    mailvault_runtime::storage::open_store(&cfg.repository.url, cfg.s3.clone())
+        .await
+        .map_err(|e| RunError::Store(e.to_string()))
+}

@@ -1,0 +1,565 @@
+//! The pipeline over the memory store with fake NATS seams.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use mailvault_format::{
+    BlobStore, ChunkerParams, InitOptions, KdfParams, MemoryStore, PutOutcome, StoreError,
+    VerifyOptions, verify,
+};
+
+use super::*;
+use crate::edge::{Acker, BodyReader};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Ack,
+    Nak,
+    Term,
+}
+
+type Log = Arc<Mutex<Vec<(String, Settled)>>>;
+
+#[derive(Debug)]
+struct FakeAcker {
+    id: String,
+    log: Log,
+}
+
+#[async_trait]
+impl Acker for FakeAcker {
+    async fn ack(&self) -> Result<(), EdgeError> {
+        self.log
+            .lock()
+            .expect("log")
+            .push((self.id.clone(), Settled::Ack));
+        Ok(())
+    }
+    async fn nak(&self, _delay: Duration) -> Result<(), EdgeError> {
+        self.log
+            .lock()
+            .expect("log")
+            .push((self.id.clone(), Settled::Nak));
+        Ok(())
+    }
+    async fn term(&self) -> Result<(), EdgeError> {
+        self.log
+            .lock()
+            .expect("log")
+            .push((self.id.clone(), Settled::Term));
+        Ok(())
+    }
+    async fn progress(&self) -> Result<(), EdgeError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeBodies {
+    objects: Mutex<HashMap<String, Bytes>>,
+}
+
+#[async_trait]
+impl Bodies for FakeBodies {
+    async fn open(&self, r: &ObjectRef) -> Result<BodyReader, BodyError> {
+        let b = self
+            .objects
+            .lock()
+            .expect("objects")
+            .get(&r.name)
+            .cloned()
+            .ok_or_else(|| BodyError::NotFound(r.name.clone()))?;
+        Ok(Box::new(std::io::Cursor::new(b)))
+    }
+    async fn delete(&self, r: &ObjectRef) -> Result<(), BodyError> {
+        self.objects.lock().expect("objects").remove(&r.name);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeEvents {
+    fail: AtomicBool,
+    published: Mutex<Vec<Event>>,
+}
+
+#[async_trait]
+impl EventSink for FakeEvents {
+    async fn publish(&self, events: Vec<Event>) -> Result<(), EdgeError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(EdgeError("events down".into()));
+        }
+        self.published.lock().expect("events").extend(events);
+        Ok(())
+    }
+}
+
+/// A memory store whose puts fail while `down` is set (S3 outage).
+#[derive(Debug, Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl BlobStore for FlakyStore {
+    async fn put(&self, name: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Transient {
+                op: "put",
+                name: name.into(),
+                source: "connection refused".into(),
+            });
+        }
+        self.inner.put(name, data).await
+    }
+    async fn get(&self, name: &str) -> Result<Bytes, StoreError> {
+        self.inner.get(name).await
+    }
+    async fn get_range(&self, name: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.inner.get_range(name, offset, len).await
+    }
+    async fn size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.size(name).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.delete(name).await
+    }
+}
+
+struct Fixture {
+    store: Arc<FlakyStore>,
+    bodies: Arc<FakeBodies>,
+    events: Arc<FakeEvents>,
+    log: Log,
+    pipeline: Pipeline,
+    next: u64,
+}
+
+fn init_opts() -> InitOptions {
+    InitOptions {
+        chunker: ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            mail_aware: true,
+            min_segment: 64,
+        },
+        kdf: KdfParams::fast_insecure(),
+        ..InitOptions::default()
+    }
+}
+
+async fn fixture(cfg: PipelineConfig) -> Fixture {
+    let store = Arc::new(FlakyStore::default());
+    let repo = Repository::init(store.clone(), b"pw", init_opts())
+        .await
+        .expect("init");
+    let bodies = Arc::new(FakeBodies::default());
+    let events = Arc::new(FakeEvents::default());
+    let pipeline = Pipeline::new(
+        repo,
+        cfg,
+        bodies.clone(),
+        events.clone(),
+        Arc::new(Metrics::default()),
+    )
+    .expect("pipeline");
+    Fixture {
+        store,
+        bodies,
+        events,
+        log: Log::default(),
+        pipeline,
+        next: 0,
+    }
+}
+
+impl Fixture {
+    fn delivery(&mut self, msg: &IngestMessage, attempt: u64) -> (String, Delivery) {
+        self.next += 1;
+        let id = format!("m{}", self.next);
+        let d = Delivery {
+            payload: msg.encode_to_vec().into(),
+            attempt,
+            id: id.clone(),
+            acker: Box::new(FakeAcker {
+                id: id.clone(),
+                log: self.log.clone(),
+            }),
+        };
+        (id, d)
+    }
+
+    async fn send(&mut self, msg: &IngestMessage) -> (String, Handled) {
+        let (id, d) = self.delivery(msg, 1);
+        let h = self.pipeline.handle(d).await.expect("handle");
+        (id, h)
+    }
+
+    fn settled(&self, id: &str) -> Vec<Settled> {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    fn stored_events(&self) -> Vec<ItemStored> {
+        self.events
+            .published
+            .lock()
+            .expect("events")
+            .iter()
+            .filter(|e| e.subject == SUBJECT_STORED)
+            .map(|e| ItemStored::decode(e.payload.clone()).expect("event"))
+            .collect()
+    }
+}
+
+fn envelope(mailbox: &str, item: &str, body: Option<item_envelope::Body>) -> IngestMessage {
+    let size = match &body {
+        Some(item_envelope::Body::Inline(b)) => b.len() as u64,
+        Some(item_envelope::Body::Object(r)) => r.size,
+        None => 0,
+    };
+    IngestMessage {
+        message: Some(ingest_message::Message::Item(ItemEnvelope {
+            source: "ex1".into(),
+            mailbox: mailbox.into(),
+            folder_id: "f1".into(),
+            folder_path: vec!["Inbox".into()],
+            distinguished_folder: "inbox".into(),
+            item_id: item.into(),
+            change_key: "CQAAAB1".into(),
+            item_class: "IPM.Note".into(),
+            format: 1,
+            body,
+            size,
+            collected_unix_ms: 1,
+            is_read: false,
+            properties: Default::default(),
+        })),
+    }
+}
+
+fn inline(mailbox: &str, item: &str, mime: &[u8]) -> IngestMessage {
+    envelope(
+        mailbox,
+        item,
+        Some(item_envelope::Body::Inline(Bytes::copy_from_slice(mime))),
+    )
+}
+
+async fn read_back(p: &Pipeline, ev: &ItemStored) -> Vec<u8> {
+    let id = BlobId::from_hex(&ev.manifest_id).expect("hex id");
+    p.repo().read_item(&id).await.expect("read")
+}
+
+#[tokio::test]
+async fn items_are_stored_byte_identical_and_acked_only_after_commit() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
+        messages: 20,
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for (i, it) in corpus.items.iter().enumerate() {
+        let (id, h) = f
+            .send(&inline(&it.mailbox, &format!("item{i}"), &it.mime))
+            .await;
+        assert_eq!(h, Handled::Pending);
+        ids.push(id);
+    }
+    assert!(
+        f.log.lock().expect("log").is_empty(),
+        "nothing settled before commit"
+    );
+    assert!(f.events.published.lock().expect("events").is_empty());
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!(c.items, corpus.items.len());
+    for id in &ids {
+        assert_eq!(f.settled(id), vec![Settled::Ack]);
+    }
+    let events = f.stored_events();
+    assert_eq!(events.len(), corpus.items.len());
+    for (ev, it) in events.iter().zip(&corpus.items) {
+        assert_eq!(read_back(&f.pipeline, ev).await, it.mime);
+        assert!(ev.stored_unix_ms > 0);
+    }
+    let report = verify(f.pipeline.repo(), VerifyOptions { read_data: true })
+        .await
+        .expect("verify");
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn redelivered_and_fanned_out_items_are_stored_once() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let copies = mailvault_mailgen::fanout(7, 50, 200_000, false);
+    let logical: usize = copies.iter().map(|c| c.mime.len()).sum();
+    for (i, it) in copies.iter().enumerate() {
+        f.send(&inline(&it.mailbox, &format!("x{i}"), &it.mime))
+            .await;
+    }
+    f.pipeline.commit().await.expect("commit");
+    let stored_after_first = f.store.inner.bytes_under("packs/");
+    // The same versions again: redelivery after a crash.
+    for (i, it) in copies.iter().enumerate() {
+        f.send(&inline(&it.mailbox, &format!("x{i}"), &it.mime))
+            .await;
+    }
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!(c.duplicates, copies.len());
+    assert_eq!(f.pipeline.repo().manifests().len(), copies.len());
+    let stored = f.store.inner.bytes_under("packs/");
+    assert!(
+        stored - stored_after_first < 4096,
+        "redelivery added {} bytes",
+        stored - stored_after_first
+    );
+    println!(
+        "fan-out to 50: logical {logical} B, stored {stored} B, ratio {:.3}",
+        stored as f64 / logical as f64
+    );
+    // One message in 51 copies: its body and attachment stored once, plus headers and
+    // manifests: well under two copies' worth.
+    let one = copies[1].mime.len() as u64;
+    assert!(
+        stored < 2 * one,
+        "stored {stored} of {logical}; one copy is {one}"
+    );
+}
+
+#[tokio::test]
+async fn object_store_bodies_stream_through_and_are_deleted_after_ack() {
+    let mut f = fixture(PipelineConfig {
+        piece_bytes: 64 * 1024,
+        ..PipelineConfig::default()
+    })
+    .await;
+    let big = mailvault_mailgen::fanout(3, 1, 3_000_000, false);
+    let mime = Bytes::from(big[1].mime.clone());
+    f.bodies
+        .objects
+        .lock()
+        .expect("objects")
+        .insert("obj1".into(), mime.clone());
+    let r = ObjectRef {
+        bucket: "b".into(),
+        name: "obj1".into(),
+        size: mime.len() as u64,
+    };
+    let (id, h) = f
+        .send(&envelope(
+            "a@x",
+            "big",
+            Some(item_envelope::Body::Object(r)),
+        ))
+        .await;
+    assert_eq!(h, Handled::Pending);
+    assert!(
+        f.bodies
+            .objects
+            .lock()
+            .expect("objects")
+            .contains_key("obj1")
+    );
+    f.pipeline.commit().await.expect("commit");
+    assert_eq!(f.settled(&id), vec![Settled::Ack]);
+    assert!(
+        f.bodies.objects.lock().expect("objects").is_empty(),
+        "deleted after ack"
+    );
+    let ev = &f.stored_events()[0];
+    assert_eq!(read_back(&f.pipeline, ev).await, mime);
+}
+
+#[tokio::test]
+async fn changes_are_recorded_as_history() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    f.send(&inline("a@x", "i1", b"Subject: a\r\n\r\nbody\r\n"))
+        .await;
+    let change = ItemChange {
+        source: "ex1".into(),
+        mailbox: "a@x".into(),
+        item_id: "i1".into(),
+        change_key: "CQAAAB2".into(),
+        kind: ChangeKind::ReadFlag as i32,
+        is_read: true,
+        observed_unix_ms: 42,
+        ..Default::default()
+    };
+    let msg = IngestMessage {
+        message: Some(ingest_message::Message::Change(change.clone())),
+    };
+    let (id, h) = f.send(&msg).await;
+    assert_eq!(h, Handled::Pending);
+    // Redelivered change: same record.
+    let (id2, _) = f.send(&msg).await;
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!((c.items, c.changes, c.duplicates), (1, 2, 1));
+    assert_eq!(f.settled(&id), vec![Settled::Ack]);
+    assert_eq!(f.settled(&id2), vec![Settled::Ack]);
+    let repo = f.pipeline.repo();
+    let (meta, _) = history_record(&change);
+    let rid = repo.manifest_id(&meta.mailbox, &meta.item_id, &meta.change_key);
+    let m = repo.manifest(&rid).await.expect("history manifest");
+    assert_eq!(m.item_class, HISTORY_ITEM_CLASS);
+    assert_eq!(
+        m.properties.get(RECORD_PROPERTY).map(String::as_str),
+        Some(RECORD_ITEM_CHANGE)
+    );
+    let content = repo.read_item(&rid).await.expect("read");
+    assert_eq!(
+        ItemChange::decode(content.as_slice()).expect("decode"),
+        change
+    );
+    assert_eq!(repo.manifests().len(), 2, "the item and one history record");
+    let changed: Vec<_> = f
+        .events
+        .published
+        .lock()
+        .expect("events")
+        .iter()
+        .filter(|e| e.subject == SUBJECT_CHANGED)
+        .cloned()
+        .collect();
+    assert_eq!(changed.len(), 2);
+    assert_eq!(
+        changed[0].msg_id, changed[1].msg_id,
+        "deduplicated downstream"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_acked_while_the_store_is_down() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let (id, _) = f
+        .send(&inline("a@x", "i1", b"Subject: a\r\n\r\nbody one\r\n"))
+        .await;
+    f.store.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let e = f.pipeline.commit().await.expect_err("store down");
+        assert!(e.is_retryable(), "{e}");
+    }
+    // Work goes on being accepted into the writer meanwhile.
+    let (id2, _) = f
+        .send(&inline("a@x", "i2", b"Subject: b\r\n\r\nbody two\r\n"))
+        .await;
+    assert!(f.settled(&id).is_empty() && f.settled(&id2).is_empty());
+    assert!(f.events.published.lock().expect("events").is_empty());
+    f.store.down.store(false, Ordering::SeqCst);
+    let c = f.pipeline.commit().await.expect("commit after outage");
+    assert_eq!(c.items, 2);
+    assert_eq!(f.settled(&id), vec![Settled::Ack]);
+    assert_eq!(f.settled(&id2), vec![Settled::Ack]);
+    for ev in f.stored_events() {
+        assert!(!read_back(&f.pipeline, &ev).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_acked_before_events_are_published() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let (id, _) = f
+        .send(&inline("a@x", "i1", b"Subject: a\r\n\r\nbody\r\n"))
+        .await;
+    f.events.fail.store(true, Ordering::SeqCst);
+    assert!(f.pipeline.commit().await.is_err());
+    assert!(f.settled(&id).is_empty());
+    assert!(
+        f.pipeline.commit_due(Instant::now()),
+        "the unfinished commit is due"
+    );
+    f.events.fail.store(false, Ordering::SeqCst);
+    f.pipeline.commit().await.expect("commit");
+    assert_eq!(f.settled(&id), vec![Settled::Ack]);
+}
+
+#[tokio::test]
+async fn poison_messages_are_quarantined() {
+    let mut f = fixture(PipelineConfig {
+        poison_after_attempts: 3,
+        ..PipelineConfig::default()
+    })
+    .await;
+    // Undecodable: quarantined at once.
+    let (id, d) = {
+        f.next += 1;
+        let id = "garbage".to_owned();
+        let d = Delivery {
+            payload: Bytes::from_static(b"\xff\xff\xff\xff not protobuf"),
+            attempt: 1,
+            id: id.clone(),
+            acker: Box::new(FakeAcker {
+                id: id.clone(),
+                log: f.log.clone(),
+            }),
+        };
+        (id, d)
+    };
+    assert_eq!(
+        f.pipeline.handle(d).await.expect("handle"),
+        Handled::Quarantined
+    );
+    assert_eq!(f.settled(&id), vec![Settled::Term]);
+    // Missing body object: retried until the last attempt, then quarantined.
+    let r = ObjectRef {
+        bucket: "b".into(),
+        name: "gone".into(),
+        size: 10,
+    };
+    let msg = envelope("a@x", "i9", Some(item_envelope::Body::Object(r)));
+    for attempt in 1..=3 {
+        let (id, d) = f.delivery(&msg, attempt);
+        let h = f.pipeline.handle(d).await.expect("handle");
+        if attempt < 3 {
+            assert_eq!(h, Handled::Nakked);
+            assert_eq!(f.settled(&id), vec![Settled::Nak]);
+        } else {
+            assert_eq!(h, Handled::Quarantined);
+            assert_eq!(f.settled(&id), vec![Settled::Term]);
+        }
+    }
+    let q: Vec<Quarantined> = f
+        .events
+        .published
+        .lock()
+        .expect("events")
+        .iter()
+        .filter(|e| e.subject == SUBJECT_QUARANTINED)
+        .map(|e| Quarantined::decode(e.payload.clone()).expect("q"))
+        .collect();
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[1].item_id, "i9");
+    assert!(q[1].cause.contains("not found"), "{}", q[1].cause);
+    assert_eq!(Metrics::get(&f.pipeline.metrics.quarantined_total), 2);
+    // The pipeline still works, and the aborted item left no manifest.
+    f.send(&inline("a@x", "ok", b"Subject: ok\r\n\r\nfine\r\n"))
+        .await;
+    assert_eq!(f.pipeline.commit().await.expect("commit").items, 1);
+    assert_eq!(f.pipeline.repo().manifests().len(), 1);
+}
+
+#[test]
+fn batch_policy_flushes_on_count_bytes_or_age() {
+    let p = BatchPolicy {
+        max_items: 3,
+        max_bytes: 100,
+        max_delay: Duration::from_millis(50),
+    };
+    let t0 = Instant::now();
+    assert!(!p.due(0, 0, None, t0));
+    assert!(!p.due(2, 99, Some(t0), t0));
+    assert!(p.due(3, 0, Some(t0), t0));
+    assert!(p.due(1, 100, Some(t0), t0));
+    assert!(p.due(1, 1, Some(t0), t0 + Duration::from_millis(50)));
+}
