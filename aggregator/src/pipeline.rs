@@ -374,7 +374,20 @@ impl Pipeline {
         };
         match msg.message {
             Some(ingest_message::Message::Item(env)) => self.item(d, env).await,
-            Some(ingest_message::Message::Change(c)) => self.change(d, c).await,
+                        Some(ingest_message::Message::Change(c)) => self.change(d, c).await,
+            // The consumer's subject filter leaves these to their own consumers; one arriving
+            // here means the filter is misconfigured, which must be visible, not swallowed.
+            Some(
+                ingest_message::Message::Quarantine(_) | ingest_message::Message::Reconciliation(_),
+            ) => {
+                self.quarantine(
+                    d,
+                    "route",
+                    Subject::default(),
+                    "collector quarantine/reconciliation record reached the aggregator: check the consumer's subject filter".into(),
+                )
+                .await
+            }
             None => {
                 self.quarantine(
                     d,
