@@ -338,20 +338,26 @@ fn root_folder_paging(rf: &Element) -> (bool, Option<u32>) {
     (last, if last { None } else { next })
 }
 
-/// Parses FindFolder (IndexedPageFolderView).
-pub fn find_folder(root: &Element) -> Result<FindPage<Folder>, EwsError> {
-    let msg = single_message(root, "FindFolder")?;
+/// One page of FindFolder or FindItem: the `RootFolder` paging attributes and the entries of
+/// its `list` child, each parsed with `entry`.
+fn find_page<T>(
+    root: &Element,
+    op: &str,
+    list: &str,
+    entry: impl Fn(&Element) -> Result<T, EwsError>,
+) -> Result<FindPage<T>, EwsError> {
+    let msg = single_message(root, op)?;
     let rf = msg
         .child(NS_MESSAGES, "RootFolder")
-        .ok_or_else(|| EwsError::malformed("FindFolder without RootFolder"))?;
+        .ok_or_else(|| EwsError::malformed(format!("{op} without RootFolder")))?;
     let (includes_last, next_offset) = root_folder_paging(rf);
     let entries = rf
-        .child(NS_TYPES, "Folders")
+        .child(NS_TYPES, list)
         .map(|f| {
             f.children
                 .iter()
                 .filter(|c| c.ns == NS_TYPES)
-                .map(folder)
+                .map(&entry)
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?
@@ -363,29 +369,14 @@ pub fn find_folder(root: &Element) -> Result<FindPage<Folder>, EwsError> {
     })
 }
 
+/// Parses FindFolder (IndexedPageFolderView).
+pub fn find_folder(root: &Element) -> Result<FindPage<Folder>, EwsError> {
+    find_page(root, "FindFolder", "Folders", folder)
+}
+
 /// Parses FindItem (IndexedPageItemView).
 pub fn find_item(root: &Element) -> Result<FindPage<ItemSummary>, EwsError> {
-    let msg = single_message(root, "FindItem")?;
-    let rf = msg
-        .child(NS_MESSAGES, "RootFolder")
-        .ok_or_else(|| EwsError::malformed("FindItem without RootFolder"))?;
-    let (includes_last, next_offset) = root_folder_paging(rf);
-    let entries = rf
-        .child(NS_TYPES, "Items")
-        .map(|f| {
-            f.children
-                .iter()
-                .filter(|c| c.ns == NS_TYPES)
-                .map(item_summary)
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?
-        .unwrap_or_default();
-    Ok(FindPage {
-        entries,
-        includes_last,
-        next_offset,
-    })
+    find_page(root, "FindItem", "Items", item_summary)
 }
 
 /// One ExportItems result: the item id and its full-fidelity blob.
