@@ -27,6 +27,8 @@ pub enum Kind {
     Index = 5,
     Dict = 6,
     /// A group of blobs inside a pack.
+    /// A batch of audit-log records (`audit/…`).
+    Audit = 7,
     Group = 16,
 }
 
@@ -39,6 +41,7 @@ impl Kind {
             4 => Kind::PackHeader,
             5 => Kind::Index,
             6 => Kind::Dict,
+            7 => Kind::Audit,
             16 => Kind::Group,
             _ => return None,
         })

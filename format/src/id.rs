@@ -49,6 +49,7 @@ pub mod names {
     pub const PACKS: &str = "packs/";
     pub const INDEX: &str = "index/";
     pub const DICTS: &str = "dicts/";
+    pub const AUDIT: &str = "audit/";
 
     pub fn pack(id: &BlobId) -> String {
         let h = id.to_hex();
@@ -65,6 +66,12 @@ pub mod names {
 
     pub fn dict(dict_id: u32) -> String {
         format!("dicts/{dict_id:08x}")
+    }
+
+    /// Audit batches sort by time: `audit/<16 hex unix ms>-<8 hex sequence>-<8 hex random>`;
+    /// the per-process sequence keeps one writer's batches of the same millisecond in order.
+    pub fn audit(unix_ms: i64, seq: u32, nonce: u32) -> String {
+        format!("audit/{unix_ms:016x}-{seq:08x}-{nonce:08x}")
     }
 
     /// The pack id encoded in a pack object name.

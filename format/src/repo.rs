@@ -348,6 +348,34 @@ impl Repository {
         }
     }
 
+    /// Appends one batch of audit records as a new write-once, encrypted object and returns its
+    /// name. Append-only by construction: batches are never rewritten; deleting one leaves a gap
+    /// in time order that [`Repository::audit_batches`] readers can see.
+    pub async fn append_audit(&self, records: &[u8]) -> Result<String> {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        loop {
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = names::audit(now_ms(), seq, rand::random::<u32>());
+            let obj = self.inner.keys.seal_object(Kind::Audit, &name, records);
+            if self.inner.store.put(&name, obj.into()).await? == PutOutcome::Created {
+                return Ok(name);
+            }
+        }
+    }
+
+    /// Every audit batch, oldest first, decrypted and authenticated.
+    pub async fn audit_batches(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for name in self.inner.store.list(names::AUDIT).await? {
+            let bytes = self.inner.store.get(&name).await?;
+            out.push((
+                name.clone(),
+                self.inner.keys.open_object(Kind::Audit, &name, &bytes)?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// A writer with the default seal policy (pack size from the config).
     pub fn writer(&self) -> Result<Writer> {
         let policy = SealPolicy {

@@ -102,6 +102,22 @@ pub async fn verify(repo: &Repository, opts: VerifyOptions) -> Result<VerifyRepo
         }
     }
 
+    for name in store.list(names::AUDIT).await? {
+        match store.get(&name).await {
+            Ok(bytes) => {
+                if let Err(e) = repo
+                    .keys()
+                    .open_object(crate::crypto::Kind::Audit, &name, &bytes)
+                {
+                    ck.error(&name, e);
+                }
+            }
+            Err(e) => {
+                ck.error(&name, e.into());
+            }
+        }
+    }
+
     // Everything the index objects claim, read afresh (not the cached in-memory index).
     let mut located: HashMap<BlobId, Location> = HashMap::new();
     let mut by_pack: HashMap<BlobId, Vec<(BlobId, Location)>> = HashMap::new();
