@@ -26,3 +26,15 @@ pub mod events {
         include!(concat!(env!("OUT_DIR"), "/mailvault.events.v1.rs"));
     }
 }
+
+/// The gRPC API served by the indexer (feature `api`).
+#[cfg(feature = "api")]
+pub mod api {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/mailvault.api.v1.rs"));
+
+        /// Encoded file descriptor set of the API, for gRPC reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] =
+            include_bytes!(concat!(env!("OUT_DIR"), "/mailvault.api.v1.bin"));
+    }
+}
