@@ -1,1 +1,8 @@
-//! Builds the search index and serves the gRPC API. Filled in by its own issue.
+//! TEMPORARY stub while the index core lands on its branch.
+pub mod api;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    User(String),
+}
