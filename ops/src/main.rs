@@ -1,27 +1,290 @@
-//! `mailvault`: the command-line entry point.
+//! `mailvault`: the command-line entry point — demo, single-process backup, search, get,
+//! restore, export, repository care, benchmarks.
+//!
+//! Exit codes: 0 success; 1 failure (the message says what to do); 2 bad usage (clap);
+//! 3 `verify` found damage; 4 a restore finished with failed items.
 
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+use cmd::client::{self, Client, CollisionArg, ExportFormatArg, ServerArgs};
+use cmd::repo::{KeyCommand, RepoArgs};
 
 /// Mail-level backup and archive for Microsoft Exchange.
 #[derive(Debug, Parser)]
 #[command(name = "mailvault", version, about)]
 struct Cli {
+    /// Machine-readable output (JSON) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mailvault_collector=debug`.
+    #[arg(long, global = true, env = "MAILVAULT_LOG", default_value = "warn")]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the end-to-end demo on generated mail (coming: see the CLI issue).
-    Demo,
+    /// Backs up generated mailboxes from an embedded Exchange simulator, changes some, runs an
+    /// incremental, searches, restores a deleted folder and verifies — in under a minute.
+    Demo(cmd::demo::DemoArgs),
+    /// Creates a new repository.
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Manages the keys (passphrases) that open the repository.
+    Key {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(subcommand)]
+        cmd: KeyCommand,
+    },
+    /// Backs up mailboxes from Exchange (EWS) into the repository, in this process.
+    Backup(cmd::backup::BackupArgs),
+    /// Searches the archive (query language: docs/indexer.md).
+    Search {
+        #[command(flatten)]
+        target: Target,
+        /// e.g. `from:alice has:attachment after:2026-01-01 "quarterly report"`
+        query: String,
+        /// Search the archive as it was at this time.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Stop after this many hits (0 = all).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Writes the original MIME bytes of one item.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        /// Item id (64 hex, as `search --json` prints).
+        id: String,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Restores items, a folder or a mailbox into Exchange.
+    Restore(cmd::backup::RestoreArgs),
+    /// Exports the items matching a query as an EML zip or an MBOX file.
+    Export {
+        #[command(flatten)]
+        target: Target,
+        query: String,
+        #[arg(long, value_enum, default_value = "eml-zip")]
+        format: ExportFormatArg,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+    /// Checks the repository: structure, or every byte with --read-data.
+    Verify {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Items, mailboxes, logical and stored bytes.
+    Stats {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Rebuilds the local search index from the repository alone.
+    Reindex {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long, env = "MAILVAULT_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Issues an API bearer token and appends its hash to a token file.
+    Token {
+        /// Token file (TOML) the server reads.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The user's own mailbox (role `user`).
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
+    /// Benchmarks a full backup, incremental, search and get, against restic on the same corpus.
+    Bench(cmd::bench::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Demo => {
-            anyhow::bail!(
-                "the demo is not built yet; `./ops/scripts/test.sh` runs what exists today"
-            )
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Admin,
+    Operator,
+    Auditor,
+    User,
+}
+
+/// A remote server, or a local repository opened in this process.
+#[derive(Debug, Clone, clap::Args)]
+struct Target {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Local repository (single-process install); ignored with --server.
+    #[arg(long, env = "MAILVAULT_REPO")]
+    repo: Option<String>,
+    #[arg(long, env = "MAILVAULT_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Local state (index, checkpoints); see `mailvault backup --help`.
+    #[arg(long, env = "MAILVAULT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// A client, and the local server behind it when there is one.
+async fn connect(t: &Target) -> anyhow::Result<(Client, Option<cmd::local::LocalApi>)> {
+    if t.server.server.is_some() {
+        return Ok((Client::from_args(&t.server).await?, None));
+    }
+    let Some(repo) = &t.repo else {
+        anyhow::bail!(
+            "say where the archive is: --repo DIR|s3://… (single process) or --server URL"
+        );
+    };
+    let args = RepoArgs {
+        repo: repo.clone(),
+        passphrase_file: t.passphrase_file.clone(),
+    };
+    let r = args.open().await?;
+    let state = cmd::local::state_dir(t.state_dir.as_deref(), &r)?;
+    let index = cmd::backup::open_index(&state)?;
+    let local = cmd::local::LocalApi::start(r, index, None).await?;
+    Ok((local.client.clone(), Some(local)))
+}
+
+async fn finish(local: Option<cmd::local::LocalApi>) -> anyhow::Result<()> {
+    if let Some(l) = local {
+        l.shutdown().await?;
+    }
+    Ok(())
+}
+
+fn as_of(s: &Option<String>) -> anyhow::Result<i64> {
+    s.as_deref()
+        .map(client::parse_time)
+        .transpose()
+        .map(|t| t.unwrap_or(0))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let json = cli.json;
+    match cli.command {
+        Command::Demo(a) => cmd::demo::run(a, json).await.map(|_| 0),
+        Command::Init { repo } => cmd::repo::init(&repo, json).await.map(|_| 0),
+        Command::Key { repo, cmd } => cmd::repo::key(&repo, cmd, json).await.map(|_| 0),
+        Command::Backup(a) => cmd::backup::backup(a, json).await.map(|_| 0),
+        Command::Search {
+            target,
+            query,
+            as_of: t,
+            limit,
+        } => {
+            let (mut c, local) = connect(&target).await?;
+            let res = client::search(&mut c, &query, as_of(&t)?, limit, json).await;
+            finish(local).await?;
+            res.map(|_| 0)
+        }
+        Command::Get { target, id, output } => {
+            let (mut c, local) = connect(&target).await?;
+            let res = client::get(&mut c, &id, output.as_ref()).await;
+            finish(local).await?;
+            res.map(|_| 0)
+        }
+        Command::Restore(a) => cmd::backup::restore(a, json).await,
+        Command::Export {
+            target,
+            query,
+            format,
+            output,
+            as_of: t,
+        } => {
+            let (mut c, local) = connect(&target).await?;
+            let res = client::export(&mut c, &query, as_of(&t)?, format, &output).await;
+            finish(local).await?;
+            let n = res?;
+            if json {
+                println!("{}", serde_json::json!({"output": output, "bytes": n}));
+            } else {
+                println!("wrote {} ({n} bytes)", output.display());
+            }
+            Ok(0)
+        }
+        Command::Verify { repo, read_data } => cmd::repo::verify_cmd(&repo, read_data, json).await,
+        Command::Stats { repo } => cmd::repo::stats_cmd(&repo, json).await.map(|_| 0),
+        Command::Reindex { repo, state_dir } => {
+            cmd::backup::reindex(&repo, state_dir.as_deref(), json)
+                .await
+                .map(|_| 0)
+        }
+        Command::Token {
+            file,
+            name,
+            role,
+            mailbox,
+        } => {
+            use mailvault_indexer::api::{Role, Tokens};
+            let mut tokens = if file.exists() {
+                Tokens::load(&file)?
+            } else {
+                Tokens::default()
+            };
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Operator => Role::Operator,
+                RoleArg::Auditor => Role::Auditor,
+                RoleArg::User => Role::User,
+            };
+            if role == Role::User && mailbox.is_none() {
+                anyhow::bail!("role user needs --mailbox (the user's own address)");
+            }
+            let token = tokens.issue(&name, role, mailbox.as_deref());
+            std::fs::write(&file, tokens.to_toml())
+                .with_context(|| format!("writing token file {}", file.display()))?;
+            // The only time the token is shown.
+            println!("{token}");
+            Ok(0)
+        }
+        Command::Bench(a) => cmd::bench::run(a, json).await.map(|_| 0),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

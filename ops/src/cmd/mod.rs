@@ -1,0 +1,8 @@
+//! One module per group of commands.
+
+pub mod backup;
+pub mod bench;
+pub mod client;
+pub mod demo;
+pub mod local;
+pub mod repo;

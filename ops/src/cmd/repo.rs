@@ -1,0 +1,254 @@
+//! Repository commands: init, key management, verify, stats.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use mailvault_format::{BlobStore, InitOptions, KdfParams, Repository, VerifyOptions, verify};
+use serde::Serialize;
+
+/// Where the repository is and how to unlock it.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// Repository: a directory, or s3://bucket/prefix (S3 credentials and endpoint from the
+    /// usual AWS_* environment variables).
+    #[arg(long, env = "MAILVAULT_REPO")]
+    pub repo: String,
+    /// File holding the repository passphrase (one line). Alternatively set
+    /// MAILVAULT_PASSPHRASE.
+    #[arg(long, env = "MAILVAULT_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    pub fn passphrase(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(f) = &self.passphrase_file {
+            let raw = std::fs::read(f)
+                .with_context(|| format!("reading passphrase file {}", f.display()))?;
+            let s = raw.strip_suffix(b"\n").unwrap_or(&raw);
+            let s = s.strip_suffix(b"\r").unwrap_or(s);
+            if s.is_empty() {
+                bail!("passphrase file {} is empty", f.display());
+            }
+            return Ok(s.to_vec());
+        }
+        match std::env::var("MAILVAULT_PASSPHRASE") {
+            Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
+            _ => bail!(
+                "no passphrase: pass --passphrase-file FILE or set MAILVAULT_PASSPHRASE_FILE / MAILVAULT_PASSPHRASE"
+            ),
+        }
+    }
+
+    pub async fn store(&self) -> anyhow::Result<Arc<dyn BlobStore>> {
+        if !self.repo.starts_with("s3://") {
+            std::fs::create_dir_all(&self.repo)
+                .with_context(|| format!("creating repository directory {}", self.repo))?;
+        }
+        mailvault_runtime::storage::open_store(&self.repo, None)
+            .await
+            .with_context(|| format!("opening store {}", self.repo))
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Repository> {
+        let pass = self.passphrase()?;
+        let store = self.store().await?;
+        Repository::open(store, &pass).await.with_context(|| {
+            format!(
+                "opening repository {} (wrong passphrase, or not initialised: run `mailvault init`)",
+                self.repo
+            )
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Lists the keys that can open the repository.
+    List,
+    /// Adds a key for another passphrase (read from --new-passphrase-file).
+    Add {
+        #[arg(long)]
+        new_passphrase_file: PathBuf,
+        #[arg(long, default_value = "added")]
+        label: String,
+    },
+    /// Removes a key by name (the last key cannot be removed).
+    Remove { name: String },
+}
+
+pub async fn init(repo: &RepoArgs, json: bool) -> anyhow::Result<()> {
+    let pass = repo.passphrase()?;
+    let store = repo.store().await?;
+    let r = Repository::init(store, &pass, InitOptions::default())
+        .await
+        .with_context(|| format!("initialising repository {}", repo.repo))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"repository": repo.repo, "key": r.key_name()})
+        );
+    } else {
+        println!(
+            "initialised repository {} (key {})",
+            repo.repo,
+            r.key_name()
+        );
+    }
+    Ok(())
+}
+
+pub async fn key(repo: &RepoArgs, cmd: KeyCommand, json: bool) -> anyhow::Result<()> {
+    let r = repo.open().await?;
+    match cmd {
+        KeyCommand::List => {
+            let keys = r.list_keys().await.context("listing keys")?;
+            if json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|(n, l)| serde_json::json!({"name": n, "label": l}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for (n, l) in keys {
+                    let mark = if n == r.key_name() { " (this one)" } else { "" };
+                    println!("{n}  {l}{mark}");
+                }
+            }
+        }
+        KeyCommand::Add {
+            new_passphrase_file,
+            label,
+        } => {
+            let other = RepoArgs {
+                repo: repo.repo.clone(),
+                passphrase_file: Some(new_passphrase_file),
+            }
+            .passphrase()?;
+            let name = r
+                .add_key(&other, &label, KdfParams::default())
+                .await
+                .context("adding key")?;
+            println!("added key {name}");
+        }
+        KeyCommand::Remove { name } => {
+            r.remove_key(&name)
+                .await
+                .with_context(|| format!("removing key {name}"))?;
+            println!("removed key {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Exit code 3 when verify finds problems, so scripts can tell damage from failure to run.
+pub async fn verify_cmd(repo: &RepoArgs, read_data: bool, json: bool) -> anyhow::Result<i32> {
+    let r = repo.open().await?;
+    let report = verify(&r, VerifyOptions { read_data })
+        .await
+        .context("verifying")?;
+    if json {
+        let problems: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({"object": p.object, "cause": p.cause, "items": p.items}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "clean": report.is_clean(),
+                "packs": report.packs,
+                "blobs": report.blobs,
+                "blobs_read": report.blobs_read,
+                "manifests": report.manifests,
+                "problems": problems,
+            })
+        );
+    } else {
+        println!(
+            "verified {} packs, {} blobs ({} read), {} manifests: {}",
+            report.packs,
+            report.blobs,
+            report.blobs_read,
+            report.manifests,
+            if report.is_clean() {
+                "no problems".to_owned()
+            } else {
+                format!("{} PROBLEMS", report.problems.len())
+            }
+        );
+        for p in &report.problems {
+            println!("  {}: {}", p.object, p.cause);
+        }
+    }
+    Ok(if report.is_clean() { 0 } else { 3 })
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub items: u64,
+    pub history_records: u64,
+    pub mailboxes: u64,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub packs: u64,
+    /// stored / logical.
+    pub ratio: f64,
+}
+
+pub async fn stats(r: &Repository) -> anyhow::Result<Stats> {
+    let mut s = Stats::default();
+    let mut mailboxes = std::collections::HashSet::new();
+    for id in r.manifests() {
+        let m = r
+            .manifest(&id)
+            .await
+            .with_context(|| format!("reading manifest {id}"))?;
+        if m.properties.contains_key("mailvault.record") {
+            s.history_records += 1;
+            continue;
+        }
+        s.items += 1;
+        s.logical_bytes += m.size;
+        mailboxes.insert(m.mailbox.to_ascii_lowercase());
+    }
+    s.mailboxes = mailboxes.len() as u64;
+    let store = r.store();
+    for name in store.list("").await.context("listing objects")? {
+        s.stored_bytes += store
+            .size(&name)
+            .await
+            .with_context(|| format!("size of {name}"))?
+            .unwrap_or(0);
+        if name.starts_with("packs/") {
+            s.packs += 1;
+        }
+    }
+    s.ratio = if s.logical_bytes == 0 {
+        0.0
+    } else {
+        s.stored_bytes as f64 / s.logical_bytes as f64
+    };
+    Ok(s)
+}
+
+pub async fn stats_cmd(repo: &RepoArgs, json: bool) -> anyhow::Result<()> {
+    let r = repo.open().await?;
+    let s = stats(&r).await?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "{} items in {} mailboxes ({} history records)\nlogical {}  stored {}  ({:.1} %, {} packs)",
+            s.items,
+            s.mailboxes,
+            s.history_records,
+            bytesize::ByteSize(s.logical_bytes),
+            bytesize::ByteSize(s.stored_bytes),
+            s.ratio * 100.0,
+            s.packs
+        );
+    }
+    Ok(())
+}
