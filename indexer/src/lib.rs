@@ -1,1 +1,28 @@
-//! Builds the search index and serves the gRPC API. Filled in by its own issue.
+//! The mailvault indexer core: turns stored item versions and item-history records into a
+//! local tantivy index with as-of (point in time) search, journal-report unwrapping and
+//! per-user visibility, and consumes the aggregator's events from JetStream.
+//!
+//! Modules, by what they own:
+//! * [`extract`] — MIME → document fields (mail-parser).
+//! * [`journal`] — Exchange envelope journal reports → the original message, `visible_to`.
+//! * [`history`] — an item's versions and changes over time → validity segments.
+//! * [`index`] — the tantivy index: [`Index`] (open, apply, commit, search, browse).
+//! * [`query`] — the search language → tantivy queries.
+//! * [`stage`] — [`Indexer`] (events + repository → index) and [`reindex`].
+//! * [`consume`] — the JetStream edge (durable pull consumer, ack after commit).
+//!
+//! See `docs/indexer.md`.
+
+pub mod consume;
+pub mod error;
+pub mod extract;
+pub mod history;
+pub mod index;
+pub mod journal;
+pub mod query;
+pub mod stage;
+
+pub use error::IndexError;
+pub use history::{ChangeInput, ChangeKind, ItemStoredInput};
+pub use index::{FolderInfo, Hit, Index, MailboxInfo, Scope, SearchOptions, SearchPage};
+pub use stage::{Indexer, ReindexReport, reindex};
