@@ -213,8 +213,13 @@ fn fields_of(msg: &Message<'_>, raw: &[u8]) -> Extracted {
             (None, PartType::Message(m)) => m.subject().unwrap_or_default().to_owned(),
             (None, _) => String::new(),
         };
-        // Inline images without a name (signature logos) are not attachments to a user.
-        if name.is_empty() && matches!(part.body, PartType::InlineBinary(_)) {
+        // Unnamed parts that are not marked as attachments (inline logos, the iCalendar or
+        // vCard body of a calendar item or contact) are not attachments to a user.
+        let disposition_attachment = part
+            .content_disposition()
+            .is_some_and(|d| d.c_type.eq_ignore_ascii_case("attachment"));
+        if name.is_empty() && !disposition_attachment && !matches!(part.body, PartType::Message(_))
+        {
             continue;
         }
         e.attachments.push(AttachmentInfo {
