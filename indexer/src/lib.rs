@@ -1,8 +1,30 @@
-//! TEMPORARY stub while the index core lands on its branch.
-pub mod api;
+//! The mailvault indexer core: turns stored item versions and item-history records into a
+//! local tantivy index with as-of (point in time) search, journal-report unwrapping and
+//! per-user visibility, and consumes the aggregator's events from JetStream.
+//!
+//! Modules, by what they own:
+//! * [`extract`] — MIME → document fields (mail-parser).
+//! * [`journal`] — Exchange envelope journal reports → the original message, `visible_to`.
+//! * [`history`] — an item's versions and changes over time → validity segments.
+//! * [`index`] — the tantivy index: [`Index`] (open, apply, commit, search, browse).
+//! * [`query`] — the search language → tantivy queries.
+//! * [`stage`] — [`Indexer`] (events + repository → index) and [`reindex`].
+//! * [`consume`] — the JetStream edge (durable pull consumer, ack after commit).
+//! * [`api`] — the gRPC API served next to the index: auth, audit, search, get, restore, export.
+//!
+//! See `docs/indexer.md`.
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    User(String),
-}
+pub mod api;
+pub mod consume;
+pub mod error;
+pub mod extract;
+pub mod history;
+pub mod index;
+pub mod journal;
+pub mod query;
+pub mod stage;
+
+pub use error::IndexError;
+pub use history::{ChangeInput, ChangeKind, ItemStoredInput};
+pub use index::{FolderInfo, Hit, Index, MailboxInfo, Scope, SearchOptions, SearchPage};
+pub use stage::{Indexer, ReindexReport, reindex};

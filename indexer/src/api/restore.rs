@@ -55,17 +55,17 @@ impl NatsRestoreTarget {
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream::Config {
             name: names::STREAM.into(),
-            subjects: vec![names::SUBJECTS.into()],
+            subjects: vec![names::STREAM_SUBJECTS.into()],
             storage: stream::StorageType::File,
             ..Default::default()
         })
         .await
         .map_err(|e| unavailable("restore stream", e))?;
-        let objects = match js.get_object_store(names::BODIES_BUCKET).await {
+        let objects = match js.get_object_store(names::BODY_BUCKET).await {
             Ok(o) => o,
             Err(_) => js
                 .create_object_store(object_store::Config {
-                    bucket: names::BODIES_BUCKET.into(),
+                    bucket: names::BODY_BUCKET.into(),
                     description: Some("mailvault restore bodies over the inline limit".into()),
                     ..Default::default()
                 })
@@ -76,7 +76,7 @@ impl NatsRestoreTarget {
             client,
             js,
             objects,
-            inline_limit: 512 * 1024,
+            inline_limit: names::DEFAULT_INLINE_LIMIT,
             idle_timeout,
         })
     }
@@ -113,7 +113,7 @@ impl RestoreTarget for NatsRestoreTarget {
                         item.reply_subject = reply.clone();
                         item.size = body.len() as u64;
                         if body.len() > self.inline_limit {
-                            let name = format!("{job_id}-{}", item.seq);
+                            let name = names::body_object_name(job_id, item.seq);
                             let mut reader: &[u8] = &body;
                             self.objects
                                 .put(name.as_str(), &mut reader)
@@ -121,7 +121,7 @@ impl RestoreTarget for NatsRestoreTarget {
                                 .map_err(|e| unavailable(&format!("storing restore body {name}"), e))?;
                             item.body = Some(wire::restore_item::Body::Object(
                                 mailvault_proto::ingest::v1::ObjectRef {
-                                    bucket: names::BODIES_BUCKET.into(),
+                                    bucket: names::BODY_BUCKET.into(),
                                     name,
                                     size: body.len() as u64,
                                 },
@@ -130,7 +130,7 @@ impl RestoreTarget for NatsRestoreTarget {
                             item.body = Some(wire::restore_item::Body::Inline(body));
                         }
                         let mut headers = async_nats::HeaderMap::new();
-                        headers.insert("Nats-Msg-Id", format!("{job_id}-{}", item.seq).as_str());
+                        headers.insert(names::MSG_ID_HEADER, names::job_msg_id(job_id, item.seq).as_str());
                         self.js
                             .publish_with_headers(jobs.clone(), headers, item.encode_to_vec().into())
                             .await

@@ -1,0 +1,317 @@
+//! The JetStream edge: a durable pull consumer `mailvault-indexer` on `MAILVAULT_EVENTS`
+//! (subjects `mailvault.events.stored` and `mailvault.events.changed`). Per batch: apply every
+//! delivery to the index, commit the index, then ack — nothing is acked before it is durable in
+//! the index. Deliveries come through [`Source`] so an in-process bus can feed the same loop.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored};
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::stage::Indexer;
+
+pub const STREAM: &str = "MAILVAULT_EVENTS";
+pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
+pub const SUBJECT_STORED: &str = "mailvault.events.stored";
+pub const SUBJECT_CHANGED: &str = "mailvault.events.changed";
+pub const CONSUMER: &str = "mailvault-indexer";
+/// Redelivery delay for a delivery that failed for a retryable reason.
+const NAK_DELAY: Duration = Duration::from_secs(5);
+/// A delivery failing permanently is terminated at this attempt (with an error log).
+const MAX_ATTEMPTS: u64 = 5;
+
+/// A failure talking to the bus. Worth retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {cause}")]
+pub struct EdgeError {
+    pub what: String,
+    pub cause: String,
+}
+
+impl EdgeError {
+    pub fn new(what: &str, cause: impl std::fmt::Display) -> Self {
+        EdgeError {
+            what: what.to_owned(),
+            cause: cause.to_string(),
+        }
+    }
+}
+
+/// How one delivery is settled.
+#[async_trait]
+pub trait Acker: Send + Sync + std::fmt::Debug {
+    async fn ack(&self) -> Result<(), EdgeError>;
+    async fn nak(&self, delay: Duration) -> Result<(), EdgeError>;
+    async fn term(&self) -> Result<(), EdgeError>;
+}
+
+/// One event message.
+#[derive(Debug)]
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Bytes,
+    /// 1 on first delivery.
+    pub attempt: u64,
+    pub acker: Box<dyn Acker>,
+}
+
+/// Where deliveries come from (JetStream, or an in-process bus with the same semantics).
+#[async_trait]
+pub trait Source: Send {
+    /// Up to `max` deliveries; may return fewer (or none) after `wait`.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, EdgeError>;
+}
+
+/// Counters of a consumer run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumeReport {
+    pub stored: u64,
+    pub changed: u64,
+    pub acked: u64,
+    pub nakked: u64,
+    pub terminated: u64,
+    pub commits: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumeConfig {
+    pub batch: usize,
+    pub wait: Duration,
+}
+
+impl Default for ConsumeConfig {
+    fn default() -> Self {
+        ConsumeConfig {
+            batch: 256,
+            wait: Duration::from_secs(1),
+        }
+    }
+}
+
+enum Outcome {
+    Applied,
+    Retry,
+    Poison,
+}
+
+async fn apply(ix: &Indexer, d: &Delivery, report: &mut ConsumeReport) -> Outcome {
+    let r = match d.subject.as_str() {
+        SUBJECT_STORED => match ItemStored::decode(d.payload.clone()) {
+            Ok(e) => {
+                report.stored += 1;
+                ix.handle_stored(&e).await
+            }
+            Err(e) => {
+                tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
+                return Outcome::Poison;
+            }
+        },
+        SUBJECT_CHANGED => match ItemChangeRecorded::decode(d.payload.clone()) {
+            Ok(e) => {
+                report.changed += 1;
+                ix.handle_changed(&e).await
+            }
+            Err(e) => {
+                tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
+                return Outcome::Poison;
+            }
+        },
+        other => {
+            tracing::error!(subject = %other, "event on an unexpected subject; terminated");
+            return Outcome::Poison;
+        }
+    };
+    match r {
+        Ok(()) => Outcome::Applied,
+        Err(e) if e.is_retryable() && d.attempt < MAX_ATTEMPTS => {
+            tracing::warn!(error = %e, attempt = d.attempt, "event not applied; redelivery");
+            Outcome::Retry
+        }
+        Err(e) => {
+            tracing::error!(error = %e, attempt = d.attempt, "event cannot be indexed; terminated");
+            Outcome::Poison
+        }
+    }
+}
+
+/// Applies a batch, commits, then settles every delivery: applied ones are acked only after
+/// the commit succeeded; if the commit fails, everything is nakked.
+pub async fn handle_batch(
+    ix: &Indexer,
+    batch: Vec<Delivery>,
+    report: &mut ConsumeReport,
+) -> Result<(), crate::IndexError> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for d in batch {
+        let o = apply(ix, &d, report).await;
+        outcomes.push((d, o));
+    }
+    let committed = ix.commit().await;
+    if committed.is_ok() {
+        report.commits += 1;
+    }
+    for (d, o) in outcomes {
+        let r = match (&committed, o) {
+            (Ok(()), Outcome::Applied) => {
+                report.acked += 1;
+                d.acker.ack().await
+            }
+            (_, Outcome::Poison) => {
+                report.terminated += 1;
+                d.acker.term().await
+            }
+            _ => {
+                report.nakked += 1;
+                d.acker.nak(NAK_DELAY).await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
+        }
+    }
+    committed
+}
+
+/// Runs until `shutdown`. `progress` (if given) receives the report after every batch.
+pub async fn run(
+    ix: &Indexer,
+    source: &mut dyn Source,
+    cfg: &ConsumeConfig,
+    shutdown: CancellationToken,
+    progress: Option<watch::Sender<ConsumeReport>>,
+) -> ConsumeReport {
+    let mut report = ConsumeReport::default();
+    while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => break,
+            b = source.next_batch(cfg.batch, cfg.wait) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching events failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = handle_batch(ix, batch, &mut report).await {
+            tracing::error!(error = %e, "index commit failed; batch nakked");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if let Some(p) = &progress {
+            p.send_replace(report);
+        }
+    }
+    report
+}
+
+#[derive(Debug)]
+struct JsAcker(jetstream::Message);
+
+#[async_trait]
+impl Acker for JsAcker {
+    async fn ack(&self) -> Result<(), EdgeError> {
+        // Double ack: returns once the server recorded it.
+        self.0
+            .double_ack()
+            .await
+            .map_err(|e| EdgeError::new("ack", e))
+    }
+    async fn nak(&self, delay: Duration) -> Result<(), EdgeError> {
+        self.0
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| EdgeError::new("nak", e))
+    }
+    async fn term(&self) -> Result<(), EdgeError> {
+        self.0
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| EdgeError::new("term", e))
+    }
+}
+
+/// The durable pull consumer on JetStream.
+#[derive(Debug)]
+pub struct JsSource {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+}
+
+impl JsSource {
+    /// Creates (if missing) the events stream and the durable consumer.
+    pub async fn new(js: &jetstream::Context) -> Result<JsSource, EdgeError> {
+        let s = js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![EVENTS_SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| EdgeError::new("events stream", e))?;
+        let consumer = s
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    description: Some("mailvault indexer".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    max_deliver: -1,
+                    filter_subjects: vec![SUBJECT_STORED.into(), SUBJECT_CHANGED.into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| EdgeError::new("consumer", e))?;
+        Ok(JsSource { consumer })
+    }
+}
+
+#[async_trait]
+impl Source for JsSource {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, EdgeError> {
+        let mut batch = self
+            .consumer
+            .batch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| EdgeError::new("pull", e))?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull batch ended");
+                    break;
+                }
+            };
+            let attempt = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+            out.push(Delivery {
+                subject: m.subject.to_string(),
+                payload: m.payload.clone(),
+                attempt,
+                acker: Box::new(JsAcker(m)),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,200 @@
+//! The indexer stage: events plus the repository → index, and rebuilding an index from the
+//! repository alone.
+
+use std::path::Path;
+
+use mailvault_format::{BlobId, ItemManifest, Repository};
+use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored};
+use mailvault_proto::ingest::v1::{ChangeKind as WireKind, ItemChange};
+use prost::Message as _;
+
+use crate::error::IndexError;
+use crate::history::{ChangeInput, ChangeKind, ItemStoredInput};
+use crate::index::Index;
+
+/// Property that marks a history record (docs/wire.md, "Item history records").
+pub const RECORD_PROPERTY: &str = "mailvault.record";
+/// Commit at least this often during a reindex (bounds the writer's pending records).
+const REINDEX_COMMIT_EVERY: usize = 2000;
+
+/// Reads stored items from the repository and applies events to the index.
+#[derive(Debug, Clone)]
+pub struct Indexer {
+    pub repo: Repository,
+    pub index: Index,
+}
+
+fn blob_id(hex: &str) -> Result<BlobId, IndexError> {
+    BlobId::from_hex(hex).ok_or_else(|| IndexError::BadManifestId(hex.to_owned()))
+}
+
+fn repo_err(what: String) -> impl FnOnce(mailvault_format::FormatError) -> IndexError {
+    move |source| IndexError::Repository { what, source }
+}
+
+/// Reads a manifest; refreshes the repository's index once if the manifest is not known yet
+/// (written by an aggregator after this repository handle last looked).
+async fn manifest(repo: &Repository, id: &BlobId) -> Result<ItemManifest, IndexError> {
+    if !repo.contains(id) {
+        repo.refresh()
+            .await
+            .map_err(repo_err("the repository index (refresh)".into()))?;
+    }
+    repo.manifest(id)
+        .await
+        .map_err(repo_err(format!("manifest {id}")))
+}
+
+fn change_from_record(
+    record_id: &str,
+    m: &ItemManifest,
+    content: &[u8],
+) -> Result<ChangeInput, IndexError> {
+    let c = ItemChange::decode(content).map_err(|e| IndexError::HistoryRecord {
+        record: record_id.to_owned(),
+        cause: e.to_string(),
+    })?;
+    let kind = match c.kind() {
+        WireKind::ReadFlag => ChangeKind::ReadFlag,
+        WireKind::Move => ChangeKind::Move,
+        WireKind::Delete => ChangeKind::Delete,
+        WireKind::Unspecified => {
+            return Err(IndexError::ChangeKind {
+                item: format!("{}/{}", m.mailbox, m.item_id),
+                kind: "unspecified".into(),
+            });
+        }
+    };
+    Ok(ChangeInput {
+        record_id: record_id.to_owned(),
+        mailbox: c.mailbox,
+        item_id: c.item_id,
+        change_key: c.change_key,
+        kind,
+        folder_id: c.folder_id,
+        folder_path: c.folder_path,
+        is_read: c.is_read,
+        observed_unix_ms: c.observed_unix_ms,
+    })
+}
+
+impl Indexer {
+    pub fn new(repo: Repository, index: Index) -> Self {
+        Indexer { repo, index }
+    }
+
+    /// Indexes the stored version (its MIME read from the repository). Not committed.
+    pub async fn handle_stored(&self, e: &ItemStored) -> Result<(), IndexError> {
+        let id = blob_id(&e.manifest_id)?;
+        let m = manifest(&self.repo, &id).await?;
+        if m.properties.contains_key(RECORD_PROPERTY) {
+            // A history record announced as stored: apply it as the change it is.
+            let content = self
+                .repo
+                .read_item(&id)
+                .await
+                .map_err(repo_err(format!("history record {id}")))?;
+            let c = change_from_record(&id.to_hex(), &m, &content)?;
+            return self.blocking(move |ix| ix.apply_change(&c)).await;
+        }
+        let mime = self
+            .repo
+            .read_item(&id)
+            .await
+            .map_err(repo_err(format!("item {id} of {}", m.mailbox)))?;
+        let input = ItemStoredInput::new(e, &m);
+        self.blocking(move |ix| ix.add_version(&input, &mime)).await
+    }
+
+    /// Applies the change the event announces. Not committed.
+    pub async fn handle_changed(&self, e: &ItemChangeRecorded) -> Result<(), IndexError> {
+        let c = ChangeInput::from_event(e)?;
+        self.blocking(move |ix| ix.apply_change(&c)).await
+    }
+
+    /// Commits the index (on the blocking pool).
+    pub async fn commit(&self) -> Result<(), IndexError> {
+        self.blocking(|ix| ix.commit()).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<T, IndexError> {
+        let ix = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&ix))
+            .await
+            .map_err(|e| IndexError::Join(e.to_string()))?
+    }
+}
+
+/// What a reindex did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReindexReport {
+    pub versions: usize,
+    pub changes: usize,
+    /// Manifests that could not be read or applied, each naming the manifest and the cause.
+    pub failures: Vec<String>,
+}
+
+/// Builds an index in `dir` from the repository alone: every manifest (item versions and
+/// history records), applied in time order.
+pub async fn reindex(repo: &Repository, dir: &Path) -> Result<ReindexReport, IndexError> {
+    repo.refresh()
+        .await
+        .map_err(repo_err("the repository index (refresh)".into()))?;
+    let index = {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || Index::open(&dir))
+            .await
+            .map_err(|e| IndexError::Join(e.to_string()))??
+    };
+    let indexer = Indexer::new(repo.clone(), index.clone());
+    let mut report = ReindexReport::default();
+    let mut all = Vec::new();
+    for id in repo.manifests() {
+        match repo.manifest(&id).await {
+            Ok(m) => all.push((id, m)),
+            Err(e) => report.failures.push(format!("manifest {id}: {e}")),
+        }
+    }
+    all.sort_by(|a, b| (a.1.collected_unix_ms, a.0).cmp(&(b.1.collected_unix_ms, b.0)));
+    let mut since_commit = 0;
+    for (id, m) in all {
+        let hex = id.to_hex();
+        let content = match repo.read_item(&id).await {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("item {hex} of {}: {e}", m.mailbox));
+                continue;
+            }
+        };
+        let r = if m.properties.contains_key(RECORD_PROPERTY) {
+            match change_from_record(&hex, &m, &content) {
+                Ok(c) => {
+                    report.changes += 1;
+                    indexer.blocking(move |ix| ix.apply_change(&c)).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            report.versions += 1;
+            let input = ItemStoredInput::from_manifest(&hex, &m);
+            indexer
+                .blocking(move |ix| ix.add_version(&input, &content))
+                .await
+        };
+        if let Err(e) = r {
+            report.failures.push(format!("manifest {hex}: {e}"));
+        }
+        since_commit += 1;
+        if since_commit >= REINDEX_COMMIT_EVERY {
+            indexer.commit().await?;
+            since_commit = 0;
+        }
+    }
+    indexer.commit().await?;
+    Ok(report)
+}

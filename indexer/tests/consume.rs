@@ -1,0 +1,212 @@
+//! The consumer loop: against a real nats-server (durable consumer, ack after commit, poison
+//! terminated), and with an in-process source that checks the ack-after-commit order.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::*;
+use mailvault_harness::NatsServer;
+use mailvault_indexer::Index;
+use mailvault_indexer::Indexer;
+use mailvault_indexer::consume::{
+    self, Acker, ConsumeConfig, ConsumeReport, Delivery, EdgeError, JsSource, SUBJECT_CHANGED,
+    SUBJECT_STORED, Source,
+};
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+fn payload(e: &Event) -> (&'static str, String, Bytes) {
+    match e {
+        Event::Stored(s) => (
+            SUBJECT_STORED,
+            s.manifest_id.clone(),
+            s.encode_to_vec().into(),
+        ),
+        Event::Changed(c) => (
+            SUBJECT_CHANGED,
+            c.record_id.clone(),
+            c.encode_to_vec().into(),
+        ),
+    }
+}
+
+async fn wait_for(rx: &mut watch::Receiver<ConsumeReport>, done: impl Fn(&ConsumeReport) -> bool) {
+    tokio::time::timeout(Duration::from_secs(120), rx.wait_for(|r| done(r)))
+        .await
+        .expect("consumer progress in time")
+        .expect("consumer running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_events_are_indexed_then_acked() {
+    let nats = NatsServer::start().expect("nats-server");
+    let repo = repo().await;
+    let events = populate(&repo, 41, 25).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    let mut source = JsSource::new(&js).await.expect("consumer");
+    // Every event twice (a re-publish after the duplicate window), plus one poison message.
+    for round in 0..2 {
+        for e in &events {
+            let (subject, id, body) = payload(e);
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("{id}-{round}").as_str());
+            js.publish_with_headers(subject, h, body)
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    }
+    js.publish(SUBJECT_STORED, Bytes::from_static(b"\xff\xffnot protobuf"))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let total = events.len() as u64 * 2;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+    let (tx, mut rx) = watch::channel(ConsumeReport::default());
+    let stop = CancellationToken::new();
+    let task = {
+        let ix = ix.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let cfg = ConsumeConfig {
+                batch: 40,
+                wait: Duration::from_millis(200),
+            };
+            consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
+        })
+    };
+    wait_for(&mut rx, |r| r.acked >= total && r.terminated >= 1).await;
+    stop.cancel();
+    let report = task.await.expect("consumer task");
+    assert_eq!(report.acked, total);
+    assert_eq!(report.terminated, 1);
+    assert_eq!(report.nakked, 0);
+
+    let stored = events
+        .iter()
+        .filter(|e| matches!(e, Event::Stored(_)))
+        .count() as u64;
+    assert_eq!(ix.index.doc_count(), stored);
+    assert!(
+        ix.index
+            .search("is:deleted", &Default::default())
+            .expect("search")
+            .total
+            > 0
+    );
+    // Nothing left pending or unacknowledged on the server.
+    let stream = js.get_stream(consume::STREAM).await.expect("stream");
+    let mut c: jetstream::consumer::PullConsumer = stream
+        .get_consumer(consume::CONSUMER)
+        .await
+        .expect("consumer");
+    let info = c.info().await.expect("info");
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.num_ack_pending, 0);
+    // A restarted indexer on the same index directory finds everything already there.
+    drop(ix);
+    let again = Index::open(dir.path()).expect("reopen");
+    assert_eq!(again.doc_count(), stored);
+}
+
+/// Records the order of commits and acks: an ack must find its item already committed.
+#[derive(Debug)]
+struct CheckingAcker {
+    index: Index,
+    manifest_id: Option<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Acker for CheckingAcker {
+    async fn ack(&self) -> Result<(), EdgeError> {
+        if let Some(id) = &self.manifest_id {
+            // A fresh reader on the committed state only.
+            let seen = self.index.get(id).map_err(|e| EdgeError::new("get", e))?;
+            assert!(seen.is_some(), "acked {id} before its commit");
+        }
+        self.log.lock().expect("log").push("ack".into());
+        Ok(())
+    }
+    async fn nak(&self, _: Duration) -> Result<(), EdgeError> {
+        self.log.lock().expect("log").push("nak".into());
+        Ok(())
+    }
+    async fn term(&self) -> Result<(), EdgeError> {
+        self.log.lock().expect("log").push("term".into());
+        Ok(())
+    }
+}
+
+struct VecSource(Vec<Vec<Delivery>>);
+
+#[async_trait]
+impl Source for VecSource {
+    async fn next_batch(&mut self, _: usize, _: Duration) -> Result<Vec<Delivery>, EdgeError> {
+        if self.0.is_empty() {
+            // Nothing more: behave like an idle bus (give the runtime back).
+            tokio::task::yield_now().await;
+            return Ok(Vec::new());
+        }
+        Ok(self.0.remove(0))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_source_acks_only_after_commit() {
+    let repo = repo().await;
+    let events = populate(&repo, 42, 6).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let deliveries: Vec<Delivery> = events
+        .iter()
+        .map(|e| {
+            let (subject, id, payload) = payload(e);
+            Delivery {
+                subject: subject.into(),
+                payload,
+                attempt: 1,
+                acker: Box::new(CheckingAcker {
+                    index: ix.index.clone(),
+                    manifest_id: (subject == SUBJECT_STORED).then_some(id),
+                    log: log.clone(),
+                }),
+            }
+        })
+        .collect();
+    let n = deliveries.len();
+    let mut batches = Vec::new();
+    let mut it = deliveries.into_iter().peekable();
+    while it.peek().is_some() {
+        batches.push(it.by_ref().take(7).collect::<Vec<_>>());
+    }
+    let nb = batches.len() as u64;
+    let mut source = VecSource(batches);
+    let (tx, mut rx) = watch::channel(ConsumeReport::default());
+    let stop = CancellationToken::new();
+    let task = {
+        let ix = ix.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            consume::run(&ix, &mut source, &ConsumeConfig::default(), stop, Some(tx)).await
+        })
+    };
+    wait_for(&mut rx, |r| r.acked >= n as u64).await;
+    stop.cancel();
+    let report = task.await.expect("task");
+    assert_eq!(report.commits, nb);
+    assert_eq!(log.lock().expect("log").len(), n);
+    assert!(log.lock().expect("log").iter().all(|s| s == "ack"));
+}

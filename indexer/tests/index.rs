@@ -1,0 +1,473 @@
+//! The index over hand-made histories and over generated mail: as-of and deleted semantics,
+//! idempotent re-apply, scoping, browsing, and an oracle comparison with plain string logic.
+
+use std::collections::BTreeSet;
+
+use mailvault_indexer::{
+    ChangeInput, ChangeKind, Hit, Index, ItemStoredInput, Scope, SearchOptions,
+};
+
+const MB: &str = "alice@contoso.com";
+
+fn mid(s: &str) -> String {
+    blake3::hash(s.as_bytes()).to_hex().to_string()
+}
+
+fn stored(item: &str, ck: &str, folder: &[&str], dist: &str, t: i64) -> ItemStoredInput {
+    ItemStoredInput {
+        manifest_id: mid(&format!("{MB}/{item}/{ck}")),
+        mailbox: MB.into(),
+        item_id: item.into(),
+        change_key: ck.into(),
+        folder_id: folder.join("/"),
+        folder_path: folder.iter().map(|s| s.to_string()).collect(),
+        distinguished_folder: dist.into(),
+        item_class: "IPM.Note".into(),
+        size: 0,
+        is_read: false,
+        collected_unix_ms: t,
+        stored_unix_ms: t + 5,
+        format: 1,
+    }
+}
+
+fn change(item: &str, kind: ChangeKind, folder: &[&str], read: bool, t: i64) -> ChangeInput {
+    ChangeInput {
+        record_id: mid(&format!("{item}/{}/{t}", kind.as_str())),
+        mailbox: MB.into(),
+        item_id: item.into(),
+        change_key: "ck1".into(),
+        kind,
+        folder_id: folder.join("/"),
+        folder_path: folder.iter().map(|s| s.to_string()).collect(),
+        is_read: read,
+        observed_unix_ms: t,
+    }
+}
+
+fn mime(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Bob Jones <bob@contoso.com>\r\nTo: alice@contoso.com\r\nSubject: {subject}\r\n\
+Date: Tue, 02 Jan 2024 10:00:00 +0000\r\nMessage-ID: <{subject}@contoso.com>\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+fn search(ix: &Index, q: &str, as_of: Option<i64>) -> Vec<Hit> {
+    ix.search(
+        q,
+        &SearchOptions {
+            as_of,
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .expect("search")
+    .hits
+}
+
+fn ids(hits: &[Hit]) -> Vec<String> {
+    hits.iter().map(|h| h.item_id.clone()).collect()
+}
+
+enum Ev {
+    S(ItemStoredInput, Vec<u8>),
+    C(ChangeInput),
+}
+
+fn history() -> Vec<Ev> {
+    vec![
+        Ev::S(
+            stored("A", "ck1", &["Inbox"], "inbox", 1000),
+            mime("budget", "numbers inside"),
+        ),
+        Ev::C(change("A", ChangeKind::ReadFlag, &["Inbox"], true, 2000)),
+        Ev::C(change(
+            "A",
+            ChangeKind::Move,
+            &["Inbox", "Projects"],
+            true,
+            3000,
+        )),
+        Ev::C(change(
+            "A",
+            ChangeKind::Delete,
+            &["Inbox", "Projects"],
+            true,
+            4000,
+        )),
+        Ev::S(
+            stored("B", "ck1", &["Sent Items"], "sentitems", 1500),
+            mime("lunch", "pizza"),
+        ),
+        Ev::S(
+            stored("B", "ck2", &["Sent Items"], "sentitems", 2500),
+            mime("lunch", "sushi"),
+        ),
+    ]
+}
+
+fn apply(ix: &Index, evs: &[Ev]) {
+    for e in evs {
+        match e {
+            Ev::S(s, m) => ix.add_version(s, m).expect("add"),
+            Ev::C(c) => ix.apply_change(c).expect("change"),
+        }
+    }
+}
+
+fn check_history(ix: &Index) {
+    // Read flag over time.
+    assert_eq!(ids(&search(ix, "is:unread budget", Some(1500))), ["A"]);
+    assert!(search(ix, "is:unread budget", Some(2500)).is_empty());
+    // Location over time: folder prefix matches subfolders.
+    assert_eq!(ids(&search(ix, "folder:inbox/projects", Some(3500))), ["A"]);
+    assert_eq!(ids(&search(ix, "folder:Inbox", Some(3500))), ["A"]);
+    assert!(search(ix, "folder:Inbox/Projects", Some(2500)).is_empty());
+    // Deleted: gone from normal search, findable with is:deleted.
+    assert!(search(ix, "budget", None).is_empty());
+    let d = search(ix, "is:deleted", None);
+    assert_eq!(ids(&d), ["A"]);
+    assert!(d[0].deleted);
+    assert_eq!(d[0].deleted_unix_ms, Some(4000));
+    assert_eq!(d[0].folder_path, ["Inbox", "Projects"]);
+    assert!(search(ix, "is:deleted", Some(3999)).is_empty());
+    assert_eq!(ids(&search(ix, "budget OR is:deleted", Some(3999))), ["A"]);
+    // Before it existed.
+    assert!(search(ix, "budget", Some(999)).is_empty());
+    // Versions: the body of the version live at T.
+    assert_eq!(ids(&search(ix, "pizza", Some(2000))), ["B"]);
+    assert!(search(ix, "pizza", None).is_empty());
+    assert_eq!(ids(&search(ix, "sushi", None)), ["B"]);
+    let b = &search(ix, "lunch", None)[0];
+    assert_eq!(b.change_key, "ck2");
+    assert_eq!(b.distinguished_folder, "sentitems");
+    // Restore view.
+    let at = ix
+        .folder_items(MB, &["Inbox".into()], Some(3500))
+        .expect("items");
+    assert_eq!(ids(&at), ["A"]);
+    assert!(
+        ix.folder_items(MB, &["Inbox".into()], Some(4500))
+            .expect("items")
+            .is_empty()
+    );
+    let all = ix.folder_items(MB, &[], Some(2000)).expect("items");
+    assert_eq!(ids(&all), ["A", "B"]);
+    assert_eq!(all[1].change_key, "ck1");
+    // Folders with their well-known ids.
+    let folders = ix.list_folders(MB, Some(1600)).expect("folders");
+    let f: Vec<_> = folders
+        .iter()
+        .map(|f| (f.path.join("/"), f.items, f.distinguished.clone()))
+        .collect();
+    assert_eq!(
+        f,
+        [
+            ("Inbox".to_owned(), 1, Some("inbox".to_owned())),
+            ("Sent Items".to_owned(), 1, Some("sentitems".to_owned())),
+        ]
+    );
+    let later = ix.list_folders(MB, Some(3500)).expect("folders");
+    assert!(
+        later
+            .iter()
+            .any(|f| f.path == ["Inbox", "Projects"] && f.items == 1)
+    );
+    // get: the latest state of a version.
+    let a = ix
+        .get(&mid(&format!("{MB}/A/ck1")))
+        .expect("get")
+        .expect("found");
+    assert!(a.deleted && a.is_read);
+    assert!(ix.get(&mid("nothing")).expect("get").is_none());
+    assert_eq!(ix.doc_count(), 2);
+    let mbs = ix.list_mailboxes(&Scope::All).expect("mailboxes");
+    assert_eq!(mbs.len(), 1);
+    assert_eq!((mbs[0].address.as_str(), mbs[0].items), (MB, 1));
+}
+
+#[test]
+fn as_of_deleted_and_idempotent_in_any_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Index::open(dir.path()).expect("open");
+    let evs = history();
+    // Events of one batch: the change sees the version before any commit.
+    apply(&ix, &evs);
+    ix.commit().expect("commit");
+    check_history(&ix);
+    // At-least-once: everything again, before and after a commit.
+    apply(&ix, &evs);
+    apply(&ix, &evs);
+    ix.commit().expect("commit");
+    check_history(&ix);
+    drop(ix);
+    // Reopened from disk.
+    let ix = Index::open(dir.path()).expect("reopen");
+    check_history(&ix);
+
+    // Reverse arrival order, one commit per event.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let ix2 = Index::open(dir2.path()).expect("open");
+    for e in evs.iter().rev() {
+        apply(&ix2, std::slice::from_ref(e));
+        ix2.commit().expect("commit");
+    }
+    check_history(&ix2);
+}
+
+#[test]
+fn journal_reports_are_scoped_to_listed_users() {
+    let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
+        seed: 21,
+        messages: 30,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Index::open(dir.path()).expect("open");
+    let mut reports = Vec::new();
+    for (i, g) in corpus.items.iter().enumerate() {
+        let s = ItemStoredInput {
+            manifest_id: mid(&format!("{i}")),
+            mailbox: g.mailbox.clone(),
+            item_id: format!("it{i}"),
+            change_key: "ck".into(),
+            folder_path: g.folder_path.clone(),
+            distinguished_folder: g.distinguished.clone().unwrap_or_default(),
+            item_class: g.item_class.clone(),
+            collected_unix_ms: 1_000 + i as i64,
+            format: 1,
+            ..Default::default()
+        };
+        ix.add_version(&s, &g.mime).expect("add");
+        if g.mailbox.starts_with("journal@") {
+            reports.push((s.manifest_id.clone(), g.mime.clone()));
+        }
+    }
+    ix.commit().expect("commit");
+    assert!(!reports.is_empty());
+    for (id, raw) in &reports {
+        let h = ix.get(id).expect("get").expect("indexed");
+        let (off, len) = h.embedded.expect("journal range");
+        let original = &raw[off as usize..(off + len) as usize];
+        // The hit describes the original message, not the report.
+        assert!(!h.from.contains("microsoftexchange"), "{}", h.from);
+        assert!(
+            original.starts_with(b"Received:")
+                || original.starts_with(b"From:")
+                || original.windows(5).any(|w| w == b"From:")
+        );
+        assert!(
+            h.visible_to.contains(&h.from),
+            "{} in {:?}",
+            h.from,
+            h.visible_to
+        );
+        // Every listed user sees it; someone not listed does not.
+        for u in &h.visible_to {
+            let page = ix
+                .search(
+                    "",
+                    &SearchOptions {
+                        scope: Scope::User(u.clone()),
+                        limit: 10_000,
+                        ..Default::default()
+                    },
+                )
+                .expect("search");
+            assert!(
+                page.hits.iter().any(|x| &x.manifest_id == id),
+                "{u} sees {id}"
+            );
+        }
+    }
+    let outsider = ix
+        .search(
+            "",
+            &SearchOptions {
+                scope: Scope::User("nobody@contoso.com".into()),
+                ..Default::default()
+            },
+        )
+        .expect("search");
+    assert_eq!(outsider.total, 0);
+    // A user's scope: own mailbox plus journaled items naming them.
+    let user = &corpus.mailboxes[0].address;
+    let mine = ix
+        .search(
+            "",
+            &SearchOptions {
+                scope: Scope::User(user.to_uppercase()),
+                limit: 100_000,
+                ..Default::default()
+            },
+        )
+        .expect("search");
+    assert!(
+        mine.hits
+            .iter()
+            .all(|h| &h.mailbox == user || h.visible_to.contains(user))
+    );
+    let own = corpus.items.iter().filter(|g| &g.mailbox == user).count();
+    assert!(mine.total > own, "journaled copies add to {own}");
+}
+
+/// Unfolded top-level header block, lower-cased.
+fn headers(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let end = text.find("\r\n\r\n").unwrap_or(text.len());
+    text[..end]
+        .replace("\r\n\t", " ")
+        .replace("\r\n ", " ")
+        .to_lowercase()
+}
+
+fn header_has(raw: &[u8], name: &str, needle: &str) -> bool {
+    headers(raw)
+        .lines()
+        .any(|l| l.starts_with(&format!("{name}:")) && l.contains(needle))
+}
+
+#[test]
+fn oracle_queries_match_string_logic_over_generated_mail() {
+    let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
+        seed: 8,
+        messages: 80,
+        journal: false,
+        malformed: 0,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Index::open(dir.path()).expect("open");
+    for (i, g) in corpus.items.iter().enumerate() {
+        let s = ItemStoredInput {
+            manifest_id: mid(&format!("{i}")),
+            mailbox: g.mailbox.clone(),
+            item_id: format!("{i}"),
+            change_key: "ck".into(),
+            folder_path: g.folder_path.clone(),
+            distinguished_folder: g.distinguished.clone().unwrap_or_default(),
+            item_class: g.item_class.clone(),
+            is_read: g.is_read,
+            collected_unix_ms: 1_000 + i as i64,
+            format: 1,
+            ..Default::default()
+        };
+        ix.add_version(&s, &g.mime).expect("add");
+    }
+    ix.commit().expect("commit");
+    let found = |q: &str| -> BTreeSet<usize> {
+        let page = ix
+            .search(
+                q,
+                &SearchOptions {
+                    limit: 100_000,
+                    ..Default::default()
+                },
+            )
+            .expect("search");
+        assert_eq!(page.total, page.hits.len());
+        page.hits
+            .iter()
+            .map(|h| h.item_id.parse().expect("numeric id"))
+            .collect()
+    };
+    let expect = |pred: &dyn Fn(&mailvault_mailgen::GeneratedItem) -> bool| -> BTreeSet<usize> {
+        corpus
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| pred(g))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let mut checked = 0;
+    for mb in corpus.mailboxes.iter().take(4) {
+        let a = mb.address.to_lowercase();
+        let local = a.split('@').next().unwrap_or_default().to_owned();
+        let e = expect(&|g| header_has(&g.mime, "from", &a));
+        assert!(!e.is_empty());
+        assert_eq!(found(&format!("from:{a}")), e, "from:{a}");
+        let e_to = expect(&|g| header_has(&g.mime, "to", &a));
+        assert_eq!(found(&format!("to:{a}")), e_to, "to:{a}");
+        // Any part of the address: the local part (a superset: display names may match).
+        assert!(found(&format!("from:{local}")).is_superset(&e));
+        let e_mb = expect(&|g| g.mailbox.eq_ignore_ascii_case(&a));
+        assert_eq!(found(&format!("mailbox:{a}")), e_mb);
+        let e_unread = expect(&|g| g.mailbox.eq_ignore_ascii_case(&a) && !g.is_read);
+        assert_eq!(found(&format!("mailbox:{a} is:unread")), e_unread);
+        let first = corpus
+            .items
+            .iter()
+            .find(|g| g.mailbox.eq_ignore_ascii_case(&a))
+            .map(|g| g.folder_path[0].clone())
+            .expect("a folder");
+        let e_folder = expect(&|g| g.mailbox.eq_ignore_ascii_case(&a) && g.folder_path[0] == first);
+        assert_eq!(found(&format!("mailbox:{a} folder:\"{first}\"")), e_folder);
+        let e_not = &e_mb - &e_folder;
+        assert_eq!(found(&format!("mailbox:{a} -folder:\"{first}\"")), e_not);
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+    // Attachments: a named attachment part in the raw MIME.
+    let e_att = expect(&|g| {
+        let t = String::from_utf8_lossy(&g.mime).to_lowercase();
+        t.contains("content-disposition: attachment")
+    });
+    assert!(!e_att.is_empty());
+    assert_eq!(found("has:attachment"), e_att);
+    // OR is the union, AND the intersection.
+    let a0 = corpus.mailboxes[0].address.to_lowercase();
+    let a1 = corpus.mailboxes[1].address.to_lowercase();
+    let u = &found(&format!("from:{a0}")) | &found(&format!("from:{a1}"));
+    assert_eq!(found(&format!("from:{a0} OR from:{a1}")), u);
+    let i = &found(&format!("from:{a0}")) & &found("has:attachment");
+    assert_eq!(found(&format!("from:{a0} AND has:attachment")), i);
+    // Dates: before + after partition everything that has a date.
+    let all = found("");
+    let before = found("before:2024-06-01");
+    let after = found("after:2024-06-01");
+    assert!(before.is_disjoint(&after));
+    assert_eq!(&before | &after, all);
+    // Paging: pages concatenate to the full, date-ordered list.
+    let full = ix
+        .search(
+            "",
+            &SearchOptions {
+                limit: 100_000,
+                ..Default::default()
+            },
+        )
+        .expect("search");
+    let mut paged = Vec::new();
+    for p in 0..5 {
+        let page = ix
+            .search(
+                "",
+                &SearchOptions {
+                    offset: p * 7,
+                    limit: 7,
+                    ..Default::default()
+                },
+            )
+            .expect("search");
+        assert_eq!(page.total, full.total);
+        paged.extend(page.hits);
+    }
+    assert_eq!(paged, full.hits[..35]);
+    assert!(
+        full.hits
+            .windows(2)
+            .all(|w| w[0].date_unix_ms >= w[1].date_unix_ms)
+    );
+}
+
+#[test]
+fn query_errors_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Index::open(dir.path()).expect("open");
+    let e = ix
+        .search("from:alice (x", &SearchOptions::default())
+        .expect_err("bad query");
+    assert!(e.to_string().contains("position 13"), "{e}");
+}
