@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mailvault/storage/v1/storage.proto",
         "mailvault/ingest/v1/ingest.proto",
         "mailvault/events/v1/events.proto",
+        "mailvault/restore/v1/restore.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

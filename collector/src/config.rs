@@ -31,6 +31,23 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     pub nats: NatsConfig,
+    #[serde(default)]
+    pub restore: RestoreSettings,
+}
+
+/// Restore jobs (docs/wire.md, "Restore jobs"): served while the collector runs as a daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSettings {
+    /// Consume `mailvault.restore.jobs.<source>` and write restores into Exchange.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for RestoreSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 fn default_source() -> String {
@@ -217,6 +234,17 @@ impl Config {
             {
                 p.push(format!("{name} {} is not a readable file", f.display()));
             }
+        }
+        if self.restore.enabled
+            && (self.source.is_empty()
+                || self
+                    .source
+                    .contains(|c: char| matches!(c, '.' | '*' | '>') || c.is_whitespace()))
+        {
+            p.push(format!(
+                "source {:?} must be a NATS subject token (no '.', '*', '>', spaces) while restore.enabled: restore jobs arrive on mailvault.restore.jobs.<source>",
+                self.source
+            ));
         }
         if self.mailboxes.is_empty() && self.mailboxes_csv.is_none() {
             p.push("no mailboxes: set `mailboxes` or `mailboxes_csv`".into());

@@ -10,6 +10,8 @@ pub mod ews;
 pub mod filter;
 pub mod metrics;
 pub mod nats;
+pub mod restore;
+pub mod restore_nats;
 pub mod secret;
 pub mod sync;
 pub mod throttle;

@@ -15,6 +15,8 @@ use crate::ews::client::{HttpEws, HttpEwsConfig};
 use crate::ews::{Mailbox, MailboxKind};
 use crate::metrics::Metrics;
 use crate::nats::{JetStreamPublisher, KvCheckpointStore, PublisherConfig};
+use crate::restore::Restorer;
+use crate::restore_nats::{RestoreEdgeConfig, RestoreService};
 use crate::secret::Secret;
 use crate::sync::{CheckpointStore, Engine, Publisher, SyncOptions};
 use crate::throttle::Backoff;
@@ -150,8 +152,23 @@ pub async fn run(
     )
     .await?;
     let store = KvCheckpointStore::new(client.clone(), &config.nats.kv_bucket).await?;
+    let ews = Arc::new(ews);
+    // Restore jobs are served while the collector runs continuously.
+    let restore_task = match mode {
+        RunMode::Daemon { .. } if config.restore.enabled => {
+            let service = RestoreService::new(
+                client.clone(),
+                RestoreEdgeConfig::new(&config.source),
+                Arc::new(Restorer::new(ews.clone())),
+            )
+            .await?;
+            let rx = shutdown.clone();
+            Some(tokio::spawn(async move { service.run(rx).await }))
+        }
+        _ => None,
+    };
     let engine = Engine {
-        ews: Arc::new(ews),
+        ews: ews.clone(),
         publisher: Arc::new(publisher),
         store: Arc::new(store),
         opts: SyncOptions {
@@ -194,6 +211,13 @@ pub async fn run(
                     break;
                 }
             }
+        }
+    }
+    if let Some(task) = restore_task {
+        match task.await {
+            Ok(Ok(stats)) => info!(?stats, "restore jobs stopped"),
+            Ok(Err(e)) => warn!(error = %e, "restore jobs stopped with an error"),
+            Err(e) => warn!(error = %e, "restore task failed"),
         }
     }
     if let Err(e) = client.drain().await {

@@ -27,6 +27,66 @@ pub mod events {
     }
 }
 
+/// Restore jobs: items to write back into Exchange, and their results (docs/wire.md).
+pub mod restore {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/mailvault.restore.v1.rs"));
+    }
+}
+
+/// Names shared by the sender of restore jobs (indexer / CLI) and the collector that applies
+/// them, so neither side depends on the other's crate. See docs/wire.md, "Restore jobs".
+pub mod restore_wire {
+    /// JetStream stream holding jobs and results.
+    pub const STREAM: &str = "MAILVAULT_RESTORE";
+    /// Subjects of [`STREAM`].
+    pub const STREAM_SUBJECTS: &str = "mailvault.restore.>";
+    /// Object Store bucket for bodies over the inline limit.
+    pub const BODY_BUCKET: &str = "mailvault-restore-bodies";
+    /// Bodies up to this size travel inline in the job message (below the NATS 1 MiB payload).
+    pub const DEFAULT_INLINE_LIMIT: usize = 512 * 1024;
+    /// Header with the job's message id (`Nats-Msg-Id`), see [`job_msg_id`].
+    pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+    /// Subject a collector with source name `source` consumes jobs from.
+    pub fn jobs_subject(source: &str) -> String {
+        format!("mailvault.restore.jobs.{source}")
+    }
+
+    /// Durable pull consumer name of the collector serving `source`.
+    pub fn consumer_name(source: &str) -> String {
+        format!("mailvault-restore-{source}")
+    }
+
+    /// Default subject results of `job_id` are published to.
+    pub fn results_subject(job_id: &str) -> String {
+        format!("mailvault.restore.results.{job_id}")
+    }
+
+    /// Where the result of `item` goes: its `reply_subject`, else [`results_subject`].
+    pub fn reply_subject(item: &super::restore::v1::RestoreItem) -> String {
+        if item.reply_subject.is_empty() {
+            results_subject(&item.job_id)
+        } else {
+            item.reply_subject.clone()
+        }
+    }
+
+    /// `Nats-Msg-Id` of a job item: `restore-<job_id>-<seq>` (a re-sent item is de-duplicated).
+    pub fn job_msg_id(job_id: &str, seq: u64) -> String {
+        format!("restore-{job_id}-{seq}")
+    }
+
+    /// `Nats-Msg-Id` of a result: `restore-result-<job_id>-<seq>`, so a result re-published
+    /// after a redelivered job is de-duplicated within the window.
+    pub fn result_msg_id(job_id: &str, seq: u64) -> String {
+        format!("restore-result-{job_id}-{seq}")
+    }
+
+    /// Object name of a large body in [`BODY_BUCKET`].
+    pub fn body_object_name(job_id: &str, seq: u64) -> String {
+        format!("{job_id}/{seq}")
+
 /// The gRPC API served by the indexer (feature `api`).
 #[cfg(feature = "api")]
 pub mod api {

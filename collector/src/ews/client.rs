@@ -19,8 +19,8 @@ use tracing::{debug, warn};
 
 use super::xml::Element;
 use super::{
-    DISTINGUISHED_FOLDERS, ErrorContext, ErrorKind, Ews, EwsError, FindPage, Folder, HierarchyPage,
-    ItemId, ItemSummary, ItemsPage, Mailbox, MimeItem, parse, request,
+    DISTINGUISHED_FOLDERS, ErrorContext, ErrorKind, Ews, EwsError, EwsWrite, FindPage, Folder,
+    HierarchyPage, ItemId, ItemSummary, ItemsPage, Mailbox, MimeItem, parse, request,
 };
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -396,5 +396,106 @@ impl Ews for HttpEws {
             |_| None,
         )
         .await
+    }
+}
+
+#[async_trait]
+impl EwsWrite for HttpEws {
+    async fn create_folder(
+        &self,
+        mailbox: &Mailbox,
+        parent: request::FolderRef<'_>,
+        display_name: &str,
+        folder_class: Option<&str>,
+    ) -> Result<String, EwsError> {
+        let parent_s = match parent {
+            request::FolderRef::Id(id) | request::FolderRef::Distinguished(id) => id,
+        };
+        self.call(
+            ctx("CreateFolder", mailbox, Some(parent_s)),
+            mailbox,
+            request::create_folder(parent, display_name, folder_class),
+            parse::create_folder,
+            |_| None,
+        )
+        .await
+    }
+
+    async fn find_items_by_message_id(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        internet_message_id: &str,
+    ) -> Result<Vec<ItemId>, EwsError> {
+        let page = self
+            .call(
+                ctx("FindItem", mailbox, Some(folder_id)),
+                mailbox,
+                request::find_items_by_message_id(folder_id, internet_message_id, 50),
+                parse::find_item,
+                |_| None,
+            )
+            .await?;
+        Ok(page.entries.into_iter().map(|e| e.id).collect())
+    }
+
+    async fn create_item_mime(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        mime: &[u8],
+        item_class: &str,
+        is_read: bool,
+    ) -> Result<ItemId, EwsError> {
+        self.call(
+            ctx("CreateItem", mailbox, Some(folder_id)),
+            mailbox,
+            request::create_item_mime(folder_id, mime, item_class, is_read),
+            parse::create_item,
+            |_| None,
+        )
+        .await
+    }
+
+    async fn upload_item(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        data: &[u8],
+    ) -> Result<ItemId, EwsError> {
+        self.call(
+            ctx("UploadItems", mailbox, Some(folder_id)),
+            mailbox,
+            request::upload_item(folder_id, data),
+            parse::upload_item,
+            |_| None,
+        )
+        .await
+    }
+
+    async fn delete_item_hard(&self, mailbox: &Mailbox, id: &ItemId) -> Result<(), EwsError> {
+        let c = ErrorContext {
+            operation: "DeleteItem",
+            mailbox: Some(mailbox.smtp.clone()),
+            folder: None,
+            item: Some(id.id.clone()),
+        };
+        let res = self
+            .call(
+                c.clone(),
+                mailbox,
+                request::delete_item_hard(std::slice::from_ref(id)),
+                parse::delete_item,
+                batch_throttled,
+            )
+            .await?;
+        match res.into_iter().next() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if e.kind() == ErrorKind::ItemNotFound => Ok(()),
+            Some(Err(e)) => Err(e.with_context(&c)),
+            None => {
+                Err(EwsError::malformed("DeleteItem without a response message").with_context(&c))
+            }
+        }
     }
 }

@@ -193,6 +193,51 @@ pub trait Ews: Send + Sync {
     }
 }
 
+/// EWS operations that write into a mailbox: what restore jobs need. Separate from [`Ews`] so
+/// the read-only sync engine cannot write by accident.
+#[async_trait]
+pub trait EwsWrite: Ews {
+    /// CreateFolder named `display_name` below `parent`; returns the new folder id. A folder of
+    /// that name already there → an error with code `ErrorFolderExists`.
+    async fn create_folder(
+        &self,
+        mailbox: &Mailbox,
+        parent: request::FolderRef<'_>,
+        display_name: &str,
+        folder_class: Option<&str>,
+    ) -> Result<String, EwsError>;
+
+    /// Items in `folder_id` whose `InternetMessageId` equals `internet_message_id` (FindItem
+    /// with a Restriction; at most the first 50).
+    async fn find_items_by_message_id(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        internet_message_id: &str,
+    ) -> Result<Vec<ItemId>, EwsError>;
+
+    /// CreateItem from MIME, `SaveOnly` into `folder_id`, not a draft, read or unread.
+    async fn create_item_mime(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        mime: &[u8],
+        item_class: &str,
+        is_read: bool,
+    ) -> Result<ItemId, EwsError>;
+
+    /// UploadItems (`CreateNew`) of an ExportItems blob into `folder_id`.
+    async fn upload_item(
+        &self,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        data: &[u8],
+    ) -> Result<ItemId, EwsError>;
+
+    /// DeleteItem (`HardDelete`). An item already gone is not an error.
+    async fn delete_item_hard(&self, mailbox: &Mailbox, id: &ItemId) -> Result<(), EwsError>;
+}
+
 fn unsupported(op: &'static str) -> EwsError {
     EwsError::Permanent {
         code: "Unsupported".into(),

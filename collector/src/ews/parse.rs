@@ -402,5 +402,41 @@ pub fn export_items(root: &Element) -> Result<Vec<Result<ExportedItem, EwsError>
     Ok(out)
 }
 
+/// Parses CreateFolder: the new folder's id.
+pub fn create_folder(root: &Element) -> Result<String, EwsError> {
+    let msg = single_message(root, "CreateFolder")?;
+    msg.child(NS_MESSAGES, "Folders")
+        .and_then(first_typed_child)
+        .and_then(|f| f.child(NS_TYPES, "FolderId"))
+        .and_then(|f| f.attr("Id"))
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| EwsError::malformed("CreateFolder response without FolderId"))
+}
+
+/// Parses CreateItem (one item): the new item's id.
+pub fn create_item(root: &Element) -> Result<ItemId, EwsError> {
+    let msg = single_message(root, "CreateItem")?;
+    msg.child(NS_MESSAGES, "Items")
+        .and_then(first_typed_child)
+        .and_then(|it| it.child(NS_TYPES, "ItemId"))
+        .ok_or_else(|| EwsError::malformed("CreateItem response without ItemId"))
+        .and_then(item_id)
+}
+
+/// Parses UploadItems (one item): the new item's id.
+pub fn upload_item(root: &Element) -> Result<ItemId, EwsError> {
+    let msg = single_message(root, "UploadItems")?;
+    msg.child(NS_MESSAGES, "ItemId")
+        .ok_or_else(|| EwsError::malformed("UploadItems response without ItemId"))
+        .and_then(item_id)
+}
+
+/// Parses DeleteItem: one status per requested id, in order.
+pub fn delete_item(root: &Element) -> Result<Vec<Result<(), EwsError>>, EwsError> {
+    let resp = operation_response(root, "DeleteItem")?;
+    Ok(response_messages(resp)?.iter().map(check_status).collect())
+}
+
 #[cfg(test)]
 mod tests;

@@ -147,6 +147,93 @@ pub fn export_items(ids: &[ItemId]) -> String {
     s
 }
 
+/// CreateFolder below `parent` (`t:Folder` with `DisplayName`, and `FolderClass` when given).
+pub fn create_folder(
+    parent: FolderRef<'_>,
+    display_name: &str,
+    folder_class: Option<&str>,
+) -> String {
+    let class = folder_class
+        .filter(|c| !c.is_empty())
+        .map(|c| format!("<t:FolderClass>{}</t:FolderClass>", escape(c)))
+        .unwrap_or_default();
+    format!(
+        "<m:CreateFolder><m:ParentFolderId>{}</m:ParentFolderId><m:Folders><t:Folder>{class}<t:DisplayName>{}</t:DisplayName></t:Folder></m:Folders></m:CreateFolder>",
+        folder_ref(parent),
+        escape(display_name)
+    )
+}
+
+/// FindItem (shallow, first `max` entries) in `folder_id` restricted to items whose
+/// `message:InternetMessageId` equals `internet_message_id`.
+pub fn find_items_by_message_id(folder_id: &str, internet_message_id: &str, max: u32) -> String {
+    format!(
+        r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:ItemClass"/><t:FieldURI FieldURI="message:InternetMessageId"/></t:AdditionalProperties></m:ItemShape><m:IndexedPageItemView MaxEntriesReturned="{}" Offset="0" BasePoint="Beginning"/><m:Restriction><t:IsEqualTo><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURIOrConstant><t:Constant Value="{}"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction><m:ParentFolderIds><t:FolderId Id="{}"/></m:ParentFolderIds></m:FindItem>"#,
+        max.max(1),
+        escape(internet_message_id),
+        escape(folder_id)
+    )
+}
+
+/// `PR_MESSAGE_FLAGS` value for a restored message: `MSGFLAG_READ` (1) or 0. Leaving the
+/// property out makes Exchange stamp `MSGFLAG_UNSENT | MSGFLAG_UNMODIFIED`: the restored mail
+/// would show as an unsent draft.
+pub fn restored_message_flags(is_read: bool) -> u32 {
+    u32::from(is_read)
+}
+
+/// CreateItem of a message from MIME into `folder_id`, saved only (never sent), with
+/// `PR_MESSAGE_FLAGS` (0x0E07) so it is not a draft, and `IsRead`.
+pub fn create_item_mime(folder_id: &str, mime: &[u8], item_class: &str, is_read: bool) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(mime);
+    let mut s = String::with_capacity(b64.len() + 1024);
+    let _ = write!(
+        s,
+        r#"<m:CreateItem MessageDisposition="SaveOnly"><m:SavedItemFolderId><t:FolderId Id="{}"/></m:SavedItemFolderId><m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">"#,
+        escape(folder_id)
+    );
+    s.push_str(&b64);
+    s.push_str("</t:MimeContent>");
+    if !item_class.is_empty() {
+        let _ = write!(s, "<t:ItemClass>{}</t:ItemClass>", escape(item_class));
+    }
+    let _ = write!(
+        s,
+        r#"<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="0x0E07" PropertyType="Integer"/><t:Value>{}</t:Value></t:ExtendedProperty><t:IsRead>{is_read}</t:IsRead></t:Message></m:Items></m:CreateItem>"#,
+        restored_message_flags(is_read)
+    );
+    s
+}
+
+/// UploadItems (CreateNew) of one full-fidelity export blob into `folder_id`.
+pub fn upload_item(folder_id: &str, data: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut s = String::with_capacity(b64.len() + 512);
+    let _ = write!(
+        s,
+        r#"<m:UploadItems><m:Items><t:Item CreateAction="CreateNew"><t:ParentFolderId Id="{}"/><t:Data>"#,
+        escape(folder_id)
+    );
+    s.push_str(&b64);
+    s.push_str("</t:Data></t:Item></m:Items></m:UploadItems>");
+    s
+}
+
+/// DeleteItem, hard (not to Deleted Items, not recoverable by the user). The calendar/task
+/// attributes are required by Exchange when the item is a meeting or a task.
+pub fn delete_item_hard(ids: &[ItemId]) -> String {
+    let mut s = String::from(
+        r#"<m:DeleteItem DeleteType="HardDelete" SendMeetingCancellations="SendToNone" AffectedTaskOccurrences="AllOccurrences"><m:ItemIds>"#,
+    );
+    for id in ids {
+        let _ = write!(s, r#"<t:ItemId Id="{}"/>"#, escape(id.id.as_str()));
+    }
+    s.push_str("</m:ItemIds></m:DeleteItem>");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +272,59 @@ mod tests {
         assert_eq!(
             op.find(NS_TYPES, "FolderId").and_then(|f| f.attr("Id")),
             Some("AQMk<&>")
+        );
+    }
+
+    #[test]
+    fn create_item_is_save_only_with_message_flags() {
+        let body = create_item_mime("F<1>", b"Subject: x\r\n\r\nhi", "IPM.Note", false);
+        let xml = envelope(
+            Headers {
+                server_version: "Exchange2016",
+                impersonate: None,
+            },
+            &body,
+        );
+        let root = parse(xml.as_bytes(), ParseOptions::default()).expect("well-formed");
+        let op = root.find(NS_MESSAGES, "CreateItem").expect("op");
+        assert_eq!(op.attr("MessageDisposition"), Some("SaveOnly"));
+        assert_eq!(
+            op.find(NS_TYPES, "FolderId").and_then(|f| f.attr("Id")),
+            Some("F<1>")
+        );
+        let uri = op
+            .find(NS_TYPES, "ExtendedFieldURI")
+            .expect("extended property");
+        assert_eq!(uri.attr("PropertyTag"), Some("0x0E07"));
+        assert_eq!(uri.attr("PropertyType"), Some("Integer"));
+        let prop = op.find(NS_TYPES, "ExtendedProperty").expect("prop");
+        assert_eq!(prop.child_text(NS_TYPES, "Value"), Some("0"));
+        assert_eq!(
+            op.find(NS_TYPES, "MimeContent")
+                .and_then(|m| m.binary.clone()),
+            Some(b"Subject: x\r\n\r\nhi".to_vec())
+        );
+        assert_eq!(restored_message_flags(true), 1);
+    }
+
+    #[test]
+    fn find_by_message_id_escapes_the_constant() {
+        let body = find_items_by_message_id("F1", "<a&b@example.com>", 10);
+        let xml = envelope(
+            Headers {
+                server_version: "Exchange2016",
+                impersonate: None,
+            },
+            &body,
+        );
+        let root = parse(xml.as_bytes(), ParseOptions::default()).expect("well-formed");
+        let c = root.find(NS_TYPES, "Constant").expect("constant");
+        assert_eq!(c.attr("Value"), Some("<a&b@example.com>"));
+        let f = root.find(NS_TYPES, "IsEqualTo").expect("IsEqualTo");
+        assert_eq!(
+            f.child(NS_TYPES, "FieldURI")
+                .and_then(|u| u.attr("FieldURI")),
+            Some("message:InternetMessageId")
         );
     }
 

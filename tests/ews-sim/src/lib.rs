@@ -114,6 +114,9 @@ pub enum FaultKind {
     MalformedXml,
     /// `ErrorInvalidSyncStateData` for a SyncFolderItems/SyncFolderHierarchy request.
     InvalidSyncState,
+    /// A well-formed response whose one response message is `ResponseClass="Error"` with this
+    /// `ResponseCode` (e.g. `ErrorQuotaExceeded` for a CreateItem); nothing is changed.
+    ResponseError(&'static str),
 }
 
 /// Random faults: each request draws once (probabilities, 0.0–1.0), plus added latency.
@@ -194,6 +197,9 @@ pub struct ItemInfo {
     pub change_key: String,
     pub item_class: String,
     pub is_read: bool,
+    /// Unsent (`IsDraft`): items made by CreateItem without `PR_MESSAGE_FLAGS` clearing
+    /// `MSGFLAG_UNSENT`.
+    pub is_draft: bool,
     pub mime: Arc<[u8]>,
 }
 
@@ -395,6 +401,7 @@ impl SimHandle {
                 change_key: store::change_key(b'C', it.serial, it.version),
                 item_class: it.item_class.clone(),
                 is_read: it.is_read,
+                is_draft: it.draft,
                 mime: it.mime.clone(),
             })
             .collect()
@@ -410,6 +417,7 @@ impl SimHandle {
             change_key: store::change_key(b'C', serial, it.version),
             item_class: it.item_class.clone(),
             is_read: it.is_read,
+            is_draft: it.draft,
             mime: it.mime.clone(),
         })
     }

@@ -377,7 +377,7 @@ fn write_item(out: &mut String, store: &Store, mb: usize, it: &Item, shape: &Sha
         out.push_str("<t:Importance>Normal</t:Importance>");
     }
     if shape.want("item:IsDraft") {
-        out.push_str("<t:IsDraft>false</t:IsDraft>");
+        let _ = write!(out, "<t:IsDraft>{}</t:IsDraft>", it.draft);
     }
     if shape.want("item:DateTimeSent") {
         let _ = write!(
@@ -852,6 +852,15 @@ fn find_item(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
         return Err(schema(&format!("invalid Traversal {traversal}")));
     }
     let (offset, max, end) = paging(op.child("IndexedPageItemView"))?;
+    let restriction = match op.child("Restriction") {
+        Some(r) => Some(
+            r.children
+                .first()
+                .ok_or_else(|| schema("empty Restriction"))
+                .and_then(Restriction::parse)?,
+        ),
+        None => None,
+    };
     let parents = op
         .child("ParentFolderIds")
         .ok_or_else(|| schema("ParentFolderIds is missing"))?;
@@ -870,6 +879,9 @@ fn find_item(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
                 } else {
                     Vec::new()
                 };
+                if let Some(r) = &restriction {
+                    list.retain(|it| r.matches(it));
+                }
                 list.sort_by(|a, b| b.received.cmp(&a.received).then(b.serial.cmp(&a.serial)));
                 let (range, next, last) = page(list.len(), offset, max, end);
                 let mut c = format!(
@@ -886,6 +898,102 @@ fn find_item(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
         }
     }
     Ok(wrap("FindItem", &msgs))
+}
+
+/// The FindItem `Restriction` subset the simulator evaluates: `IsEqualTo`, `IsNotEqualTo`,
+/// `Contains` (substring, case-insensitive), `And`, `Or`, `Not` over a few item fields.
+/// Other fields → fault `ErrorUnsupportedPathForQuery`, other expressions →
+/// `ErrorUnsupportedQueryFilter` (both are real EWS codes).
+#[derive(Debug)]
+enum Restriction {
+    Eq(&'static str, String),
+    Ne(&'static str, String),
+    Contains(&'static str, String),
+    And(Vec<Restriction>),
+    Or(Vec<Restriction>),
+    Not(Box<Restriction>),
+}
+
+impl Restriction {
+    fn parse(el: &El) -> Result<Restriction, Fault> {
+        let field = || -> Result<(&'static str, String), Fault> {
+            let uri = el
+                .child("FieldURI")
+                .and_then(|f| f.attr("FieldURI"))
+                .ok_or_else(|| schema(&format!("{} without FieldURI", el.name)))?;
+            let field = match uri {
+                "message:InternetMessageId" => "message:InternetMessageId",
+                "item:Subject" => "item:Subject",
+                "item:ItemClass" => "item:ItemClass",
+                "message:IsRead" => "message:IsRead",
+                other => {
+                    return Err(Fault::new(
+                        "ErrorUnsupportedPathForQuery",
+                        format!("The property {other} is not supported in a restriction."),
+                    ));
+                }
+            };
+            let value = el
+                .path(&["FieldURIOrConstant", "Constant"])
+                .or_else(|| el.child("Constant"))
+                .and_then(|c| c.attr("Value"))
+                .ok_or_else(|| schema(&format!("{} without Constant", el.name)))?;
+            Ok((field, value.to_owned()))
+        };
+        let all = || {
+            el.children
+                .iter()
+                .map(Restriction::parse)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match el.name.as_str() {
+            "IsEqualTo" => {
+                let (f, v) = field()?;
+                Restriction::Eq(f, v)
+            }
+            "IsNotEqualTo" => {
+                let (f, v) = field()?;
+                Restriction::Ne(f, v)
+            }
+            "Contains" => {
+                let (f, v) = field()?;
+                Restriction::Contains(f, v.to_lowercase())
+            }
+            "And" => Restriction::And(all()?),
+            "Or" => Restriction::Or(all()?),
+            "Not" => Restriction::Not(Box::new(Restriction::parse(
+                el.children.first().ok_or_else(|| schema("empty Not"))?,
+            )?)),
+            other => {
+                return Err(Fault::new(
+                    "ErrorUnsupportedQueryFilter",
+                    format!("The restriction {other} is not supported."),
+                ));
+            }
+        })
+    }
+
+    fn value(it: &Item, field: &str) -> String {
+        match field {
+            "message:InternetMessageId" => it.summary.message_id.clone(),
+            "item:Subject" => it.summary.subject.clone(),
+            "item:ItemClass" => it.item_class.clone(),
+            "message:IsRead" => it.is_read.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    fn matches(&self, it: &Item) -> bool {
+        match self {
+            // Exchange compares strings case-insensitively.
+            Restriction::Eq(f, v) => Self::value(it, f).eq_ignore_ascii_case(v),
+            Restriction::Ne(f, v) => !Self::value(it, f).eq_ignore_ascii_case(v),
+            Restriction::Contains(f, v) => Self::value(it, f).to_lowercase().contains(v),
+            Restriction::And(rs) => rs.iter().all(|r| r.matches(it)),
+            Restriction::Or(rs) => rs.iter().any(|r| r.matches(it)),
+            Restriction::Not(r) => !r.matches(it),
+        }
+    }
 }
 
 fn get_item(store: &Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
@@ -1101,10 +1209,21 @@ fn create_item(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
                     .ok_or("ErrorFolderNotFound")
             }),
         };
-        let read = el.child_text("IsRead").map(|t| t == "true").unwrap_or(true);
+        // PR_MESSAGE_FLAGS (0x0E07) as an extended property sets the MAPI flags; without it
+        // Exchange stamps a created message MSGFLAG_UNSENT | MSGFLAG_UNMODIFIED (a draft).
+        let flags = message_flags(el);
+        let read = el
+            .child_text("IsRead")
+            .map(|t| t == "true")
+            .or(flags.map(|f| f & MSGFLAG_READ != 0))
+            .unwrap_or(true);
+        let draft = tag == "Message" && flags.is_none_or(|f| f & MSGFLAG_UNSENT != 0);
         match target {
             Ok((mb, f)) => {
                 let s = store.add_item(mb, f, mime.into(), &class, read);
+                if let Some(it) = store.mailboxes[mb].items.get_mut(&s) {
+                    it.draft = draft;
+                }
                 let m = &store.mailboxes[mb];
                 let mut c = format!("<m:Items><t:{}>", item_tag(&class));
                 if let Some(it) = m.items.get(&s) {
@@ -1119,7 +1238,30 @@ fn create_item(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
     Ok(wrap("CreateItem", &msgs))
 }
 
+const MSGFLAG_READ: i64 = 0x1;
+const MSGFLAG_UNSENT: i64 = 0x8;
+
+/// The value of an `ExtendedProperty` for `PR_MESSAGE_FLAGS` (tag 0x0E07, Integer), if any.
+fn message_flags(item: &El) -> Option<i64> {
+    item.children
+        .iter()
+        .filter(|c| c.name == "ExtendedProperty")
+        .find(|c| {
+            c.child("ExtendedFieldURI").is_some_and(|u| {
+                let tag = u.attr("PropertyTag").unwrap_or("");
+                let is_flags = tag.eq_ignore_ascii_case("0x0e07") || tag == "3591";
+                is_flags && u.attr("PropertyType") == Some("Integer")
+            })
+        })
+        .and_then(|c| c.child_text("Value"))
+        .and_then(|v| v.parse().ok())
+}
+
 fn delete_item(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
+    match op.attr("DeleteType") {
+        Some("HardDelete" | "SoftDelete" | "MoveToDeletedItems") => {}
+        other => return Err(schema(&format!("invalid DeleteType {other:?}"))),
+    }
     let ids = op
         .child("ItemIds")
         .ok_or_else(|| schema("ItemIds is missing"))?;

@@ -445,6 +445,17 @@ async fn admitted(
                     "invalid_sync_state".into(),
                 );
             }
+            FaultKind::ResponseError(code) => {
+                drop(slot);
+                let msg = format!(
+                    "<m:{op_name}Response xmlns:m=\"{}\" xmlns:t=\"{NS_T}\"><m:ResponseMessages><m:{op_name}ResponseMessage ResponseClass=\"Error\"><m:MessageText>Injected failure.</m:MessageText><m:ResponseCode>{code}</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey></m:{op_name}ResponseMessage></m:ResponseMessages></m:{op_name}Response>",
+                    xml::NS_M
+                );
+                return (
+                    xml_response(StatusCode::OK, envelope(&msg)),
+                    format!("error:{code}"),
+                );
+            }
             other => post = Some(other),
         }
     }

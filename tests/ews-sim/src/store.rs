@@ -38,6 +38,8 @@ pub struct Item {
     pub seen: std::sync::atomic::AtomicBool,
     /// The item's data is damaged: GetItem answers `ErrorCorruptData` for it (tests).
     pub corrupt: bool,
+    /// Unsent message (`IsDraft`, `MSGFLAG_UNSENT`).
+    pub draft: bool,
 }
 
 impl Item {
@@ -451,6 +453,7 @@ impl Store {
                 summary,
                 seen: std::sync::atomic::AtomicBool::new(false),
                 corrupt: false,
+                draft: false,
             },
         );
         m.folders[folder as usize].items.insert(serial);
