@@ -86,6 +86,8 @@ pub mod restore_wire {
     /// Object name of a large body in [`BODY_BUCKET`].
     pub fn body_object_name(job_id: &str, seq: u64) -> String {
         format!("{job_id}/{seq}")
+    }
+}
 
 /// The gRPC API served by the indexer (feature `api`).
 #[cfg(feature = "api")]

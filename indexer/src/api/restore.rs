@@ -32,7 +32,7 @@ pub trait RestoreTarget: Send + Sync + std::fmt::Debug {
 }
 
 /// Restore jobs over JetStream.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsRestoreTarget {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -40,6 +40,15 @@ pub struct NatsRestoreTarget {
     inline_limit: usize,
     /// How long to wait for the next result before giving up on the collector.
     idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsRestoreTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsRestoreTarget")
+            .field("inline_limit", &self.inline_limit)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
