@@ -267,3 +267,86 @@ async fn undecodable_job_is_terminated_and_the_next_one_served() {
     assert_eq!(stats.poison, 1);
     assert_eq!(stats.count(Outcome::Created), 1);
 }
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// The daemon (`run` with `RunMode::Daemon`) serves restore jobs between its passes.
+#[tokio::test]
+async fn daemon_serves_restore_jobs() {
+    let env = Env::start().await;
+    let nats = mailvault_harness::NatsServer::start().expect("nats-server");
+    let carol = env.addr("carol");
+    let config = common::config(
+        env.dir.path(),
+        &env.sim.url(),
+        &nats.url(),
+        &[carol.clone()],
+    );
+    assert!(config.restore.enabled);
+    let source = config.source.clone();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    // `run` is not `Send` (it is the binary's main future): drive it beside the test.
+    let daemon = mailvault_collector::run(
+        config,
+        mailvault_collector::RunMode::Daemon {
+            interval: Duration::from_secs(3600),
+        },
+        rx,
+    );
+    let sender = async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        // The stream may not exist yet: the sender creates it idempotently, too.
+        let stream = ensure_restore_stream(&js, Duration::from_secs(120))
+            .await
+            .expect("stream");
+        let results = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: restore_wire::results_subject("jd"),
+                ..Default::default()
+            })
+            .await
+            .expect("results consumer");
+        let mime = message("daemon-1", 0);
+        let item = RestoreItem {
+            job_id: "jd".into(),
+            seq: 9,
+            target_mailbox: carol.clone(),
+            folder: Some(FolderTarget {
+                distinguished_root: "inbox".into(),
+                path: vec![],
+            }),
+            format: ContentFormat::Mime as i32,
+            size: mime.len() as u64,
+            body: Some(restore_item::Body::Inline(Bytes::from(mime.clone()))),
+            is_read: true,
+            internet_message_id: message_id_of(&mime),
+            ..RestoreItem::default()
+        };
+        js.publish(
+            restore_wire::jobs_subject(&source),
+            Bytes::from(item.encode_to_vec()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+        let mut msgs = results.messages().await.expect("results");
+        let m = tokio::time::timeout(Duration::from_secs(60), msgs.next())
+            .await
+            .expect("result within 60 s")
+            .expect("open")
+            .expect("message");
+        let r = RestoreResult::decode(m.payload.clone()).expect("decode");
+        assert_eq!(r.outcome(), Outcome::Created, "{r:?}");
+        assert_eq!(r.seq, 9);
+        assert_eq!(
+            &*env.sim.item(&r.new_item_id).expect("item").mime,
+            &mime[..]
+        );
+        stop.send(true).expect("stop");
+    };
+    let (summary, ()) = tokio::join!(daemon, sender);
+    summary.expect("daemon run");
+}
