@@ -8,7 +8,7 @@
 //!   per (job, mailbox, root, path).
 //! * **Content**: `CONTENT_FORMAT_MIME` → CreateItem `SaveOnly` with `PR_MESSAGE_FLAGS` (not a
 //!   draft; read unless `mark_unread` or `!is_read`); `CONTENT_FORMAT_EWS_EXPORT` → UploadItems
-//!   `CreateNew` (the blob carries its own read state).
+//!   `CreateNew` (the blob carries its own read state; `mark_unread` adds an UpdateItem).
 //! * **Collisions** (an item with the same Internet-Message-Id in the target folder): skip →
 //!   `SKIPPED` (nothing written), copy → created anyway, `COPIED`, replace → the new item is
 //!   created first, then the old copies are hard-deleted, `REPLACED` (a failure never loses
@@ -235,6 +235,16 @@ impl<E: EwsWrite + ?Sized> Restorer<E> {
             }
         };
         let new_id = match created {
+            // An export blob carries its own read state: mark-unread is one UpdateItem more.
+            Ok(id) if format == ContentFormat::EwsExport && item.mark_unread => self
+                .ews
+                .set_is_read(&mailbox, &id, false)
+                .await
+                .map_err(|e| RestoreError::Ews {
+                    item: label.clone(),
+                    stage: "marking the uploaded item unread",
+                    source: e,
+                })?,
             Ok(id) => id,
             Err(e) => {
                 if e.kind() == ErrorKind::ItemNotFound {

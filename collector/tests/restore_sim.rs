@@ -260,6 +260,32 @@ async fn export_blob_restored_with_upload_items() {
     assert!(!it.is_read, "read state from the blob");
     assert_eq!(env.sim.stats().count("UploadItems"), 1);
     assert_eq!(env.sim.stats().count("CreateItem"), 0);
+
+    // A read export blob restored with mark_unread: uploaded, then UpdateItem IsRead=false.
+    env.sim.set_read(&src.id, true).expect("read");
+    let exported = env
+        .ews()
+        .export_items(
+            &Mailbox {
+                smtp: alice.clone(),
+            },
+            &[mailvault_collector::ews::ItemId {
+                id: src.id.clone(),
+                change_key: String::new(),
+            }],
+        )
+        .await
+        .expect("export");
+    let (_, blob) = exported.into_iter().next().expect("one").expect("ok");
+    let mut j = job(2, &carol, "inbox", &["Exported 2"], &blob);
+    j.format = ContentFormat::EwsExport as i32;
+    j.mark_unread = true;
+    let r = env.restorer().apply(&j, body(&j)).await;
+    assert_eq!(r.outcome(), Outcome::Created, "{r:?}");
+    let it = env.sim.item(&r.new_item_id).expect("item");
+    assert!(!it.is_read, "marked unread");
+    assert_eq!(&*it.mime, &*src.mime);
+    assert_eq!(env.sim.stats().count("UpdateItem"), 1);
 }
 
 #[tokio::test]

@@ -473,6 +473,27 @@ impl EwsWrite for HttpEws {
         .await
     }
 
+    async fn set_is_read(
+        &self,
+        mailbox: &Mailbox,
+        id: &ItemId,
+        is_read: bool,
+    ) -> Result<ItemId, EwsError> {
+        self.call(
+            ErrorContext {
+                operation: "UpdateItem",
+                mailbox: Some(mailbox.smtp.clone()),
+                folder: None,
+                item: Some(id.id.clone()),
+            },
+            mailbox,
+            request::update_is_read(id, is_read),
+            parse::update_item,
+            |_| None,
+        )
+        .await
+    }
+
     async fn delete_item_hard(&self, mailbox: &Mailbox, id: &ItemId) -> Result<(), EwsError> {
         let c = ErrorContext {
             operation: "DeleteItem",
