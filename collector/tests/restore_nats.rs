@@ -281,7 +281,7 @@ async fn daemon_serves_restore_jobs() {
         env.dir.path(),
         &env.sim.url(),
         &nats.url(),
-        &[carol.clone()],
+        std::slice::from_ref(&carol),
     );
     assert!(config.restore.enabled);
     let source = config.source.clone();
