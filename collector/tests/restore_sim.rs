@@ -364,3 +364,41 @@ async fn one_failing_item_fails_alone_and_throttling_is_retried() {
     assert_eq!(r.outcome(), Outcome::Failed);
     assert!(r.error.contains("nobody@contoso.com"), "{}", r.error);
 }
+
+/// A CreateItem whose answer is lost after Exchange stored the item (truncated response) is
+/// found by its Internet-Message-Id instead of being written twice; one that failed before
+/// anything was stored (HTTP 500) is written again.
+#[tokio::test]
+async fn lost_write_answers_do_not_duplicate() {
+    let env = Env::start().await;
+    let alice = env.addr("alice");
+    let carol = env.addr("carol");
+    let src = env.sim.items(&env.folder(&alice, &["Inbox"]));
+    let restorer = env.restorer();
+    for (i, kind) in [FaultKind::TruncatedXml, FaultKind::Http500]
+        .into_iter()
+        .enumerate()
+    {
+        let j = job(i as u64, &carol, "inbox", &["Lost"], &src[i].mime);
+        env.sim.inject(FaultRule {
+            operation: Some("CreateItem".into()),
+            kind,
+            remaining: 1,
+        });
+        let r = restorer.apply(&j, body(&j)).await;
+        assert_eq!(r.outcome(), Outcome::Created, "{kind:?}: {r:?}");
+        let copies: Vec<_> = env
+            .sim
+            .items(&r.folder_id)
+            .into_iter()
+            .filter(|it| it.mime == src[i].mime)
+            .collect();
+        assert_eq!(copies.len(), 1, "{kind:?}: exactly one copy");
+        assert_eq!(copies[0].id, r.new_item_id);
+    }
+    assert_eq!(
+        env.sim.stats().count("CreateItem"),
+        3,
+        "truncated: 1, HTTP 500: 2"
+    );
+}

@@ -136,7 +136,14 @@ impl HttpEws {
             if e.kind() == ErrorKind::Throttled {
                 Metrics::add(&self.metrics.throttled, 1);
             }
-            if !e.kind().is_retryable() || attempt >= self.cfg.backoff.max_retries {
+            // A write that failed in transit may have been done: CreateItem/UploadItems are
+            // retried here only when the server refused them (throttling); the restorer checks
+            // for the copy before writing again.
+            let retryable = match e.kind() {
+                ErrorKind::Transient => !NOT_IDEMPOTENT.contains(&ctx.operation),
+                k => k.is_retryable(),
+            };
+            if !retryable || attempt >= self.cfg.backoff.max_retries {
                 return Err(e);
             }
             let delay = self.cfg.backoff.delay(attempt, e.back_off());
@@ -237,6 +244,9 @@ impl HttpEws {
         .await
     }
 }
+
+/// Operations that must not be repeated blindly after a transport failure.
+const NOT_IDEMPOTENT: &[&str] = &["CreateItem", "UploadItems"];
 
 fn ctx(op: &'static str, mailbox: &Mailbox, folder: Option<&str>) -> ErrorContext {
     ErrorContext {
