@@ -406,6 +406,23 @@ mod tests {
     }
 
     #[test]
+    fn restore_needs_a_subject_token_source() {
+        let text = |source: &str, restore: &str| {
+            format!(
+                "source=\"{source}\"\nmailboxes=[\"a@x\"]\n[ews]\nurl=\"https://x\"\nusername=\"u\"\npassword_file=\"/x\"\n[nats]\nurl=\"nats://h:1\"\n{restore}"
+            )
+        };
+        let cfg = Config::from_toml(&text("exch01.corp", "")).expect("parses");
+        assert!(cfg.restore.enabled, "on by default");
+        let err = cfg.validate().expect_err("dotted source");
+        assert!(err.to_string().contains("subject token"), "{err}");
+        let cfg =
+            Config::from_toml(&text("exch01.corp", "[restore]\nenabled = false")).expect("parses");
+        let err = cfg.validate().expect_err("password file still missing");
+        assert!(!err.to_string().contains("subject token"), "{err}");
+    }
+
+    #[test]
     fn example_config_parses() {
         let cfg =
             Config::from_toml(include_str!("../collector.example.toml")).expect("example parses");

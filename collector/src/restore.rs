@@ -8,7 +8,7 @@
 //!   per (job, mailbox, root, path).
 //! * **Content**: `CONTENT_FORMAT_MIME` → CreateItem `SaveOnly` with `PR_MESSAGE_FLAGS` (not a
 //!   draft; read unless `mark_unread` or `!is_read`); `CONTENT_FORMAT_EWS_EXPORT` → UploadItems
-//!   `CreateNew` (the blob carries its own read state).
+//!   `CreateNew` (the blob carries its own read state; `mark_unread` adds an UpdateItem).
 //! * **Collisions** (an item with the same Internet-Message-Id in the target folder): skip →
 //!   `SKIPPED` (nothing written), copy → created anyway, `COPIED`, replace → the new item is
 //!   created first, then the old copies are hard-deleted, `REPLACED` (a failure never loses
@@ -27,7 +27,7 @@ use mailvault_proto::storage::v1::ContentFormat;
 use tracing::{info, warn};
 
 use crate::ews::request::FolderRef;
-use crate::ews::{ErrorKind, EwsError, EwsWrite, Mailbox};
+use crate::ews::{ErrorKind, EwsError, EwsWrite, ItemId, Mailbox};
 
 /// Names a restore item in errors: job, sequence number, source item, target mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,8 @@ pub enum RestoreError {
 /// [`FOLDER_CACHE_MAX`] so a long-running collector does not keep every job's folders.
 type FolderKey = (String, String, String, Vec<String>);
 const FOLDER_CACHE_MAX: usize = 4096;
+/// Most writes of one item whose earlier attempts provably stored nothing.
+const WRITE_ATTEMPTS: u32 = 3;
 
 /// Applies restore items to Exchange through `E`.
 pub struct Restorer<E: ?Sized> {
@@ -225,16 +227,20 @@ impl<E: EwsWrite + ?Sized> Restorer<E> {
             return Ok((Outcome::Skipped, existing[0].id.clone()));
         }
 
-        let is_read = item.is_read && !item.mark_unread;
-        let created = match format {
-            ContentFormat::EwsExport => self.ews.upload_item(&mailbox, &folder_id, body).await,
-            _ => {
-                self.ews
-                    .create_item_mime(&mailbox, &folder_id, body, &item.item_class, is_read)
-                    .await
-            }
-        };
+        let created = self
+            .create(item, format, &mailbox, &folder_id, body, &existing)
+            .await;
         let new_id = match created {
+            // An export blob carries its own read state: mark-unread is one UpdateItem more.
+            Ok(id) if format == ContentFormat::EwsExport && item.mark_unread => self
+                .ews
+                .set_is_read(&mailbox, &id, false)
+                .await
+                .map_err(|e| RestoreError::Ews {
+                    item: label.clone(),
+                    stage: "marking the uploaded item unread",
+                    source: e,
+                })?,
             Ok(id) => id,
             Err(e) => {
                 if e.kind() == ErrorKind::ItemNotFound {
@@ -271,6 +277,62 @@ impl<E: EwsWrite + ?Sized> Restorer<E> {
                 })?;
         }
         Ok((Outcome::Replaced, new_id.id))
+    }
+
+    /// Writes the item. A write whose outcome is unknown (transport failure, unreadable
+    /// answer) is not repeated blindly: with an Internet-Message-Id the folder is searched for a
+    /// copy that was not there before (then that is the restored item); if there is none it is
+    /// written again, at most [`WRITE_ATTEMPTS`] times. Without an Internet-Message-Id such a
+    /// failure is final (the error says the item may have been written).
+    async fn create(
+        &self,
+        item: &RestoreItem,
+        format: ContentFormat,
+        mailbox: &Mailbox,
+        folder_id: &str,
+        body: &Bytes,
+        existing: &[ItemId],
+    ) -> Result<ItemId, EwsError> {
+        let is_read = item.is_read && !item.mark_unread;
+        let mut attempt = 1;
+        loop {
+            let r = match format {
+                ContentFormat::EwsExport => self.ews.upload_item(mailbox, folder_id, body).await,
+                _ => {
+                    self.ews
+                        .create_item_mime(mailbox, folder_id, body, &item.item_class, is_read)
+                        .await
+                }
+            };
+            let e = match r {
+                Ok(id) => return Ok(id),
+                Err(e) => e,
+            };
+            let uncertain = matches!(
+                e.kind(),
+                ErrorKind::Transient | ErrorKind::MalformedResponse
+            );
+            if !uncertain || item.internet_message_id.is_empty() {
+                return Err(e);
+            }
+            let now = self
+                .ews
+                .find_items_by_message_id(mailbox, folder_id, &item.internet_message_id)
+                .await?;
+            if let Some(new) = now
+                .into_iter()
+                .find(|n| !existing.iter().any(|o| o.id == n.id))
+            {
+                warn!(error = %e, item = %new.id, "write answer lost, but the item was written");
+                return Ok(new);
+            }
+            if attempt >= WRITE_ATTEMPTS {
+                return Err(e);
+            }
+            warn!(error = %e, attempt, "write failed before the item was stored; writing again");
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+            attempt += 1;
+        }
     }
 
     fn cache_key(item: &RestoreItem, mailbox: &Mailbox) -> FolderKey {

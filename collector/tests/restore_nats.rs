@@ -267,3 +267,157 @@ async fn undecodable_job_is_terminated_and_the_next_one_served() {
     assert_eq!(stats.poison, 1);
     assert_eq!(stats.count(Outcome::Created), 1);
 }
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// The daemon (`run` with `RunMode::Daemon`) serves restore jobs between its passes.
+#[tokio::test]
+async fn daemon_serves_restore_jobs() {
+    let env = Env::start().await;
+    let nats = mailvault_harness::NatsServer::start().expect("nats-server");
+    let carol = env.addr("carol");
+    let config = common::config(
+        env.dir.path(),
+        &env.sim.url(),
+        &nats.url(),
+        std::slice::from_ref(&carol),
+    );
+    assert!(config.restore.enabled);
+    let source = config.source.clone();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    // `run` is not `Send` (it is the binary's main future): drive it beside the test.
+    let daemon = mailvault_collector::run(
+        config,
+        mailvault_collector::RunMode::Daemon {
+            interval: Duration::from_secs(3600),
+        },
+        rx,
+    );
+    let sender = async {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        // The stream may not exist yet: the sender creates it idempotently, too.
+        let stream = ensure_restore_stream(&js, Duration::from_secs(120))
+            .await
+            .expect("stream");
+        let results = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: restore_wire::results_subject("jd"),
+                ..Default::default()
+            })
+            .await
+            .expect("results consumer");
+        let mime = message("daemon-1", 0);
+        let item = RestoreItem {
+            job_id: "jd".into(),
+            seq: 9,
+            target_mailbox: carol.clone(),
+            folder: Some(FolderTarget {
+                distinguished_root: "inbox".into(),
+                path: vec![],
+            }),
+            format: ContentFormat::Mime as i32,
+            size: mime.len() as u64,
+            body: Some(restore_item::Body::Inline(Bytes::from(mime.clone()))),
+            is_read: true,
+            internet_message_id: message_id_of(&mime),
+            ..RestoreItem::default()
+        };
+        js.publish(
+            restore_wire::jobs_subject(&source),
+            Bytes::from(item.encode_to_vec()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+        let mut msgs = results.messages().await.expect("results");
+        let m = tokio::time::timeout(Duration::from_secs(60), msgs.next())
+            .await
+            .expect("result within 60 s")
+            .expect("open")
+            .expect("message");
+        let r = RestoreResult::decode(m.payload.clone()).expect("decode");
+        assert_eq!(r.outcome(), Outcome::Created, "{r:?}");
+        assert_eq!(r.seq, 9);
+        assert_eq!(
+            &*env.sim.item(&r.new_item_id).expect("item").mime,
+            &mime[..]
+        );
+        stop.send(true).expect("stop");
+    };
+    let (summary, ()) = tokio::join!(daemon, sender);
+    summary.expect("daemon run");
+}
+
+/// A body object that is not there: retried up to `max_body_attempts`, then `FAILED` naming the
+/// object; a body in a foreign bucket fails at once.
+#[tokio::test]
+async fn unreadable_body_is_retried_then_failed() {
+    let env = Env::start().await;
+    let nats = mailvault_harness::NatsServer::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let mut cfg = RestoreEdgeConfig::new("exch03");
+    cfg.max_body_attempts = 2;
+    cfg.retry_delay = Duration::from_millis(50);
+    let service = RestoreService::new(client.clone(), cfg, Arc::new(Restorer::new(env.ews())))
+        .await
+        .expect("restore service");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { service.run(rx).await });
+    let stream = js.get_stream(restore_wire::STREAM).await.expect("stream");
+    let results = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: restore_wire::results_subject("jb"),
+            ..Default::default()
+        })
+        .await
+        .expect("results consumer");
+    for (seq, bucket) in [(1u64, restore_wire::BODY_BUCKET), (2, "elsewhere")] {
+        let item = RestoreItem {
+            job_id: "jb".into(),
+            seq,
+            target_mailbox: env.addr("carol"),
+            format: ContentFormat::Mime as i32,
+            size: 10,
+            body: Some(restore_item::Body::Object(ObjectRef {
+                bucket: bucket.into(),
+                name: format!("jb/{seq}"),
+                size: 10,
+            })),
+            ..RestoreItem::default()
+        };
+        js.publish(
+            restore_wire::jobs_subject("exch03"),
+            Bytes::from(item.encode_to_vec()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    }
+    let mut msgs = results.messages().await.expect("results");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(60), msgs.next())
+            .await
+            .expect("result")
+            .expect("open")
+            .expect("message");
+        got.push(RestoreResult::decode(m.payload.clone()).expect("decode"));
+    }
+    got.sort_by_key(|r| r.seq);
+    for r in &got {
+        assert_eq!(r.outcome(), Outcome::Failed, "{r:?}");
+        assert!(r.error.contains("reading the body failed"), "{}", r.error);
+    }
+    assert!(got[0].error.contains("jb/1"), "{}", got[0].error);
+    assert!(got[1].error.contains("elsewhere"), "{}", got[1].error);
+    stop.send(true).expect("stop");
+    let stats = running.await.expect("join").expect("run");
+    assert_eq!(stats.retried, 1, "one retry for the missing object");
+    assert_eq!(stats.count(Outcome::Failed), 2);
+    assert_eq!(env.sim.stats().count("CreateItem"), 0);
+}

@@ -260,6 +260,32 @@ async fn export_blob_restored_with_upload_items() {
     assert!(!it.is_read, "read state from the blob");
     assert_eq!(env.sim.stats().count("UploadItems"), 1);
     assert_eq!(env.sim.stats().count("CreateItem"), 0);
+
+    // A read export blob restored with mark_unread: uploaded, then UpdateItem IsRead=false.
+    env.sim.set_read(&src.id, true).expect("read");
+    let exported = env
+        .ews()
+        .export_items(
+            &Mailbox {
+                smtp: alice.clone(),
+            },
+            &[mailvault_collector::ews::ItemId {
+                id: src.id.clone(),
+                change_key: String::new(),
+            }],
+        )
+        .await
+        .expect("export");
+    let (_, blob) = exported.into_iter().next().expect("one").expect("ok");
+    let mut j = job(2, &carol, "inbox", &["Exported 2"], &blob);
+    j.format = ContentFormat::EwsExport as i32;
+    j.mark_unread = true;
+    let r = env.restorer().apply(&j, body(&j)).await;
+    assert_eq!(r.outcome(), Outcome::Created, "{r:?}");
+    let it = env.sim.item(&r.new_item_id).expect("item");
+    assert!(!it.is_read, "marked unread");
+    assert_eq!(&*it.mime, &*src.mime);
+    assert_eq!(env.sim.stats().count("UpdateItem"), 1);
 }
 
 #[tokio::test]
@@ -337,4 +363,42 @@ async fn one_failing_item_fails_alone_and_throttling_is_retried() {
     let r = restorer.apply(&bad, body(&bad)).await;
     assert_eq!(r.outcome(), Outcome::Failed);
     assert!(r.error.contains("nobody@contoso.com"), "{}", r.error);
+}
+
+/// A CreateItem whose answer is lost after Exchange stored the item (truncated response) is
+/// found by its Internet-Message-Id instead of being written twice; one that failed before
+/// anything was stored (HTTP 500) is written again.
+#[tokio::test]
+async fn lost_write_answers_do_not_duplicate() {
+    let env = Env::start().await;
+    let alice = env.addr("alice");
+    let carol = env.addr("carol");
+    let src = env.sim.items(&env.folder(&alice, &["Inbox"]));
+    let restorer = env.restorer();
+    for (i, kind) in [FaultKind::TruncatedXml, FaultKind::Http500]
+        .into_iter()
+        .enumerate()
+    {
+        let j = job(i as u64, &carol, "inbox", &["Lost"], &src[i].mime);
+        env.sim.inject(FaultRule {
+            operation: Some("CreateItem".into()),
+            kind,
+            remaining: 1,
+        });
+        let r = restorer.apply(&j, body(&j)).await;
+        assert_eq!(r.outcome(), Outcome::Created, "{kind:?}: {r:?}");
+        let copies: Vec<_> = env
+            .sim
+            .items(&r.folder_id)
+            .into_iter()
+            .filter(|it| it.mime == src[i].mime)
+            .collect();
+        assert_eq!(copies.len(), 1, "{kind:?}: exactly one copy");
+        assert_eq!(copies[0].id, r.new_item_id);
+    }
+    assert_eq!(
+        env.sim.stats().count("CreateItem"),
+        3,
+        "truncated: 1, HTTP 500: 2"
+    );
 }

@@ -100,3 +100,24 @@ pub mod api {
             include_bytes!(concat!(env!("OUT_DIR"), "/mailvault.api.v1.bin"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::restore::v1::RestoreItem;
+    use super::restore_wire::*;
+
+    #[test]
+    fn restore_names() {
+        assert_eq!(jobs_subject("exch01"), "mailvault.restore.jobs.exch01");
+        assert_eq!(consumer_name("exch01"), "mailvault-restore-exch01");
+        let mut item = RestoreItem {
+            job_id: "j1".into(),
+            ..RestoreItem::default()
+        };
+        assert_eq!(reply_subject(&item), "mailvault.restore.results.j1");
+        item.reply_subject = "_INBOX.x".into();
+        assert_eq!(reply_subject(&item), "_INBOX.x");
+        assert_ne!(job_msg_id("j1", 1), result_msg_id("j1", 1));
+        assert!(jobs_subject("x").starts_with(STREAM_SUBJECTS.trim_end_matches('>')));
+    }
+}

@@ -136,7 +136,14 @@ impl HttpEws {
             if e.kind() == ErrorKind::Throttled {
                 Metrics::add(&self.metrics.throttled, 1);
             }
-            if !e.kind().is_retryable() || attempt >= self.cfg.backoff.max_retries {
+            // A write that failed in transit may have been done: CreateItem/UploadItems are
+            // retried here only when the server refused them (throttling); the restorer checks
+            // for the copy before writing again.
+            let retryable = match e.kind() {
+                ErrorKind::Transient => !NOT_IDEMPOTENT.contains(&ctx.operation),
+                k => k.is_retryable(),
+            };
+            if !retryable || attempt >= self.cfg.backoff.max_retries {
                 return Err(e);
             }
             let delay = self.cfg.backoff.delay(attempt, e.back_off());
@@ -237,6 +244,9 @@ impl HttpEws {
         .await
     }
 }
+
+/// Operations that must not be repeated blindly after a transport failure.
+const NOT_IDEMPOTENT: &[&str] = &["CreateItem", "UploadItems"];
 
 fn ctx(op: &'static str, mailbox: &Mailbox, folder: Option<&str>) -> ErrorContext {
     ErrorContext {
@@ -468,6 +478,27 @@ impl EwsWrite for HttpEws {
             mailbox,
             request::upload_item(folder_id, data),
             parse::upload_item,
+            |_| None,
+        )
+        .await
+    }
+
+    async fn set_is_read(
+        &self,
+        mailbox: &Mailbox,
+        id: &ItemId,
+        is_read: bool,
+    ) -> Result<ItemId, EwsError> {
+        self.call(
+            ErrorContext {
+                operation: "UpdateItem",
+                mailbox: Some(mailbox.smtp.clone()),
+                folder: None,
+                item: Some(id.id.clone()),
+            },
+            mailbox,
+            request::update_is_read(id, is_read),
+            parse::update_item,
             |_| None,
         )
         .await

@@ -234,6 +234,14 @@ pub trait EwsWrite: Ews {
         data: &[u8],
     ) -> Result<ItemId, EwsError>;
 
+    /// UpdateItem setting `message:IsRead`.
+    async fn set_is_read(
+        &self,
+        mailbox: &Mailbox,
+        id: &ItemId,
+        is_read: bool,
+    ) -> Result<ItemId, EwsError>;
+
     /// DeleteItem (`HardDelete`). An item already gone is not an error.
     async fn delete_item_hard(&self, mailbox: &Mailbox, id: &ItemId) -> Result<(), EwsError>;
 }

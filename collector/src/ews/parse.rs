@@ -432,6 +432,16 @@ pub fn upload_item(root: &Element) -> Result<ItemId, EwsError> {
         .and_then(item_id)
 }
 
+/// Parses UpdateItem (one item): the item's id with its new change key.
+pub fn update_item(root: &Element) -> Result<ItemId, EwsError> {
+    let msg = single_message(root, "UpdateItem")?;
+    msg.child(NS_MESSAGES, "Items")
+        .and_then(first_typed_child)
+        .and_then(|it| it.child(NS_TYPES, "ItemId"))
+        .ok_or_else(|| EwsError::malformed("UpdateItem response without ItemId"))
+        .and_then(item_id)
+}
+
 /// Parses DeleteItem: one status per requested id, in order.
 pub fn delete_item(root: &Element) -> Result<Vec<Result<(), EwsError>>, EwsError> {
     let resp = operation_response(root, "DeleteItem")?;

@@ -221,6 +221,14 @@ pub fn upload_item(folder_id: &str, data: &[u8]) -> String {
     s
 }
 
+/// UpdateItem setting `message:IsRead` (saved only, overwriting).
+pub fn update_is_read(id: &ItemId, is_read: bool) -> String {
+    format!(
+        r#"<m:UpdateItem MessageDisposition="SaveOnly" ConflictResolution="AlwaysOverwrite"><m:ItemChanges><t:ItemChange><t:ItemId Id="{}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="message:IsRead"/><t:Message><t:IsRead>{is_read}</t:IsRead></t:Message></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"#,
+        escape(id.id.as_str())
+    )
+}
+
 /// DeleteItem, hard (not to Deleted Items, not recoverable by the user). The calendar/task
 /// attributes are required by Exchange when the item is a meeting or a task.
 pub fn delete_item_hard(ids: &[ItemId]) -> String {

@@ -63,6 +63,7 @@ pub const OPERATIONS: &[&str] = &[
     "ResolveNames",
     "DeleteItem",
     "MoveItem",
+    "UpdateItem",
 ];
 
 pub fn dispatch(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
@@ -80,6 +81,7 @@ pub fn dispatch(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> 
         "ResolveNames" => resolve_names(store, op),
         "DeleteItem" => delete_item(store, ctx, op),
         "MoveItem" => move_item(store, ctx, op),
+        "UpdateItem" => update_item(store, ctx, op),
         other => Err(Fault::new(
             "ErrorInvalidRequest",
             format!("The request is invalid: unknown operation {other}."),
@@ -144,6 +146,7 @@ fn error_text(code: &str) -> &'static str {
         "ErrorInvalidOperation" => "The operation is not supported by this server.",
         "ErrorCorruptData" => "The item data is corrupt.",
         "ErrorMissingArgument" => "A required argument is missing.",
+        "ErrorInvalidPropertySet" => "The property cannot be set (simulator: only message:IsRead).",
         _ => "The request failed.",
     }
 }
@@ -1277,6 +1280,68 @@ fn delete_item(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
         }
     }
     Ok(wrap("DeleteItem", &msgs))
+}
+
+/// UpdateItem: `ConflictResolution` required; only `SetItemField message:IsRead` is applied
+/// (other fields → `ErrorInvalidPropertySet`), always overwriting (no ChangeKey conflicts).
+fn update_item(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {
+    match op.attr("ConflictResolution") {
+        Some("NeverOverwrite" | "AutoResolve" | "AlwaysOverwrite") => {}
+        other => return Err(schema(&format!("invalid ConflictResolution {other:?}"))),
+    }
+    let changes = op
+        .child("ItemChanges")
+        .ok_or_else(|| schema("ItemChanges is missing"))?;
+    let mut msgs = String::new();
+    for ch in &changes.children {
+        let Some(id) = ch.child("ItemId") else {
+            msgs.push_str(&shape_err(
+                "UpdateItem",
+                "ErrorInvalidIdMalformed",
+                "<m:Items/>",
+            ));
+            continue;
+        };
+        let updates = ch
+            .child("Updates")
+            .map(|u| u.children.as_slice())
+            .unwrap_or(&[]);
+        let r = resolve_item(store, ctx, id).and_then(|(mb, s)| {
+            let is_message = store.mailboxes[mb]
+                .items
+                .get(&s)
+                .is_some_and(|it| item_tag(&it.item_class) == "Message");
+            if is_message && op.attr("MessageDisposition").is_none() {
+                return Err("ErrorMessageDispositionRequired");
+            }
+            for u in updates {
+                let field = u.child("FieldURI").and_then(|f| f.attr("FieldURI"));
+                let read = u
+                    .children
+                    .iter()
+                    .find_map(|c| c.child_text("IsRead"))
+                    .map(|t| t == "true");
+                match (u.name.as_str(), field, read) {
+                    ("SetItemField", Some("message:IsRead"), Some(read)) => store
+                        .set_read(mb, s, read)
+                        .map_err(|_| "ErrorItemNotFound")?,
+                    _ => return Err("ErrorInvalidPropertySet"),
+                }
+            }
+            store.item_ref(mb, s).ok_or("ErrorItemNotFound")
+        });
+        match r {
+            Ok(r) => msgs.push_str(&ok(
+                "UpdateItem",
+                &format!(
+                    "<m:Items><t:Message><t:ItemId Id=\"{}\" ChangeKey=\"{}\"/></t:Message></m:Items><m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>",
+                    r.id, r.change_key
+                ),
+            )),
+            Err(code) => msgs.push_str(&shape_err("UpdateItem", code, "<m:Items/>")),
+        }
+    }
+    Ok(wrap("UpdateItem", &msgs))
 }
 
 fn move_item(store: &mut Store, ctx: &Ctx, op: &El) -> Result<String, Fault> {

@@ -499,3 +499,69 @@ async fn create_export_upload_resolve() {
         "ErrorNameResolutionNoResults"
     );
 }
+
+#[tokio::test]
+async fn create_item_flags_restriction_and_hard_delete() {
+    let sim = Simulator::start(config()).await.expect("start");
+    let addr = sim.addr();
+    let mb = german(&sim);
+    let inbox = sim.distinguished_folder_id(&mb, "inbox").expect("inbox");
+    let mime =
+        b"From: a@contoso.com\r\nMessage-ID: <restore-1@contoso.com>\r\nSubject: r\r\n\r\nx\r\n";
+    let enc = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, mime);
+    let create = |flags: Option<u32>| {
+        let prop = flags
+            .map(|f| format!("<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag=\"0x0E07\" PropertyType=\"Integer\"/><t:Value>{f}</t:Value></t:ExtendedProperty>"))
+            .unwrap_or_default();
+        format!(
+            "<m:CreateItem MessageDisposition=\"SaveOnly\"><m:SavedItemFolderId>{}</m:SavedItemFolderId><m:Items><t:Message><t:MimeContent CharacterSet=\"UTF-8\">{enc}</t:MimeContent>{prop}</t:Message></m:Items></m:CreateItem>",
+            fid(&inbox)
+        )
+    };
+    // Without PR_MESSAGE_FLAGS Exchange makes an unsent draft; 1 = read, not a draft; 0 = unread.
+    let mut ids = Vec::new();
+    for (flags, draft, read) in [
+        (None, true, true),
+        (Some(1), false, true),
+        (Some(0), false, false),
+    ] {
+        let r = call(addr, &mb, &create(flags)).await;
+        assert_eq!(r.find("ResponseCode").text, "NoError", "{}", r.body);
+        let id = r.find("ItemId").attr("Id").expect("id").to_owned();
+        let it = sim.item(&id).expect("item");
+        assert_eq!((it.is_draft, it.is_read), (draft, read), "flags {flags:?}");
+        ids.push(id);
+    }
+    // FindItem with a Restriction on message:InternetMessageId finds exactly those three.
+    let find = |field: &str, value: &str| {
+        format!(
+            "<m:FindItem Traversal=\"Shallow\"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI=\"message:InternetMessageId\"/><t:FieldURI FieldURI=\"item:IsDraft\"/></t:AdditionalProperties></m:ItemShape><m:IndexedPageItemView MaxEntriesReturned=\"50\" Offset=\"0\" BasePoint=\"Beginning\"/><m:Restriction><t:IsEqualTo><t:FieldURI FieldURI=\"{field}\"/><t:FieldURIOrConstant><t:Constant Value=\"{value}\"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction><m:ParentFolderIds>{}</m:ParentFolderIds></m:FindItem>",
+            fid(&inbox)
+        )
+    };
+    let r = call(
+        addr,
+        &mb,
+        &find("message:InternetMessageId", "&lt;RESTORE-1@contoso.com&gt;"),
+    )
+    .await;
+    assert_eq!(r.find("ResponseCode").text, "NoError", "{}", r.body);
+    assert!(r.body.contains("TotalItemsInView=\"3\""), "{}", r.body);
+    assert!(r.body.contains("<t:IsDraft>true</t:IsDraft>"), "{}", r.body);
+    let r = call(addr, &mb, &find("item:Body", "x")).await;
+    assert!(
+        r.body.contains("ErrorUnsupportedPathForQuery"),
+        "{}",
+        r.body
+    );
+    // DeleteItem needs DeleteType (schema); HardDelete removes the item.
+    let del = |t: &str, id: &str| {
+        format!("<m:DeleteItem{t}><m:ItemIds><t:ItemId Id=\"{id}\"/></m:ItemIds></m:DeleteItem>")
+    };
+    let r = call(addr, &mb, &del("", &ids[0])).await;
+    assert!(r.body.contains("ErrorSchemaValidation"), "{}", r.body);
+    assert!(sim.item(&ids[0]).is_some());
+    let r = call(addr, &mb, &del(" DeleteType=\"HardDelete\"", &ids[0])).await;
+    assert_eq!(r.find("ResponseCode").text, "NoError", "{}", r.body);
+    assert!(sim.item(&ids[0]).is_none());
+}
