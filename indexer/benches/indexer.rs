@@ -151,10 +151,12 @@ Subject: {subject}\r\nDate: {day} {} 2024 10:00:00 +0000\r\nMessage-ID: <{i}@con
     );
 }
 
+type QueryGen = dyn Fn(&mut Rng) -> (String, SearchOptions);
+
 fn latency(ix: &Index) {
     let mut r = Rng(7);
     let mut kinds: Vec<(&str, Vec<Duration>)> = Vec::new();
-    let gens: Vec<(&str, Box<dyn Fn(&mut Rng) -> (String, SearchOptions)>)> = vec![
+    let gens: Vec<(&str, Box<QueryGen>)> = vec![
         (
             "one word",
             Box::new(|r| (r.word().to_owned(), SearchOptions::default())),
