@@ -859,8 +859,7 @@ impl Index {
             .into_iter()
             .map(|a| self.hit(&searcher, a))
             .collect::<Result<Vec<_>, _>>()?;
-        // A folder prefix matches on lower-cased components; keep exact-case matches only
-        // when the caller's case matches some item, else keep all (case-insensitive).
+        // The folder prefix matches whole path components, case-insensitively.
         hits.sort_by(|a, b| {
             (&a.folder_path, b.date_unix_ms, &a.manifest_id).cmp(&(
                 &b.folder_path,

@@ -158,7 +158,7 @@ pub async fn reindex(repo: &Repository, dir: &Path) -> Result<ReindexReport, Ind
             Err(e) => report.failures.push(format!("manifest {id}: {e}")),
         }
     }
-    all.sort_by(|a, b| (a.1.collected_unix_ms, a.0).cmp(&(b.1.collected_unix_ms, b.0)));
+    all.sort_by_key(|(id, m)| (m.collected_unix_ms, *id));
     let mut since_commit = 0;
     for (id, m) in all {
         let hex = id.to_hex();
