@@ -1,1 +1,570 @@
+//! Single-process backup, restore and reindex: collector, aggregator and indexer in this
+//! process over the in-process bus (`mailvault_ops::local`), the repository in a directory,
+//! the index in the state directory.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use clap::Args;
+use mailvault_collector::ews::client::{HttpEws, HttpEwsConfig};
+use mailvault_collector::restore::Restorer;
+use mailvault_collector::secret::Secret;
+use mailvault_collector::throttle::Backoff;
+use mailvault_indexer::api::{ApiError, RestoreTarget};
+use mailvault_indexer::consume::{self, Acker, Delivery, EdgeError, Source};
+use mailvault_indexer::{Index, Indexer};
+use mailvault_ops::local::{self, BackupReport, EVENTS_STREAM, LocalBackup, LocalEws};
+use mailvault_proto::api::v1 as pb;
+use mailvault_proto::restore::v1 as wire;
+use mailvault_runtime::bus::{AckHandle, Bus, Consumer, ConsumerConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, CollisionArg};
+use super::local::{LocalApi, state_dir};
+use super::repo::RepoArgs;
+
+/// How to reach Exchange.
+#[derive(Debug, Clone, Args)]
+pub struct EwsArgs {
+    /// EWS endpoint, e.g. https://exch01.contoso.com/EWS/Exchange.asmx
+    #[arg(long, env = "MAILVAULT_EWS_URL")]
+    pub ews: String,
+    /// Service account (needs the ApplicationImpersonation role).
+    #[arg(long, env = "MAILVAULT_EWS_USER")]
+    pub user: String,
+    /// File holding the service account's password (first line).
+    #[arg(long, env = "MAILVAULT_EWS_PASSWORD_FILE")]
+    pub password_file: PathBuf,
+    /// Extra PEM CA certificate(s) to trust for the EWS endpoint.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate (labs only).
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+    /// Log on as each mailbox's owner would (no ExchangeImpersonation header).
+    #[arg(long)]
+    pub no_impersonation: bool,
+}
+
+impl EwsArgs {
+    fn password(&self) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(&self.password_file).with_context(|| {
+            format!("reading EWS password file {}", self.password_file.display())
+        })?;
+        Ok(text.lines().next().unwrap_or_default().to_owned())
+    }
+
+    pub fn local(&self) -> anyhow::Result<LocalEws> {
+        let mut e = LocalEws::new(&self.ews, &self.user, &self.password()?);
+        e.impersonation = !self.no_impersonation;
+        e.ca_file = self.ca_file.clone();
+        e.insecure_skip_verify = self.insecure_skip_verify;
+        Ok(e)
+    }
+
+    pub fn client(&self) -> anyhow::Result<HttpEws> {
+        HttpEws::new(
+            HttpEwsConfig {
+                url: self.ews.clone(),
+                username: self.user.clone(),
+                password: Secret::new(self.password()?),
+                server_version: "Exchange2013_SP1".into(),
+                impersonation: !self.no_impersonation,
+                ca_file: self.ca_file.clone(),
+                insecure_skip_verify: self.insecure_skip_verify,
+                request_timeout: Duration::from_secs(120),
+                per_server_concurrency: 8,
+                per_account_concurrency: 2,
+                backoff: Backoff::default(),
+            },
+            Arc::new(mailvault_collector::metrics::Metrics::default()),
+        )
+        .with_context(|| format!("EWS client for {}", self.ews))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub ews: EwsArgs,
+    /// Mailboxes to back up (comma-separated SMTP addresses).
+    #[arg(long, value_delimiter = ',')]
+    pub mailboxes: Vec<String>,
+    /// File with one mailbox per line (or a CSV whose first column is the address).
+    #[arg(long)]
+    pub mailboxes_file: Option<PathBuf>,
+    /// Every mailbox on the server (not possible over EWS alone; see the error).
+    #[arg(long)]
+    pub all: bool,
+    /// One pass, then exit (otherwise: a pass every --interval until Ctrl-C).
+    #[arg(long)]
+    pub once: bool,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
+    pub interval: Duration,
+    /// Local state: search index, sync checkpoints, bodies in transit. Default:
+    /// ~/.local/state/mailvault/<repository id>.
+    #[arg(long, env = "MAILVAULT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Create the repository if it does not exist yet.
+    #[arg(long)]
+    pub init: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub ews: EwsArgs,
+    #[arg(long, env = "MAILVAULT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Item ids (64 hex, as `search --json` prints).
+    pub ids: Vec<String>,
+    /// A folder: MAILBOX:PATH, e.g. alice@contoso.com:Inbox/Projects
+    #[arg(long, conflicts_with_all = ["mailbox", "ids"])]
+    pub folder: Option<String>,
+    /// A whole mailbox.
+    #[arg(long, conflicts_with = "ids")]
+    pub mailbox: Option<String>,
+    /// Restore into this mailbox instead of the original.
+    #[arg(long)]
+    pub to_mailbox: Option<String>,
+    /// Restore below this folder path (e.g. "Recovered/2026-11-22") instead of the original
+    /// path.
+    #[arg(long)]
+    pub to_folder: Option<String>,
+    /// As the archive was at this time (RFC 3339, YYYY-MM-DD or unix ms); default now.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    #[arg(long, value_enum, default_value = "skip")]
+    pub collision: CollisionArg,
+    /// Mark restored items unread.
+    #[arg(long)]
+    pub mark_unread: bool,
+}
+
+pub fn open_index(state: &Path) -> anyhow::Result<Index> {
+    let dir = state.join("index");
+    Index::open(&dir).with_context(|| format!("opening search index {}", dir.display()))
+}
+
+fn read_mailboxes(args: &BackupArgs) -> anyhow::Result<Vec<String>> {
+    if args.all {
+        bail!(
+            "--all: EWS cannot enumerate mailboxes. Export the list on the Exchange server \
+             (Get-Mailbox -ResultSize Unlimited | Select PrimarySmtpAddress | Export-Csv mailboxes.csv) \
+             and pass --mailboxes-file mailboxes.csv"
+        );
+    }
+    let mut out: Vec<String> = args
+        .mailboxes
+        .iter()
+        .map(|m| m.trim().to_ascii_lowercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if let Some(f) = &args.mailboxes_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading mailbox list {}", f.display()))?;
+        out.extend(mailvault_collector::config::parse_mailbox_csv(&text));
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        bail!("no mailboxes: pass --mailboxes a@x,b@x or --mailboxes-file FILE");
+    }
+    Ok(out)
+}
+
+/// The indexer's consumer of the bus's event stream.
+struct BusEvents(Consumer);
+
+#[derive(Debug)]
+struct BusAck(AckHandle);
+
+#[async_trait]
+impl Acker for BusAck {
+    async fn ack(&self) -> Result<(), EdgeError> {
+        self.0.ack();
+        Ok(())
+    }
+    async fn nak(&self, delay: Duration) -> Result<(), EdgeError> {
+        self.0.nak(delay);
+        Ok(())
+    }
+    async fn term(&self) -> Result<(), EdgeError> {
+        self.0.term();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for BusEvents {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, EdgeError> {
+        Ok(self
+            .0
+            .fetch(max, 64 << 20, wait)
+            .await
+            .into_iter()
+            .map(|d| Delivery {
+                subject: d.message.subject.clone(),
+                payload: d.message.payload.clone(),
+                attempt: d.attempt,
+                acker: Box::new(BusAck(d.acker)),
+            })
+            .collect())
+    }
+}
+
+/// What one single-process pass did, index included.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    pub backup: BackupReport,
+    pub indexed: consume::ConsumeReport,
+}
+
+/// One backup pass with the indexer attached: returns when every item is durable in the
+/// repository and searchable.
+pub async fn pass(
+    opts: LocalBackup,
+    index: &Index,
+    on_progress: impl Fn(u64) + Send + 'static,
+) -> anyhow::Result<Pass> {
+    let bus = opts.bus.clone().unwrap_or_default();
+    local::ensure_streams(&bus, opts.max_in_bus)?;
+    let events = bus
+        .get_or_create_consumer(
+            EVENTS_STREAM,
+            ConsumerConfig::new(
+                "mailvault-indexer",
+                &["mailvault.events.stored", "mailvault.events.changed"],
+            ),
+        )
+        .context("indexer consumer")?;
+    let repo_dir = opts.repository_dir.clone();
+    let passphrase = opts.passphrase.clone();
+    let opts = LocalBackup {
+        bus: Some(bus.clone()),
+        ..opts
+    };
+    // The repository may not exist before the first pass; the indexer opens it once the
+    // backup has (and re-reads new packs as they appear).
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::watch::channel(consume::ConsumeReport::default());
+    let index2 = index.clone();
+    let stop2 = stop.clone();
+    let consumer = events.clone();
+    let indexer = tokio::spawn(async move {
+        let mut src = BusEvents(consumer);
+        let cfg = consume::ConsumeConfig {
+            batch: 512,
+            wait: Duration::from_millis(100),
+        };
+        let repo = open_when_ready(&repo_dir, &passphrase, &stop2).await?;
+        let ix = Indexer::new(repo.clone(), index2);
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Err(e) = repo.refresh().await {
+                    tracing::warn!(error = %e, "refreshing the repository view");
+                }
+            }
+        });
+        let report = consume::run(&ix, &mut src, &cfg, stop2, Some(tx)).await;
+        refresher.abort();
+        anyhow::Ok(report)
+    });
+    let ticker = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let r = *rx.borrow_and_update();
+            on_progress(r.stored);
+        }
+    });
+    let backup = local::backup_once(opts).await;
+    // Everything published is in the event stream; wait until the indexer settled it all.
+    if backup.is_ok() {
+        events.wait_idle().await;
+    }
+    stop.cancel();
+    let indexed = indexer.await.context("indexer task")??;
+    ticker.abort();
+    Ok(Pass {
+        backup: backup?,
+        indexed,
+    })
+}
+
+async fn open_when_ready(
+    dir: &Path,
+    passphrase: &[u8],
+    stop: &CancellationToken,
+) -> anyhow::Result<mailvault_format::Repository> {
+    loop {
+        let store = mailvault_runtime::storage::open_store(&dir.display().to_string(), None)
+            .await
+            .with_context(|| format!("opening {}", dir.display()))?;
+        match mailvault_format::Repository::open(store, passphrase).await {
+            Ok(r) => return Ok(r),
+            Err(e) if e.kind() == mailvault_format::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("opening the repository for the indexer"),
+        }
+        // The backup creates the repository within its first moments.
+        tokio::select! {
+            () = stop.cancelled() => bail!("stopped before the repository existed"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+fn print_pass(p: &Pass, json: bool) {
+    let b = &p.backup;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "captured": b.captured, "items": b.items, "changes": b.changes,
+                "duplicates": b.duplicates, "bytes_logical": b.bytes_logical,
+                "bytes_stored": b.bytes_stored, "quarantined": b.quarantined(),
+                "failed_mailboxes": b.failed_mailboxes, "failed_folders": b.failed_folders,
+                "indexed": p.indexed.stored, "seconds": b.duration.as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "backed up {} item versions ({} changes, {} quarantined) in {:.1}s: {} logical, {} new stored; {} indexed",
+            b.items,
+            b.changes,
+            b.quarantined(),
+            b.duration.as_secs_f64(),
+            bytesize::ByteSize(b.bytes_logical),
+            bytesize::ByteSize(b.bytes_stored),
+            p.indexed.stored
+        );
+        if b.failed_mailboxes + b.failed_folders > 0 {
+            println!(
+                "  {} mailboxes and {} folders failed; they are retried on the next pass (see the log)",
+                b.failed_mailboxes, b.failed_folders
+            );
+        }
+    }
+}
+
+pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<()> {
+    if args.repo.repo.starts_with("s3://") {
+        bail!(
+            "single-process backup writes to a local directory; for S3 run the distributed install (README, \"Distributed run\")"
+        );
+    }
+    let mailboxes = read_mailboxes(&args)?;
+    let passphrase = args.repo.passphrase()?;
+    let exists = Path::new(&args.repo.repo).join("config").exists();
+    if !exists && !args.init {
+        bail!(
+            "no repository at {}: run `mailvault init --repo {}` first, or pass --init",
+            args.repo.repo,
+            args.repo.repo
+        );
+    }
+    if !exists {
+        super::repo::init(&args.repo, json).await?;
+    }
+    let repo = args.repo.open().await?;
+    let state = state_dir(args.state_dir.as_deref(), &repo)?;
+    let index = open_index(&state)?;
+    loop {
+        let opts = LocalBackup::new(
+            args.ews.local()?,
+            mailboxes.clone(),
+            PathBuf::from(&args.repo.repo),
+            passphrase.clone(),
+            state.join("backup"),
+        );
+        let bar = progress_bar(json, "backing up");
+        let b2 = bar.clone();
+        let p = pass(opts, &index, move |n| {
+            b2.set_message(format!("{n} items indexed"));
+        })
+        .await;
+        bar.finish_and_clear();
+        print_pass(&p?, json);
+        if args.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = tokio::time::sleep(args.interval) => {}
+        }
+    }
+}
+
+pub fn progress_bar(hidden: bool, what: &str) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new_spinner();
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    b.set_prefix(what.to_owned());
+    b.enable_steady_tick(Duration::from_millis(120));
+    b
+}
+
+/// Restores straight through the collector's restorer over EWS, in this process.
+#[derive(Debug)]
+pub struct DirectRestore {
+    restorer: Restorer<HttpEws>,
+}
+
+impl DirectRestore {
+    pub fn new(ews: HttpEws) -> DirectRestore {
+        DirectRestore {
+            restorer: Restorer::new(Arc::new(ews)),
+        }
+    }
+}
+
+#[async_trait]
+impl RestoreTarget for DirectRestore {
+    async fn run(
+        &self,
+        _source: &str,
+        job_id: &str,
+        mut items: mpsc::Receiver<(wire::RestoreItem, Bytes)>,
+        results: mpsc::Sender<wire::RestoreResult>,
+    ) -> Result<(), ApiError> {
+        while let Some((mut it, body)) = items.recv().await {
+            it.job_id = job_id.to_owned();
+            let r = self.restorer.apply(&it, body).await;
+            if results.send(r).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn restore_request(a: &RestoreArgs) -> anyhow::Result<pb::RestoreRequest> {
+    let what = if let Some(f) = &a.folder {
+        let Some((mailbox, path)) = f.split_once(':') else {
+            bail!("--folder {f:?}: write MAILBOX:PATH, e.g. alice@contoso.com:Inbox/Projects");
+        };
+        pb::restore_request::What::Folder(pb::FolderSelector {
+            mailbox: mailbox.to_owned(),
+            path: split_path(path),
+        })
+    } else if let Some(m) = &a.mailbox {
+        pb::restore_request::What::Mailbox(m.clone())
+    } else if !a.ids.is_empty() {
+        pb::restore_request::What::Items(pb::ItemIds { ids: a.ids.clone() })
+    } else {
+        bail!("say what to restore: item ids, --folder MAILBOX:PATH or --mailbox MAILBOX");
+    };
+    Ok(pb::RestoreRequest {
+        what: Some(what),
+        as_of_unix_ms: a
+            .as_of
+            .as_deref()
+            .map(client::parse_time)
+            .transpose()?
+            .unwrap_or(0),
+        to_mailbox: a.to_mailbox.clone().unwrap_or_default(),
+        to_folder: a.to_folder.as_deref().map(split_path).unwrap_or_default(),
+        collision: match a.collision {
+            CollisionArg::Skip => pb::Collision::Skip,
+            CollisionArg::Copy => pb::Collision::Copy,
+            CollisionArg::Replace => pb::Collision::Replace,
+        } as i32,
+        mark_unread: a.mark_unread,
+        target_source: "mailvault-local".into(),
+        include_deleted: true,
+    })
+}
+
+pub fn split_path(p: &str) -> Vec<String> {
+    p.split('/')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Exit code 4 when some items failed.
+pub async fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<i32> {
+    let req = restore_request(&a)?;
+    let repo = a.repo.open().await?;
+    let state = state_dir(a.state_dir.as_deref(), &repo)?;
+    let index = open_index(&state)?;
+    let target: Arc<dyn RestoreTarget> = Arc::new(DirectRestore::new(a.ews.client()?));
+    let local = LocalApi::start(repo, index, Some(target)).await?;
+    let mut c = local.client.clone();
+    let bar = progress_bar(json, "restoring");
+    let b2 = bar.clone();
+    let sum = client::restore(&mut c, req, move |p| {
+        b2.set_message(format!("{}/{}", p.done, p.total));
+    })
+    .await;
+    bar.finish_and_clear();
+    local.shutdown().await?;
+    let sum = sum?;
+    if json {
+        println!("{}", serde_json::to_string(&sum)?);
+    } else {
+        println!(
+            "restored {} items: {} created, {} copied, {} replaced, {} skipped (already there), {} failed",
+            sum.total, sum.created, sum.copied, sum.replaced, sum.skipped, sum.failed
+        );
+        for e in &sum.errors {
+            println!("  {e}");
+        }
+    }
+    Ok(if sum.failed > 0 { 4 } else { 0 })
+}
+
+pub async fn reindex(repo: &RepoArgs, state_dir_arg: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let r = repo.open().await?;
+    let state = state_dir(state_dir_arg, &r)?;
+    let fresh = state.join("index.rebuild");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh)
+            .with_context(|| format!("removing {}", fresh.display()))?;
+    }
+    let report = mailvault_indexer::reindex(&r, &fresh)
+        .await
+        .context("rebuilding the index")?;
+    // Swap in the new index only once it is complete.
+    let live = state.join("index");
+    if live.exists() {
+        std::fs::remove_dir_all(&live).with_context(|| format!("removing {}", live.display()))?;
+    }
+    std::fs::rename(&fresh, &live).with_context(|| format!("moving index into {}", live.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"versions": report.versions, "changes": report.changes, "failures": report.failures.len()})
+        );
+    } else {
+        println!(
+            "reindexed {} item versions and {} changes ({} failures)",
+            report.versions,
+            report.changes,
+            report.failures.len()
+        );
+        for f in &report.failures {
+            println!("  {f:?}");
+        }
+    }
+    Ok(())
+}
+
+/// For tests: a bus to share.
+pub fn new_bus() -> Bus {
+    Bus::default()
+}
