@@ -140,3 +140,134 @@ impl Bodies for DirBodies {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use mailvault_format::{InitOptions, KdfParams, MemoryStore, Repository};
+    use mailvault_proto::ingest::v1::{IngestMessage, ItemEnvelope, ingest_message, item_envelope};
+    use mailvault_runtime::bus::{ConsumerConfig, StreamConfig};
+    use prost::Message as _;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::pipeline::{Pipeline, PipelineConfig, SUBJECT_QUARANTINED, SUBJECT_STORED};
+    use crate::worker::{WorkerLimits, run_worker};
+
+    fn item(id: &str, mime: &[u8]) -> Bytes {
+        IngestMessage {
+            message: Some(ingest_message::Message::Item(ItemEnvelope {
+                mailbox: "a@contoso.com".into(),
+                item_id: id.into(),
+                change_key: "CK1".into(),
+                item_class: "IPM.Note".into(),
+                size: mime.len() as u64,
+                body: Some(item_envelope::Body::Inline(Bytes::copy_from_slice(mime))),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    /// The shared worker loop over the bus: items are stored and acked, poison is termed with
+    /// a `Quarantined` event, and the consumer ends idle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn worker_over_the_bus_stores_acks_and_quarantines() {
+        let bus = Bus::new();
+        bus.get_or_create_stream(StreamConfig::new("IN", &["mailvault.ingest.>"]))
+            .expect("stream");
+        bus.get_or_create_stream(StreamConfig::new("EV", &["mailvault.events.>"]))
+            .expect("stream");
+        let consumer = bus
+            .get_or_create_consumer("IN", ConsumerConfig::new("agg", &[]))
+            .expect("consumer");
+        let events = bus
+            .get_or_create_consumer("EV", ConsumerConfig::new("idx", &[]))
+            .expect("consumer");
+        let repo = Repository::init(
+            Arc::new(MemoryStore::default()),
+            b"pw",
+            InitOptions {
+                kdf: KdfParams::fast_insecure(),
+                ..InitOptions::default()
+            },
+        )
+        .await
+        .expect("repo");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = PipelineConfig::default();
+        cfg.batch.max_delay = Duration::from_millis(20);
+        let shutdown = CancellationToken::new();
+        let mut workers = Vec::new();
+        for _ in 0..2 {
+            let p = Pipeline::new(
+                repo.clone(),
+                cfg.clone(),
+                Arc::new(DirBodies {
+                    root: dir.path().to_owned(),
+                }),
+                Arc::new(BusEvents(bus.clone())),
+                Arc::default(),
+            )
+            .expect("pipeline");
+            let limits = WorkerLimits {
+                fetch_messages: 8,
+                fetch_bytes: 1 << 20,
+                progress_every: Duration::from_secs(10),
+                shutdown_deadline: Duration::from_secs(5),
+            };
+            workers.push(tokio::spawn(run_worker(
+                BusSource(consumer.clone()),
+                p,
+                limits,
+                shutdown.clone(),
+            )));
+        }
+        for i in 0..20 {
+            let mime = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
+            bus.publish(
+                &format!("mailvault.ingest.item.k{}", i % 3),
+                Headers::new(),
+                item(&format!("i{i}"), mime.as_bytes()),
+            )
+            .await
+            .expect("publish");
+        }
+        bus.publish(
+            "mailvault.ingest.item.k0",
+            Headers::new(),
+            Bytes::from_static(b"\xff\xff not protobuf"),
+        )
+        .await
+        .expect("publish");
+        consumer.wait_idle().await;
+        shutdown.cancel();
+        let mut items = 0;
+        for w in workers {
+            items += w.await.expect("join").expect("worker").items;
+        }
+        assert_eq!(items, 20);
+        let i = consumer.info();
+        assert_eq!((i.acked, i.termed), (20, 1));
+        assert_eq!(bus.stream_info("IN").expect("info").messages, 0);
+        let got = events.fetch(100, 1 << 20, Duration::ZERO).await;
+        let count = |s: &str| got.iter().filter(|d| d.message.subject == s).count();
+        assert_eq!((count(SUBJECT_STORED), count(SUBJECT_QUARANTINED)), (20, 1));
+        assert!(
+            got.iter()
+                .all(|d| d.message.headers.contains_key(MSG_ID_HEADER))
+        );
+        let repo2 = repo.clone();
+        for i in 0..20 {
+            let id = repo2.manifest_id("a@contoso.com", &format!("i{i}"), "CK1");
+            let body = repo2.read_item(&id).await.expect("read");
+            assert_eq!(
+                body,
+                format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes()
+            );
+        }
+    }
+}
