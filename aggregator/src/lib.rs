@@ -5,13 +5,16 @@
 //! event publisher) → [`pipeline`] (decode → writer on the blocking pool → batch → flush →
 //! publish → ack; no NATS in it) → `mailvault_format::Writer`. [`run`] wires them up.
 
+pub mod bus;
 pub mod config;
 pub mod edge;
 pub mod metrics;
 pub mod nats;
 pub mod pipeline;
+pub mod worker;
 
 pub use config::Config;
 pub use metrics::Metrics;
 pub use nats::{RunReport, run, run_with_store};
 pub use pipeline::{BatchPolicy, Pipeline, PipelineConfig};
+pub use worker::{Source, WorkerLimits, run_worker};

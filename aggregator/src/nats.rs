@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::IntoFuture as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, object_store, stream};
 use async_trait::async_trait;
@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::edge::{Acker, Bodies, BodyError, BodyReader, Delivery, EdgeError, Event, EventSink};
 use crate::metrics::Metrics;
-use crate::pipeline::{Committed, Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError};
+pub use crate::worker::RunReport;
+use crate::worker::{Pull, Source, WorkerLimits, run_worker};
 
 /// Subjects of the ingest stream when the aggregator has to create it (same as the collector).
 pub const INGEST_SUBJECTS: &str = "mailvault.ingest.>";
@@ -44,24 +46,6 @@ pub enum RunError {
 
 fn nats_err(what: &str, e: impl std::fmt::Display) -> RunError {
     RunError::Nats(format!("{what}: {e}"))
-}
-
-/// What a run did, for logs and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RunReport {
-    pub items: usize,
-    pub changes: usize,
-    pub duplicates: usize,
-    /// Deliveries still unsettled when the shutdown deadline passed (redelivered to others).
-    pub abandoned: usize,
-}
-
-impl RunReport {
-    fn add(&mut self, c: Committed) {
-        self.items += c.items;
-        self.changes += c.changes;
-        self.duplicates += c.duplicates;
-    }
 }
 
 #[derive(Debug)]
@@ -300,12 +284,7 @@ pub async fn run_with_store(
     let mut first_err = None;
     while let Some(r) = workers.join_next().await {
         match r {
-            Ok(Ok(r)) => {
-                report.items += r.items;
-                report.changes += r.changes;
-                report.duplicates += r.duplicates;
-                report.abandoned += r.abandoned;
-            }
+            Ok(Ok(r)) => report.merge(r),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "worker failed");
                 // One fatal worker stops the process: unacked work goes to other replicas.
@@ -348,127 +327,60 @@ async fn refresh_loop(
     }
 }
 
-/// Commits, retrying retryable failures with back-off (the pipeline pauses meanwhile: an S3
-/// outage stalls, it never acks early). Once `shutdown` is cancelled it gives up after
-/// `grace` with `Ok(None)`, leaving the unacked deliveries to redelivery.
-async fn commit_with_retry(
-    p: &mut Pipeline,
-    shutdown: &CancellationToken,
-    grace: Duration,
-    progress_every: Duration,
-) -> Result<Option<Committed>, PipelineError> {
-    let mut backoff = Duration::from_millis(100);
-    let mut last_progress = Instant::now();
-    let mut deadline: Option<Instant> = None;
-    loop {
-        match p.commit().await {
-            Ok(c) => return Ok(Some(c)),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, held = p.held(), "commit failed; retrying");
-                if shutdown.is_cancelled() {
-                    let d = *deadline.get_or_insert_with(|| Instant::now() + grace);
-                    if Instant::now() + backoff >= d {
-                        return Ok(None);
-                    }
-                }
-                if last_progress.elapsed() >= progress_every {
-                    p.keep_alive().await;
-                    last_progress = Instant::now();
-                }
-                tokio::select! {
-                    () = shutdown.cancelled(), if deadline.is_none() => {}
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
+/// The JetStream [`Source`]: pull requests on the shared durable consumer.
+struct JsSource {
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    stream: String,
+}
+
+#[async_trait]
+impl Source for JsSource {
+    async fn pull(
+        &mut self,
+        max_messages: usize,
+        max_bytes: usize,
+        expires: Duration,
+    ) -> Result<Pull, EdgeError> {
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(max_messages)
+            .max_bytes(max_bytes)
+            .expires(expires)
+            .messages()
+            .await
+            .map_err(|e| EdgeError::new("pull request", e))?;
+        let stream = self.stream.clone();
+        Ok(batch
+            .map(move |m| {
+                m.map(|m| delivery(&stream, m))
+                    .map_err(|e| EdgeError::new("pull", e))
+            })
+            .boxed())
     }
 }
 
 async fn worker(
     cfg: Config,
     consumer: consumer::Consumer<consumer::pull::Config>,
-    mut p: Pipeline,
+    p: Pipeline,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
-    let mut report = RunReport::default();
-    let progress_every = cfg.limits.progress_every;
-    let grace = cfg.limits.shutdown_deadline;
-    let stream = cfg.nats.stream.clone();
-    while !shutdown.is_cancelled() {
-        if p.commit_due(Instant::now()) || p.backlogged() {
-            // During an outage this blocks (stops pulling) until S3 is back or shutdown.
-            if let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
-                report.add(c);
-            }
-        }
-        let wait = p
-            .next_deadline()
-            .map_or(Duration::from_secs(1), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let batch = consumer
-            .batch()
-            .max_messages(cfg.limits.fetch_messages)
-            .max_bytes(cfg.limits.fetch_bytes as usize)
-            .expires(wait)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "pull request failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-                continue;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
-                m = batch.next() => m,
-            };
-            let Some(m) = next else { break };
-            let m = match m {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "pull batch ended");
-                    break;
-                }
-            };
-            let d = delivery(&stream, m);
-            if shutdown.is_cancelled() {
-                // Pulled but not started: hand it straight back to the other replicas.
-                if let Err(e) = d.acker.nak(Duration::ZERO).await {
-                    tracing::debug!(error = %e, "nak at shutdown");
-                }
-                continue;
-            }
-            p.handle(d).await?;
-            if p.backlogged()
-                && let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await?
-            {
-                report.add(c);
-            }
-        }
-        if let Err(e) = p.tick().await {
-            if !e.is_retryable() {
-                return Err(e.into());
-            }
-            tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
-        }
+    let source = JsSource {
+        consumer,
+        stream: cfg.nats.stream.clone(),
+    };
+    Ok(run_worker(source, p, worker_limits(&cfg), shutdown).await?)
+}
+
+/// The worker knobs of a config.
+pub fn worker_limits(cfg: &Config) -> WorkerLimits {
+    WorkerLimits {
+        fetch_messages: cfg.limits.fetch_messages,
+        fetch_bytes: cfg.limits.fetch_bytes,
+        progress_every: cfg.limits.progress_every,
+        shutdown_deadline: cfg.limits.shutdown_deadline,
     }
-    // Shutdown: everything handled is flushed, published and acked — or left to redelivery.
-    match commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
-        Some(c) => report.add(c),
-        None => report.abandoned = p.held(),
-    }
-    Ok(report)
 }
 
 /// Opens the configured store, reads the passphrase and runs until `shutdown`.

@@ -5,6 +5,7 @@
 //! incremental engine over the `Ews`/`Publisher`/`CheckpointStore` traits), [`nats`] (the
 //! JetStream publisher and KV checkpoint store), [`config`].
 
+pub mod checkpoint_file;
 pub mod config;
 pub mod ews;
 pub mod filter;

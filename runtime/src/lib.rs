@@ -1,6 +1,7 @@
 //! Shared service runtime: configuration loading, telemetry, and the directory and S3
 //! [`BlobStore`](mailvault_format::store::BlobStore) implementations.
 
+pub mod bus;
 pub mod config;
 pub mod storage;
 pub mod telemetry;

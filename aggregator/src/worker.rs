@@ -1,0 +1,188 @@
+//! The worker loop, independent of where deliveries come from: JetStream ([`crate::nats`]) and
+//! the in-process bus ([`crate::bus`]) both run [`run_worker`] over their [`Source`].
+//!
+//! Loop: commit when due (or backlogged) → pull a batch (waiting at most until the oldest
+//! pending item's batch deadline) → hand each delivery to the pipeline → tick. Shutdown: stop
+//! pulling → nak what was pulled but not started → commit (flush, publish, ack) under a
+//! deadline → what is still unacked is left to redelivery.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::edge::{Delivery, EdgeError};
+use crate::pipeline::{Committed, Pipeline, PipelineError};
+
+/// The deliveries of one pull request, as they arrive; ends when the request is complete or
+/// expired. An `Err` item ends the batch (logged, not fatal).
+pub type Pull = BoxStream<'static, Result<Delivery, EdgeError>>;
+
+/// Where deliveries come from.
+#[async_trait]
+pub trait Source: Send {
+    /// Starts a pull of up to `max_messages` (about `max_bytes`) that ends after `expires`.
+    /// Dropping the stream before it ended must not lose anything: what was not yielded yet
+    /// is redelivered by the source.
+    async fn pull(
+        &mut self,
+        max_messages: usize,
+        max_bytes: usize,
+        expires: Duration,
+    ) -> Result<Pull, EdgeError>;
+}
+
+/// The worker's knobs (from `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerLimits {
+    pub fetch_messages: usize,
+    pub fetch_bytes: u64,
+    pub progress_every: Duration,
+    pub shutdown_deadline: Duration,
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub items: usize,
+    pub changes: usize,
+    pub duplicates: usize,
+    /// Deliveries still unsettled when the shutdown deadline passed (redelivered to others).
+    pub abandoned: usize,
+}
+
+impl RunReport {
+    pub(crate) fn add(&mut self, c: Committed) {
+        self.items += c.items;
+        self.changes += c.changes;
+        self.duplicates += c.duplicates;
+    }
+
+    /// Sums the reports of several workers.
+    pub fn merge(&mut self, r: RunReport) {
+        self.items += r.items;
+        self.changes += r.changes;
+        self.duplicates += r.duplicates;
+        self.abandoned += r.abandoned;
+    }
+}
+
+/// Commits, retrying retryable failures with back-off (the pipeline pauses meanwhile: an S3
+/// outage stalls, it never acks early). Once `shutdown` is cancelled it gives up after
+/// `grace` with `Ok(None)`, leaving the unacked deliveries to redelivery.
+pub(crate) async fn commit_with_retry(
+    p: &mut Pipeline,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    progress_every: Duration,
+) -> Result<Option<Committed>, PipelineError> {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_progress = Instant::now();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        match p.commit().await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, held = p.held(), "commit failed; retrying");
+                if shutdown.is_cancelled() {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + grace);
+                    if Instant::now() + backoff >= d {
+                        return Ok(None);
+                    }
+                }
+                if last_progress.elapsed() >= progress_every {
+                    p.keep_alive().await;
+                    last_progress = Instant::now();
+                }
+                tokio::select! {
+                    () = shutdown.cancelled(), if deadline.is_none() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs one pipeline over `source` until `shutdown`.
+pub async fn run_worker<S: Source>(
+    mut source: S,
+    mut p: Pipeline,
+    limits: WorkerLimits,
+    shutdown: CancellationToken,
+) -> Result<RunReport, PipelineError> {
+    let mut report = RunReport::default();
+    let progress_every = limits.progress_every;
+    let grace = limits.shutdown_deadline;
+    while !shutdown.is_cancelled() {
+        if p.commit_due(Instant::now()) || p.backlogged() {
+            // During an outage this blocks (stops pulling) until S3 is back or shutdown.
+            if let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
+                report.add(c);
+            }
+        }
+        let wait = p
+            .next_deadline()
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let batch = source
+            .pull(limits.fetch_messages, limits.fetch_bytes as usize, wait)
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull request failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
+                m = batch.next() => m,
+            };
+            let Some(d) = next else { break };
+            let d = match d {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull batch ended");
+                    break;
+                }
+            };
+            if shutdown.is_cancelled() {
+                // Pulled but not started: hand it straight back to the other replicas.
+                if let Err(e) = d.acker.nak(Duration::ZERO).await {
+                    tracing::debug!(error = %e, "nak at shutdown");
+                }
+                continue;
+            }
+            p.handle(d).await?;
+            if p.backlogged()
+                && let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await?
+            {
+                report.add(c);
+            }
+        }
+        if let Err(e) = p.tick().await {
+            if !e.is_retryable() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
+        }
+    }
+    // Shutdown: everything handled is flushed, published and acked — or left to redelivery.
+    match commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
+        Some(c) => report.add(c),
+        None => report.abandoned = p.held(),
+    }
+    Ok(report)
+}
