@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use cmd::client::{self, Client, CollisionArg, ExportFormatArg, ServerArgs};
+use cmd::client::{self, Client, ExportFormatArg, ServerArgs};
 use cmd::repo::{KeyCommand, RepoArgs};
 
 /// Mail-level backup and archive for Microsoft Exchange.

@@ -20,7 +20,7 @@ use mailvault_indexer::{Index, Indexer};
 use mailvault_ops::local::{self, BackupReport, EVENTS_STREAM, LocalBackup, LocalEws};
 use mailvault_proto::api::v1 as pb;
 use mailvault_proto::restore::v1 as wire;
-use mailvault_runtime::bus::{AckHandle, Bus, Consumer, ConsumerConfig};
+use mailvault_runtime::bus::{AckHandle, Consumer, ConsumerConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -233,6 +233,7 @@ pub struct Pass {
 /// repository and searchable.
 pub async fn pass(
     opts: LocalBackup,
+    repo: &mailvault_format::Repository,
     index: &Index,
     on_progress: impl Fn(u64) + Send + 'static,
 ) -> anyhow::Result<Pass> {
@@ -247,14 +248,12 @@ pub async fn pass(
             ),
         )
         .context("indexer consumer")?;
-    let repo_dir = opts.repository_dir.clone();
-    let passphrase = opts.passphrase.clone();
+    let repo = repo.clone();
     let opts = LocalBackup {
         bus: Some(bus.clone()),
         ..opts
     };
-    // The repository may not exist before the first pass; the indexer opens it once the
-    // backup has (and re-reads new packs as they appear).
+    // The indexer re-reads the repository's index objects as the aggregator writes packs.
     let stop = CancellationToken::new();
     let (tx, mut rx) = tokio::sync::watch::channel(consume::ConsumeReport::default());
     let index2 = index.clone();
@@ -266,7 +265,6 @@ pub async fn pass(
             batch: 512,
             wait: Duration::from_millis(100),
         };
-        let repo = open_when_ready(&repo_dir, &passphrase, &stop2).await?;
         let ix = Indexer::new(repo.clone(), index2);
         let refresher = tokio::spawn(async move {
             loop {
@@ -287,9 +285,13 @@ pub async fn pass(
         }
     });
     let backup = local::backup_once(opts).await;
-    // Everything published is in the event stream; wait until the indexer settled it all.
-    if backup.is_ok() {
-        events.wait_idle().await;
+    // Everything published is in the event stream; wait until the indexer settled it all
+    // (or stopped: then its error is the answer).
+    if backup.is_ok() && !indexer.is_finished() {
+        tokio::select! {
+            () = events.wait_idle() => {}
+            () = async { while !indexer.is_finished() { tokio::time::sleep(Duration::from_millis(100)).await } } => {}
+        }
     }
     stop.cancel();
     let indexed = indexer.await.context("indexer task")??;
@@ -298,28 +300,6 @@ pub async fn pass(
         backup: backup?,
         indexed,
     })
-}
-
-async fn open_when_ready(
-    dir: &Path,
-    passphrase: &[u8],
-    stop: &CancellationToken,
-) -> anyhow::Result<mailvault_format::Repository> {
-    loop {
-        let store = mailvault_runtime::storage::open_store(&dir.display().to_string(), None)
-            .await
-            .with_context(|| format!("opening {}", dir.display()))?;
-        match mailvault_format::Repository::open(store, passphrase).await {
-            Ok(r) => return Ok(r),
-            Err(e) if e.kind() == mailvault_format::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).context("opening the repository for the indexer"),
-        }
-        // The backup creates the repository within its first moments.
-        tokio::select! {
-            () = stop.cancelled() => bail!("stopped before the repository existed"),
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
 }
 
 fn print_pass(p: &Pass, json: bool) {
@@ -387,7 +367,7 @@ pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<()> {
         );
         let bar = progress_bar(json, "backing up");
         let b2 = bar.clone();
-        let p = pass(opts, &index, move |n| {
+        let p = pass(opts, &repo, &index, move |n| {
             b2.set_message(format!("{n} items indexed"));
         })
         .await;
@@ -528,13 +508,16 @@ pub async fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<i32> {
     Ok(if sum.failed > 0 { 4 } else { 0 })
 }
 
-pub async fn reindex(repo: &RepoArgs, state_dir_arg: Option<&Path>, json: bool) -> anyhow::Result<()> {
+pub async fn reindex(
+    repo: &RepoArgs,
+    state_dir_arg: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
     let r = repo.open().await?;
     let state = state_dir(state_dir_arg, &r)?;
     let fresh = state.join("index.rebuild");
     if fresh.exists() {
-        std::fs::remove_dir_all(&fresh)
-            .with_context(|| format!("removing {}", fresh.display()))?;
+        std::fs::remove_dir_all(&fresh).with_context(|| format!("removing {}", fresh.display()))?;
     }
     let report = mailvault_indexer::reindex(&r, &fresh)
         .await
@@ -544,7 +527,8 @@ pub async fn reindex(repo: &RepoArgs, state_dir_arg: Option<&Path>, json: bool) 
     if live.exists() {
         std::fs::remove_dir_all(&live).with_context(|| format!("removing {}", live.display()))?;
     }
-    std::fs::rename(&fresh, &live).with_context(|| format!("moving index into {}", live.display()))?;
+    std::fs::rename(&fresh, &live)
+        .with_context(|| format!("moving index into {}", live.display()))?;
     if json {
         println!(
             "{}",
@@ -562,9 +546,4 @@ pub async fn reindex(repo: &RepoArgs, state_dir_arg: Option<&Path>, json: bool) 
         }
     }
     Ok(())
-}
-
-/// For tests: a bus to share.
-pub fn new_bus() -> Bus {
-    Bus::default()
 }

@@ -154,11 +154,18 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     let mut cfg = SimConfig::new("contoso.com");
     cfg.maildir = Some(corpus.clone());
     cfg.max_concurrent_per_account = 64;
-    let sim = Simulator::start(cfg).await.context("starting the EWS simulator")?;
+    let sim = Simulator::start(cfg)
+        .await
+        .context("starting the EWS simulator")?;
     let repo_dir = tmp.path().join("repo");
     let state = tmp.path().join("state");
     let pass_file = tmp.path().join("passphrase");
     std::fs::write(&pass_file, "bench\n").context("writing passphrase")?;
+    let repo_args = RepoArgs {
+        repo: repo_dir.display().to_string(),
+        passphrase_file: Some(pass_file.clone()),
+    };
+    let repo = super::repo::create(&repo_args).await?;
     let index = open_index(&state)?;
     let opts = |init: bool| {
         let mut o = LocalBackup::new(
@@ -176,13 +183,18 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     let bar = progress_bar(json, "mailvault full backup");
     let b2 = bar.clone();
     let t = Instant::now();
-    let full = pass(opts(true), &index, move |n| b2.set_message(format!("{n} items"))).await;
+    let full = pass(opts(false), &repo, &index, move |n| {
+        b2.set_message(format!("{n} items"))
+    })
+    .await;
     let full_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let full = full.context("full backup")?;
     let bar = progress_bar(json, "mailvault no-change incremental");
     let t = Instant::now();
-    pass(opts(false), &index, |_| {}).await.context("incremental")?;
+    pass(opts(false), &repo, &index, |_| {})
+        .await
+        .context("incremental")?;
     let inc_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let (_, stored) = dir_stats(&repo_dir);
@@ -201,12 +213,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     };
 
     // Search and get latencies through the API.
-    let repo = RepoArgs {
-        repo: repo_dir.display().to_string(),
-        passphrase_file: Some(pass_file.clone()),
-    }
-    .open()
-    .await?;
+    repo.refresh().await.context("refreshing the repository")?;
     let local = LocalApi::start(repo, index.clone(), None).await?;
     let mut c = local.client.clone();
     let queries = [
@@ -336,7 +343,9 @@ fn ensure_restic() -> anyhow::Result<PathBuf> {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok || !Path::new("/usr/bin/restic").exists() {
-        bail!("could not install restic: run `apt-get install restic` (as root), or pass --no-restic");
+        bail!(
+            "could not install restic: run `apt-get install restic` (as root), or pass --no-restic"
+        );
     }
     Ok(PathBuf::from("/usr/bin/restic"))
 }
@@ -387,7 +396,11 @@ fn run_restic(corpus: &Path, tmp: &Path, json: bool) -> anyhow::Result<Side> {
     let (noop, _) = timed(&restic, &["backup", &corpus_s], &repo)?;
     let target = tmp.join("restic-restore");
     let target_s = target.display().to_string();
-    let (restore, _) = timed(&restic, &["restore", "latest", "--target", &target_s], &repo)?;
+    let (restore, _) = timed(
+        &restic,
+        &["restore", "latest", "--target", &target_s],
+        &repo,
+    )?;
     bar.finish_and_clear();
     let (files, bytes) = dir_stats(corpus);
     let (_, stored) = dir_stats(&repo);

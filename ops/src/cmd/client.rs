@@ -38,7 +38,7 @@ impl Client {
         let mut ep = Channel::from_shared(url.to_owned())
             .with_context(|| format!("server address {url:?}"))?;
         if url.starts_with("https://") {
-            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = ca {
                 let pem = std::fs::read(ca)
                     .with_context(|| format!("reading CA certificate {}", ca.display()))?;

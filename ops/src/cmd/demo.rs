@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use mailvault_ews_sim::{SimConfig, Simulator};
 use mailvault_format::{InitOptions, VerifyOptions, verify};
 use mailvault_indexer::api::RestoreTarget;
-use mailvault_ews_sim::{SimConfig, Simulator};
 use mailvault_mailgen::GenConfig;
 use mailvault_ops::local::{LocalBackup, LocalEws};
 use mailvault_proto::api::v1 as pb;
@@ -67,7 +67,9 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         messages: a.messages,
         ..GenConfig::default()
     });
-    let sim = Simulator::start(cfg).await.context("starting the EWS simulator")?;
+    let sim = Simulator::start(cfg)
+        .await
+        .context("starting the EWS simulator")?;
     let mailboxes = sim.mailboxes();
     step(
         json,
@@ -99,12 +101,20 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         }
         Ok(o)
     };
+    let repo_args = RepoArgs {
+        repo: repo_dir.display().to_string(),
+        passphrase_file: Some(pass_file.clone()),
+    };
+    let repo = super::repo::create(&repo_args).await?;
     let index = open_index(&state)?;
 
     // 2. Full backup.
     let bar = progress_bar(json, "full backup");
     let b2 = bar.clone();
-    let full = pass(opts(true)?, &index, move |n| b2.set_message(format!("{n} items indexed"))).await;
+    let full = pass(opts(false)?, &repo, &index, move |n| {
+        b2.set_message(format!("{n} items indexed"))
+    })
+    .await;
     bar.finish_and_clear();
     let full = full.context("full backup")?;
     step(
@@ -121,10 +131,12 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
     // 3. Changes in Exchange: edits, read flags, and a folder whose mail is deleted.
     let (victim_mb, victim) = pick_folder(&sim)?;
     let originals: BTreeMap<Vec<u8>, usize> =
-        sim.items(&victim.id).iter().fold(BTreeMap::new(), |mut m, it| {
-            *m.entry(it.mime.to_vec()).or_default() += 1;
-            m
-        });
+        sim.items(&victim.id)
+            .iter()
+            .fold(BTreeMap::new(), |mut m, it| {
+                *m.entry(it.mime.to_vec()).or_default() += 1;
+                m
+            });
     let mut changed = 0;
     for mb in mailboxes.iter().take(3) {
         for f in sim.folders(mb) {
@@ -135,7 +147,8 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
                 let mut mime = it.mime.to_vec();
                 mime.extend_from_slice(b"\r\n-- edited after the first backup\r\n");
                 sim.change_item(&it.id, &mime).context("editing an item")?;
-                sim.set_read(&it.id, !it.is_read).context("flagging an item")?;
+                sim.set_read(&it.id, !it.is_read)
+                    .context("flagging an item")?;
                 changed += 1;
             }
         }
@@ -155,7 +168,7 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
 
     // 4. Incremental.
     let bar = progress_bar(json, "incremental backup");
-    let inc = pass(opts(false)?, &index, |_| {}).await;
+    let inc = pass(opts(false)?, &repo, &index, |_| {}).await;
     bar.finish_and_clear();
     let inc = inc.context("incremental backup")?;
     step(
@@ -170,25 +183,21 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
     );
 
     // 5. Search and restore through the API, as an administrator would.
-    let repo = RepoArgs {
-        repo: repo_dir.display().to_string(),
-        passphrase_file: Some(pass_file.clone()),
-    }
-    .open()
-    .await?;
+    repo.refresh().await.context("refreshing the repository")?;
     let target: Arc<dyn RestoreTarget> = Arc::new(DirectRestore::new(ews.client()?));
     let local = LocalApi::start(repo.clone(), index.clone(), Some(target)).await?;
     let mut c = local.client.clone();
-    let folder_q = format!(
-        "mailbox:{victim_mb} folder:\"{}\"",
-        victim.path.join("/")
-    );
+    let folder_q = format!("mailbox:{victim_mb} folder:\"{}\"", victim.path.join("/"));
     let mut searches = Vec::new();
     for (label, q, t) in [
         ("with attachments", "has:attachment".to_owned(), 0),
         ("deleted (kept in the archive)", "is:deleted".to_owned(), 0),
         ("in the deleted folder, now", folder_q.clone(), 0),
-        ("in the deleted folder, before", folder_q.clone(), before_delete),
+        (
+            "in the deleted folder, before",
+            folder_q.clone(),
+            before_delete,
+        ),
     ] {
         let t0 = Instant::now();
         let mut s = c
@@ -208,7 +217,17 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
             None => 0,
         };
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        step(json, &format!("search {q:?}{}: {total} {label} ({ms:.1} ms)", if t > 0 { " as of before the delete" } else { "" }));
+        step(
+            json,
+            &format!(
+                "search {q:?}{}: {total} {label} ({ms:.1} ms)",
+                if t > 0 {
+                    " as of before the delete"
+                } else {
+                    ""
+                }
+            ),
+        );
         searches.push(serde_json::json!({"query": q, "as_of": t, "total": total, "ms": ms}));
     }
 
@@ -222,7 +241,10 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         as_of_unix_ms: before_delete,
         ..Default::default()
     };
-    let sum = client::restore(&mut c, req, move |p| b2.set_message(format!("{}/{}", p.done, p.total))).await;
+    let sum = client::restore(&mut c, req, move |p| {
+        b2.set_message(format!("{}/{}", p.done, p.total))
+    })
+    .await;
     bar.finish_and_clear();
     let sum = sum?;
     local.shutdown().await?;
@@ -244,7 +266,11 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
             "restore: {} items recreated in {victim_mb}:{} — restore check {}",
             sum.created + sum.copied + sum.replaced,
             victim.path.join("/"),
-            if restore_ok { "PASSED (every message byte-identical)" } else { "FAILED" }
+            if restore_ok {
+                "PASSED (every message byte-identical)"
+            } else {
+                "FAILED"
+            }
         ),
     );
 
@@ -281,7 +307,10 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         println!();
         println!("mailvault demo — summary");
         println!("  mailboxes          {}", mailboxes.len());
-        println!("  item versions      {} ({} history records)", stats.items, stats.history_records);
+        println!(
+            "  item versions      {} ({} history records)",
+            stats.items, stats.history_records
+        );
         println!(
             "  logical → stored   {} → {} ({:.1} % of the original)",
             bytesize::ByteSize(stats.logical_bytes),
@@ -297,7 +326,11 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         );
         println!(
             "  verify             {}",
-            if report.is_clean() { "clean (every byte read and authenticated)".to_owned() } else { format!("{} PROBLEMS", report.problems.len()) }
+            if report.is_clean() {
+                "clean (every byte read and authenticated)".to_owned()
+            } else {
+                format!("{} PROBLEMS", report.problems.len())
+            }
         );
         println!(
             "  restore check      {}",
@@ -310,7 +343,12 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
                 repo_dir.display(),
                 pass_file.display()
             );
-            println!("  try                mailvault search --repo {} --passphrase-file {} --state-dir {} 'has:attachment'", repo_dir.display(), pass_file.display(), k.join("state").display());
+            println!(
+                "  try                mailvault search --repo {} --passphrase-file {} --state-dir {} 'has:attachment'",
+                repo_dir.display(),
+                pass_file.display(),
+                k.join("state").display()
+            );
         }
     }
     sim.shutdown().await;
@@ -334,7 +372,13 @@ fn pick_folder(
         }
         for f in sim.folders(&mb) {
             let n = f.total;
-            let score = if f.distinguished.is_none() { n * 100 } else if f.distinguished == Some("inbox") { n } else { 0 };
+            let score = if f.distinguished.is_none() {
+                n * 100
+            } else if f.distinguished == Some("inbox") {
+                n
+            } else {
+                0
+            };
             if n >= 2 && best.as_ref().is_none_or(|(s, _, _)| score > *s) {
                 best = Some((score, mb.clone(), f));
             }

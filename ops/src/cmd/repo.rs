@@ -78,12 +78,17 @@ pub enum KeyCommand {
     Remove { name: String },
 }
 
-pub async fn init(repo: &RepoArgs, json: bool) -> anyhow::Result<()> {
+/// Creates the repository and returns it open.
+pub async fn create(repo: &RepoArgs) -> anyhow::Result<Repository> {
     let pass = repo.passphrase()?;
     let store = repo.store().await?;
-    let r = Repository::init(store, &pass, InitOptions::default())
+    Repository::init(store, &pass, InitOptions::default())
         .await
-        .with_context(|| format!("initialising repository {}", repo.repo))?;
+        .with_context(|| format!("initialising repository {}", repo.repo))
+}
+
+pub async fn init(repo: &RepoArgs, json: bool) -> anyhow::Result<()> {
+    let r = create(repo).await?;
     if json {
         println!(
             "{}",
