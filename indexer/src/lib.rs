@@ -9,12 +9,15 @@
 //! * [`index`] — the tantivy index: [`Index`] (open, apply, commit, search, browse).
 //! * [`query`] — the search language → tantivy queries.
 //! * [`stage`] — [`Indexer`] (events + repository → index) and [`reindex`].
+//! * [`config`] — the service configuration of the `mailvault-indexer` binary.
 //! * [`consume`] — the JetStream edge (durable pull consumer, ack after commit).
+//! * [`service`] — the `mailvault-indexer` service wired up (what the binary runs).
 //! * [`api`] — the gRPC API served next to the index: auth, audit, search, get, restore, export.
 //!
 //! See `docs/indexer.md`.
 
 pub mod api;
+pub mod config;
 pub mod consume;
 pub mod error;
 pub mod extract;
@@ -22,6 +25,7 @@ pub mod history;
 pub mod index;
 pub mod journal;
 pub mod query;
+pub mod service;
 pub mod stage;
 
 pub use error::IndexError;

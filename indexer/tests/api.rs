@@ -396,7 +396,8 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
     let last = last.expect("some progress");
     assert_eq!(last.done, last.total);
     assert_eq!(last.total as usize, live.len());
-    let restored = recording.items.lock().expect("lock");
+    // A copy, so no lock is held across the reads below.
+    let restored = recording.items.lock().expect("lock").clone();
     assert_eq!(restored.len(), live.len());
     for (it, body) in restored.iter() {
         assert_eq!(it.target_mailbox, other);
@@ -415,7 +416,6 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
             .expect("read");
         assert_eq!(body.as_ref(), want.as_slice());
     }
-    drop(restored);
 
     let _ = stop.send(());
     server.await.expect("server task").expect("server");

@@ -44,6 +44,10 @@ struct Args {
     tls_cert: Option<PathBuf>,
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Write the served mailboxes' SMTP addresses to this file, one per line (a collector's
+    /// `mailboxes_csv`), once the simulator is listening.
+    #[arg(long)]
+    mailboxes_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -79,6 +83,11 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let sim = Simulator::start(cfg).await?;
+    if let Some(f) = &args.mailboxes_file {
+        let mut text = sim.mailboxes().join("\n");
+        text.push('\n');
+        std::fs::write(f, text).with_context(|| format!("writing {}", f.display()))?;
+    }
     println!(
         "mailvault-ews-sim: {} mailboxes, {} items at {}",
         sim.mailboxes().len(),

@@ -1,0 +1,266 @@
+//! Configuration of the `mailvault-indexer` service: a TOML file (unknown keys rejected), then
+//! `MAILVAULT_<SECTION>_<KEY>` environment overrides for the sections below
+//! (`mailvault_runtime::config::load_file`), validated with every problem reported at once.
+//!
+//! ```toml
+//! [nats]
+//! url = "nats://127.0.0.1:4222"
+//! restore_timeout = "120s"
+//! [repository]
+//! url = "s3://mailvault/repo"          # or a directory path
+//! passphrase_file = "/run/secrets/mailvault-passphrase"
+//! refresh_interval = "5s"
+//! [index]
+//! dir = "/var/lib/mailvault/index"
+//! [api]
+//! listen = "127.0.0.1:50051"
+//! tokens_file = "/etc/mailvault/tokens.toml"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Sections that environment overrides may address (`MAILVAULT_NATS_URL`, …). Other
+/// `MAILVAULT_*` variables (`MAILVAULT_INDEXER_CONFIG`, `MAILVAULT_TOOLS`, …) are not config.
+pub const SECTIONS: [&str; 5] = ["nats", "repository", "index", "api", "s3"];
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    pub repository: RepositoryConfig,
+    pub index: IndexConfig,
+    pub api: ApiConfig,
+    /// Connection settings of an `s3://` repository (endpoint, region, credentials).
+    #[serde(default)]
+    pub s3: Option<mailvault_runtime::storage::S3Config>,
+}
+
+/// NATS: where "stored" events come from and restore jobs go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// A restore fails with `UNAVAILABLE` when the collector sends no result for this long.
+    #[serde(deserialize_with = "duration")]
+    pub restore_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            restore_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The repository read from (never written, except audit batches).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `s3://bucket/prefix` or a directory.
+    pub url: String,
+    /// File holding the passphrase (trailing newline ignored). Never logged.
+    pub passphrase_file: PathBuf,
+    /// Load index objects written by the aggregators this often, so new packs become readable.
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh_interval: Duration,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl std::fmt::Debug for RepositoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryConfig")
+            .field("url", &self.url)
+            .field("passphrase_file", &"<redacted path>")
+            .field("refresh_interval", &self.refresh_interval)
+            .finish()
+    }
+}
+
+/// The local tantivy index and the event consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Directory of the tantivy index (created if missing; derived data, `reindex` rebuilds it).
+    pub dir: PathBuf,
+    /// Events applied per index commit at most.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// How long one pull waits for events.
+    #[serde(default = "default_wait", deserialize_with = "duration")]
+    pub wait: Duration,
+}
+
+fn default_batch() -> usize {
+    256
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The gRPC API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on (`127.0.0.1:50051`; port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Token file (hashes only, see docs/api.md).
+    pub tokens_file: PathBuf,
+    /// PEM certificate chain; with `tls_key` it turns TLS on.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+impl mailvault_runtime::config::Validate for Config {
+    fn validate(&self, p: &mut Vec<String>) {
+        if self.nats.url.is_empty() {
+            p.push("nats.url is empty".into());
+        }
+        if self.nats.restore_timeout < Duration::from_secs(1) {
+            p.push("nats.restore_timeout must be at least 1s".into());
+        }
+        if self.repository.refresh_interval < Duration::from_millis(100) {
+            p.push("repository.refresh_interval must be at least 100ms".into());
+        }
+        if self.repository.passphrase_file.as_os_str().is_empty() {
+            p.push("repository.passphrase_file is empty".into());
+        }
+        if self.index.dir.as_os_str().is_empty() {
+            p.push("index.dir is empty".into());
+        }
+        if !(1..=10_000).contains(&self.index.batch) {
+            p.push("index.batch must be 1..=10000".into());
+        }
+        if self.index.wait < Duration::from_millis(10) || self.index.wait > Duration::from_secs(30)
+        {
+            p.push("index.wait must be 10ms..=30s".into());
+        }
+        if self.api.tokens_file.as_os_str().is_empty() {
+            p.push("api.tokens_file is empty".into());
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            p.push("api.tls_cert and api.tls_key must be given together".into());
+        }
+        match mailvault_runtime::storage::StoreLocation::parse(&self.repository.url) {
+            Err(e) => p.push(format!("repository.url: {e}")),
+            Ok(mailvault_runtime::storage::StoreLocation::S3 { bucket, prefix }) => {
+                if let Some(s3) = &self.s3 {
+                    let mut s3 = s3.clone();
+                    if s3.bucket.is_empty() {
+                        s3.bucket = bucket;
+                    }
+                    if s3.prefix.is_empty() {
+                        s3.prefix = prefix;
+                    }
+                    p.extend(s3.problems());
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Only the `MAILVAULT_<SECTION>_…` variables of this config's sections.
+pub fn config_env(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> impl Iterator<Item = (String, String)> {
+    vars.into_iter().filter(|(k, _)| {
+        k.strip_prefix("MAILVAULT_")
+            .and_then(|r| r.split_once('_'))
+            .is_some_and(|(section, _)| SECTIONS.contains(&section.to_ascii_lowercase().as_str()))
+    })
+}
+
+impl Config {
+    /// Reads `path`, applies the overrides in `env` (see [`config_env`]) and validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, mailvault_runtime::config::ConfigError> {
+        mailvault_runtime::config::load_file(path, config_env(env))
+    }
+
+    /// Same from TOML text (tests).
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, mailvault_runtime::config::ConfigError> {
+        mailvault_runtime::config::load_str(text, "indexer config", config_env(env))
+    }
+
+    /// The consumer settings.
+    pub fn consume(&self) -> crate::consume::ConsumeConfig {
+        crate::consume::ConsumeConfig {
+            batch: self.index.batch,
+            wait: self.index.wait,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[repository]\nurl = \"/tmp/r\"\npassphrase_file = \"/p\"\n[index]\ndir = \"/tmp/ix\"\n[api]\ntokens_file = \"/t.toml\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults_and_redacts() {
+        let c = Config::parse(MIN, []).expect("parse");
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.api.listen, default_listen());
+        assert_eq!(c.index.batch, 256);
+        assert_eq!(c.repository.refresh_interval, Duration::from_secs(5));
+        assert!(!format!("{c:?}").contains("\"/p\""));
+    }
+
+    #[test]
+    fn environment_overrides_only_own_sections() {
+        let env = [
+            ("MAILVAULT_NATS_URL".to_owned(), "nats://n:4222".to_owned()),
+            (
+                "MAILVAULT_API_LISTEN".to_owned(),
+                "\"0.0.0.0:6000\"".to_owned(),
+            ),
+            ("MAILVAULT_INDEXER_CONFIG".to_owned(), "/x.toml".to_owned()),
+            ("MAILVAULT_CORPUS".to_owned(), "/c".to_owned()),
+        ];
+        let c = Config::parse(MIN, env).expect("parse");
+        assert_eq!(c.nats.url, "nats://n:4222");
+        assert_eq!(c.api.listen.port(), 6000);
+    }
+
+    #[test]
+    fn every_problem_at_once_and_unknown_keys() {
+        let e = Config::parse(
+            "[repository]\nurl = \"\"\npassphrase_file = \"/p\"\nrefresh_interval = \"1ms\"\n[index]\ndir = \"\"\nbatch = 0\n[api]\ntokens_file = \"/t\"\ntls_cert = \"/c\"\n",
+            [],
+        )
+        .expect_err("invalid");
+        assert!(e.problems.len() >= 5, "{e}");
+        let e = Config::parse(&format!("{MIN}colour = 1\n"), []).expect_err("unknown");
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,243 @@
+//! `mailvault-indexer`: builds the search index from the aggregators' events and serves the
+//! gRPC API (search, get, restore, export) next to it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use mailvault_indexer::api::{Role, Tokens};
+use mailvault_indexer::config::Config;
+use mailvault_indexer::service;
+use tokio_util::sync::CancellationToken;
+
+/// Builds the mailvault search index and serves the gRPC API.
+///
+/// `serve` (the default) consumes `ItemStored` / `ItemChangeRecorded` events from the JetStream
+/// stream `MAILVAULT_EVENTS` (durable consumer `mailvault-indexer`; an event is acked only after
+/// the index commit holding it), reloads the repository's index objects every
+/// `repository.refresh_interval` so packs written by the aggregators become readable, and serves
+/// the gRPC API `mailvault.api.v1.Archive` (plus health and reflection) until SIGTERM or ctrl-c;
+/// then it stops serving, stops consuming, and flushes the audit log. Restores are sent as
+/// restore jobs over JetStream to the collector named by the request's `target_source`, or the
+/// `source` recorded in each item's manifest.
+///
+/// Configuration file (TOML, unknown keys rejected, durations like "5s"); every key can be
+/// overridden as MAILVAULT_<SECTION>_<KEY> (e.g. MAILVAULT_NATS_URL, MAILVAULT_S3_ENDPOINT):
+///
+///   [nats] url ("nats://127.0.0.1:4222"), restore_timeout ("120s": a restore fails when the
+///   collector sends no result for this long)
+///
+///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file
+///   (required, never logged), refresh_interval ("5s")
+///
+///   [index] dir (required: the tantivy index directory), batch (256 events per commit),
+///   wait ("1s" per pull)
+///
+///   [api] listen ("127.0.0.1:50051"), tokens_file (required; hashes only, see docs/api.md),
+///   tls_cert + tls_key (PEM; without them the API is plain text)
+///
+///   [s3] endpoint, region, path_style, access_key_id, secret_access_key_file, … (see
+///   docs/operations.md)
+#[derive(Debug, Parser)]
+#[command(name = "mailvault-indexer", version, verbatim_doc_comment)]
+struct Args {
+    /// Path of the TOML configuration file.
+    #[arg(short, long, env = "MAILVAULT_INDEXER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Listen address of the gRPC API (overrides api.listen).
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Index directory (overrides index.dir).
+    #[arg(long, global = true)]
+    index_dir: Option<PathBuf>,
+    /// PEM certificate chain for TLS (overrides api.tls_cert; needs --tls-key).
+    #[arg(long, global = true)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (overrides api.tls_key; needs --tls-cert).
+    #[arg(long, global = true)]
+    tls_key: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume events and serve the API (the default).
+    Serve,
+    /// Rebuild the index directory from the repository alone (stop `serve` first). The new
+    /// index is built next to the old one and swapped in only when complete.
+    Reindex,
+    /// Issue a new API token: appends its hash to the tokens file and prints the token once.
+    Token {
+        /// Tokens file (created if missing).
+        #[arg(long)]
+        tokens_file: PathBuf,
+        /// Name recorded in the audit log.
+        #[arg(long)]
+        name: String,
+        /// admin, operator, auditor or user.
+        #[arg(long)]
+        role: String,
+        /// Mailbox of a `user` token.
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if let Some(Command::Token {
+        tokens_file,
+        name,
+        role,
+        mailbox,
+    }) = &args.command
+    {
+        return issue_token(tokens_file, name, role, mailbox.as_deref());
+    }
+    let cfg = load_config(&args)?;
+    if args.check {
+        println!("configuration OK: {cfg:?}");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match args.command {
+        Some(Command::Reindex) => rt.block_on(reindex(cfg)),
+        _ => rt.block_on(run(cfg)),
+    }
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let Some(path) = &args.config else {
+        bail!("--config (or MAILVAULT_INDEXER_CONFIG) is required");
+    };
+    let mut cfg = Config::load(path, std::env::vars()).map_err(anyhow::Error::msg)?;
+    if let Some(l) = args.listen {
+        cfg.api.listen = l;
+    }
+    if let Some(d) = &args.index_dir {
+        cfg.index.dir = d.clone();
+    }
+    if let Some(c) = &args.tls_cert {
+        cfg.api.tls_cert = Some(c.clone());
+    }
+    if let Some(k) = &args.tls_key {
+        cfg.api.tls_key = Some(k.clone());
+    }
+    if cfg.api.tls_cert.is_some() != cfg.api.tls_key.is_some() {
+        bail!("TLS needs both a certificate and a key (--tls-cert / --tls-key)");
+    }
+    Ok(cfg)
+}
+
+fn issue_token(path: &Path, name: &str, role: &str, mailbox: Option<&str>) -> anyhow::Result<()> {
+    let role: Role = toml::Value::String(role.to_owned())
+        .try_into()
+        .with_context(|| format!("role {role:?}: expected admin, operator, auditor or user"))?;
+    let mut tokens = if path.exists() {
+        Tokens::load(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        Tokens::default()
+    };
+    if role == Role::User && mailbox.is_none_or(str::is_empty) {
+        bail!("role user needs --mailbox");
+    }
+    let token = tokens.issue(name, role, mailbox);
+    std::fs::write(path, tokens.to_toml())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{token}");
+    Ok(())
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        s.cancel();
+    });
+    let report = service::run(cfg, shutdown, None)
+        .await
+        .context("mailvault-indexer failed")?;
+    tracing::info!(?report, "done");
+    Ok(())
+}
+
+async fn reindex(cfg: Config) -> anyhow::Result<()> {
+    let repo = service::open_repository(&cfg).await?;
+    let dir = &cfg.index.dir;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "index".into());
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let fresh = parent.join(format!(".{name}.reindex-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let started = std::time::Instant::now();
+    let report = mailvault_indexer::reindex(&repo, &fresh)
+        .await
+        .with_context(|| format!("rebuilding the index in {}", fresh.display()))?;
+    for f in &report.failures {
+        tracing::error!(failure = %f, "not indexed");
+    }
+    if !report.failures.is_empty() {
+        bail!(
+            "{} manifests could not be indexed (logged above); the old index is left in place, \
+             the incomplete new one is in {}",
+            report.failures.len(),
+            fresh.display()
+        );
+    }
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
+    }
+    std::fs::rename(&fresh, dir)
+        .with_context(|| format!("moving the new index to {}", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    println!(
+        "reindexed {} versions and {} changes into {} in {:.1?}",
+        report.versions,
+        report.changes,
+        dir.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
