@@ -101,13 +101,14 @@ pub struct IndexConfig {
     /// Events applied per index commit at most.
     #[serde(default = "default_batch")]
     pub batch: usize,
-    /// How long one pull waits for events.
+    /// How long events are gathered into one commit after the first one arrives (the longest
+    /// an event waits to become searchable, plus the commit itself).
     #[serde(default = "default_wait", deserialize_with = "duration")]
     pub wait: Duration,
 }
 
 fn default_batch() -> usize {
-    256
+    2048
 }
 
 fn default_wait() -> Duration {
@@ -231,7 +232,7 @@ mod tests {
         let c = Config::parse(MIN, []).expect("parse");
         assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
         assert_eq!(c.api.listen, default_listen());
-        assert_eq!(c.index.batch, 256);
+        assert_eq!(c.index.batch, 2048);
         assert_eq!(c.repository.refresh_interval, Duration::from_secs(5));
         assert!(!format!("{c:?}").contains("\"/p\""));
     }

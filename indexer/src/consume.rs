@@ -81,14 +81,16 @@ pub struct ConsumeReport {
 
 #[derive(Debug, Clone)]
 pub struct ConsumeConfig {
+    /// Events per index commit at most.
     pub batch: usize,
+    /// How long events are gathered into one commit after the first one arrived.
     pub wait: Duration,
 }
 
 impl Default for ConsumeConfig {
     fn default() -> Self {
         ConsumeConfig {
-            batch: 256,
+            batch: 2048,
             wait: Duration::from_secs(1),
         }
     }
@@ -148,37 +150,77 @@ pub async fn handle_batch(
     report: &mut ConsumeReport,
 ) -> Result<(), crate::IndexError> {
     let mut outcomes = Vec::with_capacity(batch.len());
+    apply_all(ix, batch, report, &mut outcomes).await;
+    commit_and_settle(ix, outcomes, report).await
+}
+
+async fn apply_all(
+    ix: &Indexer,
+    batch: Vec<Delivery>,
+    report: &mut ConsumeReport,
+    outcomes: &mut Vec<(Delivery, Outcome)>,
+) {
     for d in batch {
         let o = apply(ix, &d, report).await;
         outcomes.push((d, o));
     }
+}
+
+/// Settles this many deliveries at once: each JetStream ack is a round trip.
+const SETTLE_CONCURRENCY: usize = 64;
+
+async fn commit_and_settle(
+    ix: &Indexer,
+    outcomes: Vec<(Delivery, Outcome)>,
+    report: &mut ConsumeReport,
+) -> Result<(), crate::IndexError> {
     let committed = ix.commit().await;
     if committed.is_ok() {
         report.commits += 1;
     }
-    for (d, o) in outcomes {
-        let r = match (&committed, o) {
-            (Ok(()), Outcome::Applied) => {
-                report.acked += 1;
-                d.acker.ack().await
-            }
-            (_, Outcome::Poison) => {
-                report.terminated += 1;
-                d.acker.term().await
-            }
-            _ => {
-                report.nakked += 1;
-                d.acker.nak(NAK_DELAY).await
-            }
+    let settles = outcomes.into_iter().map(|(d, o)| {
+        let kind = match (&committed, o) {
+            (Ok(()), Outcome::Applied) => Settle::Ack,
+            (_, Outcome::Poison) => Settle::Term,
+            _ => Settle::Nak,
         };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
+        async move {
+            let r = match kind {
+                Settle::Ack => d.acker.ack().await,
+                Settle::Term => d.acker.term().await,
+                Settle::Nak => d.acker.nak(NAK_DELAY).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
+            }
+            kind
+        }
+    });
+    let kinds: Vec<Settle> = futures::stream::iter(settles)
+        .buffer_unordered(SETTLE_CONCURRENCY)
+        .collect()
+        .await;
+    for k in kinds {
+        match k {
+            Settle::Ack => report.acked += 1,
+            Settle::Term => report.terminated += 1,
+            Settle::Nak => report.nakked += 1,
         }
     }
     committed
 }
 
-/// Runs until `shutdown`. `progress` (if given) receives the report after every batch.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Ack,
+    Term,
+    Nak,
+}
+
+/// Runs until `shutdown`. Events are gathered for up to `cfg.wait` after the first one (or
+/// until `cfg.batch` of them) and committed together: one index commit per batch, not per
+/// pull, however the events trickle in. `progress` (if given) receives the report after
+/// every commit.
 pub async fn run(
     ix: &Indexer,
     source: &mut dyn Source,
@@ -206,7 +248,28 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = handle_batch(ix, batch, &mut report).await {
+        let until = tokio::time::Instant::now() + cfg.wait;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        apply_all(ix, batch, &mut report, &mut outcomes).await;
+        while outcomes.len() < cfg.batch && !shutdown.is_cancelled() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = tokio::select! {
+                () = shutdown.cancelled() => break,
+                b = source.next_batch(cfg.batch - outcomes.len(), left) => b,
+            };
+            match more {
+                Ok(b) if !b.is_empty() => apply_all(ix, b, &mut report, &mut outcomes).await,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetching events failed; committing what we have");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = commit_and_settle(ix, outcomes, &mut report).await {
             tracing::error!(error = %e, "index commit failed; batch nakked");
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -273,6 +336,8 @@ impl JsSource {
                     description: Some("mailvault indexer".into()),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(60),
+                    // Room for a whole commit batch (index.batch ≤ 10 000) in flight.
+                    max_ack_pending: 10_000,
                     max_deliver: -1,
                     filter_subjects: vec![SUBJECT_STORED.into(), SUBJECT_CHANGED.into()],
                     ..Default::default()

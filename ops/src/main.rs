@@ -139,6 +139,8 @@ struct Target {
     repo: Option<String>,
     #[arg(long, env = "MAILVAULT_PASSPHRASE_FILE")]
     passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    s3: cmd::repo::S3Args,
     /// Local state (index, checkpoints); see `mailvault backup --help`.
     #[arg(long, env = "MAILVAULT_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -157,6 +159,7 @@ async fn connect(t: &Target) -> anyhow::Result<(Client, Option<cmd::local::Local
     let args = RepoArgs {
         repo: repo.clone(),
         passphrase_file: t.passphrase_file.clone(),
+        s3: t.s3.clone(),
     };
     let r = args.open().await?;
     let state = cmd::local::state_dir(t.state_dir.as_deref(), &r)?;

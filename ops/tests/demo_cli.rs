@@ -114,3 +114,64 @@ fn demo_restores_byte_identical_and_the_cli_reads_what_it_kept() {
     assert_eq!(code, 1);
     assert!(err.contains("wrong passphrase"), "{err}");
 }
+
+/// `init`, `key list`, `stats` and `verify` on an s3:// repository on a real Garage, reached
+/// only through the CLI's --s3-* options (no AWS_* variables).
+#[test]
+fn cli_manages_a_repository_on_garage_through_its_s3_options() {
+    let garage = mailvault_harness::Garage::start().expect("Garage");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pass = dir.path().join("passphrase");
+    std::fs::write(&pass, "garage test\n").expect("passphrase");
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, format!("{}\n", garage.secret_access_key())).expect("secret");
+    let repo = format!("s3://{}/cli-repo", garage.bucket());
+    let endpoint = garage.endpoint();
+    let common = [
+        "--repo",
+        repo.as_str(),
+        "--passphrase-file",
+        pass.to_str().expect("utf8"),
+        "--s3-endpoint",
+        endpoint.as_str(),
+        "--s3-region",
+        garage.region(),
+        "--s3-access-key-id",
+        garage.access_key_id(),
+        "--s3-secret-access-key-file",
+        secret.to_str().expect("utf8"),
+    ];
+    let run = |cmd: &[&str], after: &[&str]| {
+        let mut args = cmd.to_vec();
+        args.extend(common);
+        args.extend(after);
+        let out = Command::new(env!("CARGO_BIN_EXE_mailvault"))
+            .args(&args)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_ENDPOINT_URL")
+            .output()
+            .expect("run mailvault");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["init"], &[]);
+    assert_eq!(code, 0, "init on Garage failed: {err}\n{out}");
+    let (code, out, err) = run(&["key"], &["list"]);
+    assert_eq!(code, 0, "key list failed: {err}");
+    assert!(!out.trim().is_empty(), "no key listed");
+    let (code, out, err) = run(&["--json", "stats"], &[]);
+    assert_eq!(code, 0, "stats failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stats JSON");
+    assert_eq!(v["items"], 0, "{v}");
+    assert!(v["stored_bytes"].as_u64().expect("stored") > 0, "{v}");
+    let (code, _, err) = run(&["verify"], &[]);
+    assert_eq!(code, 0, "verify failed: {err}");
+    // A second init must refuse to overwrite the repository it finds.
+    let (code, _, err) = run(&["init"], &[]);
+    assert_ne!(code, 0, "a second init succeeded");
+    assert!(!err.is_empty());
+}

@@ -262,8 +262,8 @@ pub async fn pass(
     let indexer = tokio::spawn(async move {
         let mut src = BusEvents(consumer);
         let cfg = consume::ConsumeConfig {
-            batch: 512,
-            wait: Duration::from_millis(100),
+            batch: 4096,
+            wait: Duration::from_millis(500),
         };
         let ix = Indexer::new(repo.clone(), index2);
         let refresher = tokio::spawn(async move {

@@ -1,8 +1,10 @@
 //! `mailvault bench`: a full backup, a no-change incremental, search and get latencies — and
 //! restic over the very same files in the same run, with the ratios.
 //!
-//! Prints a table (or JSON with --json). Single-process mode runs here; the distributed mode
-//! is measured by `ops/scripts/distributed.sh` (real NATS + Garage, one process per component).
+//! Prints a table (or JSON with --json). `--mode single` runs the single-process install in
+//! this process; `--mode distributed` runs every component as its own process over a real
+//! nats-server and Garage (see [`super::bench_dist`]); `--mode both` runs one after the other
+//! over the same simulated Exchange.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +14,6 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use futures::StreamExt as _;
 use mailvault_ews_sim::{SimConfig, Simulator};
-use mailvault_format::InitOptions;
 use mailvault_mailgen::GenConfig;
 use mailvault_ops::local::{LocalBackup, LocalEws};
 use mailvault_proto::api::v1 as pb;
@@ -40,6 +41,17 @@ pub struct BenchArgs {
     /// Search and get requests to time.
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
+    /// Which install to measure: single (one process), distributed (every component its own
+    /// process over real NATS + Garage; needs `cargo build --release --bins`), or both.
+    #[arg(long, value_enum, default_value_t = Mode::Single)]
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Single,
+    Distributed,
+    Both,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -81,15 +93,23 @@ pub struct Side {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub corpus: String,
-    pub mailvault: Side,
-    pub restic: Option<Side>,
+pub struct Run {
+    #[serde(flatten)]
+    pub side: Side,
     pub search: Latency,
     pub get: Latency,
-    /// mailvault / restic.
+    /// Peak RSS (MiB) of every process of the run, by name.
+    pub processes: std::collections::BTreeMap<String, f64>,
+    /// This run / restic.
     pub speed_ratio: Option<f64>,
     pub stored_ratio: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub corpus: String,
+    pub runs: Vec<Run>,
+    pub restic: Option<Side>,
 }
 
 fn dir_stats(p: &Path) -> (u64, u64) {
@@ -115,7 +135,12 @@ fn dir_stats(p: &Path) -> (u64, u64) {
 
 /// VmHWM of this process (it hosts the simulator too, so this is an upper bound).
 fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_of("/proc/self/status")
+}
+
+/// VmHWM (peak resident set) from a `/proc/<pid>/status` file, in MiB.
+pub fn peak_rss_of(status: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(status).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
@@ -150,40 +175,96 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
         );
     }
 
-    // mailvault, single process, from an EWS simulator serving the corpus.
+    // Exchange: an EWS simulator serving the corpus, shared by both modes (neither changes it).
     let mut cfg = SimConfig::new("contoso.com");
     cfg.maildir = Some(corpus.clone());
     cfg.max_concurrent_per_account = 64;
     let sim = Simulator::start(cfg)
         .await
         .context("starting the EWS simulator")?;
-    let repo_dir = tmp.path().join("repo");
-    let state = tmp.path().join("state");
-    let pass_file = tmp.path().join("passphrase");
+    let mut runs = Vec::new();
+    if a.mode != Mode::Distributed {
+        runs.push(single(&a, &sim.url(), &sim.mailboxes(), tmp.path(), json).await?);
+    }
+    if a.mode != Mode::Single {
+        let bar = progress_bar(json, "mailvault distributed");
+        let b2 = bar.clone();
+        let d = super::bench_dist::run(
+            &sim.url(),
+            &sim.mailboxes(),
+            tmp.path(),
+            a.requests,
+            move |m| b2.set_message(m.to_owned()),
+        )
+        .await;
+        bar.finish_and_clear();
+        let d = d.context("distributed run")?;
+        runs.push(Run {
+            side: d.side,
+            search: d.search,
+            get: d.get,
+            processes: d.processes,
+            ..Default::default()
+        });
+    }
+    sim.shutdown().await;
+
+    let restic = if a.no_restic {
+        None
+    } else {
+        Some(run_restic(&corpus, tmp.path(), json)?)
+    };
+    if let Some(r) = &restic {
+        for run in &mut runs {
+            run.speed_ratio = Some(run.side.mb_per_second / r.mb_per_second);
+            run.stored_ratio = Some(run.side.stored_bytes as f64 / r.stored_bytes.max(1) as f64);
+        }
+    }
+    let report = Report {
+        corpus: corpus.display().to_string(),
+        runs,
+        restic,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// The single-process install over a local directory repository.
+async fn single(
+    a: &BenchArgs,
+    ews_url: &str,
+    mailboxes: &[String],
+    tmp: &Path,
+    json: bool,
+) -> anyhow::Result<Run> {
+    let repo_dir = tmp.join("repo");
+    let state = tmp.join("state");
+    let pass_file = tmp.join("passphrase");
     std::fs::write(&pass_file, "bench\n").context("writing passphrase")?;
     let repo_args = RepoArgs {
         repo: repo_dir.display().to_string(),
         passphrase_file: Some(pass_file.clone()),
+        s3: Default::default(),
     };
     let repo = super::repo::create(&repo_args).await?;
     let index = open_index(&state)?;
-    let opts = |init: bool| {
-        let mut o = LocalBackup::new(
-            LocalEws::new(&sim.url(), "svc-mailvault", "secret"),
-            sim.mailboxes(),
+    let opts = || {
+        LocalBackup::new(
+            LocalEws::new(ews_url, "svc-mailvault", "secret"),
+            mailboxes.to_vec(),
             repo_dir.clone(),
             b"bench".to_vec(),
             state.join("backup"),
-        );
-        if init {
-            o.init = Some(InitOptions::default());
-        }
-        o
+        )
     };
     let bar = progress_bar(json, "mailvault full backup");
     let b2 = bar.clone();
     let t = Instant::now();
-    let full = pass(opts(false), &repo, &index, move |n| {
+    let full = pass(opts(), &repo, &index, move |n| {
         b2.set_message(format!("{n} items"))
     })
     .await;
@@ -192,13 +273,13 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     let full = full.context("full backup")?;
     let bar = progress_bar(json, "mailvault no-change incremental");
     let t = Instant::now();
-    pass(opts(false), &repo, &index, |_| {})
+    pass(opts(), &repo, &index, |_| {})
         .await
         .context("incremental")?;
     let inc_s = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let (_, stored) = dir_stats(&repo_dir);
-    let mv = Side {
+    let side = Side {
         tool: "mailvault (single process)".into(),
         files: full.backup.items as u64,
         input_bytes: full.backup.bytes_logical,
@@ -212,10 +293,30 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
         peak_rss_mib: peak_rss_mib(),
     };
 
-    // Search and get latencies through the API.
     repo.refresh().await.context("refreshing the repository")?;
     let local = LocalApi::start(repo, index.clone(), None).await?;
     let mut c = local.client.clone();
+    let (search, get) = api_latencies(&mut c, a.requests).await?;
+    local.shutdown().await?;
+    let mut processes = std::collections::BTreeMap::new();
+    if let Some(m) = side.peak_rss_mib {
+        processes.insert("mailvault (incl. the simulator)".to_owned(), m);
+    }
+    Ok(Run {
+        side,
+        search,
+        get,
+        processes,
+        ..Default::default()
+    })
+}
+
+/// Search latencies over a fixed query mix, then GetItem latencies over the hits (whole MIME
+/// streamed), both through the gRPC API.
+pub async fn api_latencies(
+    c: &mut super::client::Client,
+    requests: usize,
+) -> anyhow::Result<(Latency, Latency)> {
     let queries = [
         "has:attachment",
         "re",
@@ -228,7 +329,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     ];
     let mut search_t = Vec::new();
     let mut ids = Vec::new();
-    for i in 0..a.requests {
+    for i in 0..requests {
         let q = queries[i % queries.len()];
         let t = Instant::now();
         let mut s = c
@@ -244,14 +345,14 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
             .into_inner();
         while let Some(p) = s.next().await {
             let p = p.context("search")?;
-            if ids.len() < a.requests {
+            if ids.len() < requests {
                 ids.extend(p.hits.into_iter().map(|h| h.id));
             }
         }
         search_t.push(t.elapsed());
     }
     let mut get_t = Vec::new();
-    for id in ids.iter().take(a.requests) {
+    for id in ids.iter().take(requests) {
         let t = Instant::now();
         let mut s = c
             .inner
@@ -264,31 +365,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
         }
         get_t.push(t.elapsed());
     }
-    local.shutdown().await?;
-    sim.shutdown().await;
-
-    let restic = if a.no_restic {
-        None
-    } else {
-        Some(run_restic(&corpus, tmp.path(), json)?)
-    };
-    let report = Report {
-        corpus: corpus.display().to_string(),
-        speed_ratio: restic.as_ref().map(|r| mv.mb_per_second / r.mb_per_second),
-        stored_ratio: restic
-            .as_ref()
-            .map(|r| mv.stored_bytes as f64 / r.stored_bytes.max(1) as f64),
-        mailvault: mv,
-        restic,
-        search: latency(search_t),
-        get: latency(get_t),
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    Ok((latency(search_t), latency(get_t)))
 }
 
 fn print_table(r: &Report) {
@@ -297,7 +374,7 @@ fn print_table(r: &Report) {
         "{:<28} {:>8} {:>10} {:>9} {:>9} {:>11} {:>8} {:>9} {:>9}",
         "tool", "items", "input", "backup s", "MB/s", "stored", "ratio", "noop s", "RSS MiB"
     );
-    for s in std::iter::once(&r.mailvault).chain(r.restic.iter()) {
+    for s in r.runs.iter().map(|r| &r.side).chain(r.restic.iter()) {
         println!(
             "{:<28} {:>8} {:>10} {:>9.1} {:>9.1} {:>11} {:>8.3} {:>9.1} {:>9}",
             s.tool,
@@ -313,19 +390,31 @@ fn print_table(r: &Report) {
                 .unwrap_or_else(|| "-".into()),
         );
     }
-    if let (Some(sp), Some(st)) = (r.speed_ratio, r.stored_ratio) {
-        println!("mailvault / restic: speed {sp:.2}×, stored bytes {st:.2}×");
+    for run in &r.runs {
+        println!();
+        println!("{}:", run.side.tool);
+        if let (Some(sp), Some(st)) = (run.speed_ratio, run.stored_ratio) {
+            println!("  / restic: speed {sp:.2}×, stored bytes {st:.2}×");
+        }
+        println!(
+            "  search p50/p95/p99 {:.1}/{:.1}/{:.1} ms   get p50/p95/p99 {:.1}/{:.1}/{:.1} ms  ({} requests each)",
+            run.search.p50_ms,
+            run.search.p95_ms,
+            run.search.p99_ms,
+            run.get.p50_ms,
+            run.get.p95_ms,
+            run.get.p99_ms,
+            run.search.n
+        );
+        let peaks: Vec<String> = run
+            .processes
+            .iter()
+            .map(|(n, m)| format!("{n} {m:.0}"))
+            .collect();
+        if !peaks.is_empty() {
+            println!("  peak RSS MiB: {}", peaks.join(", "));
+        }
     }
-    println!(
-        "search p50/p95/p99 {:.1}/{:.1}/{:.1} ms   get p50/p95/p99 {:.1}/{:.1}/{:.1} ms  ({} requests each)",
-        r.search.p50_ms,
-        r.search.p95_ms,
-        r.search.p99_ms,
-        r.get.p50_ms,
-        r.get.p95_ms,
-        r.get.p99_ms,
-        r.search.n
-    );
 }
 
 /// Installs Debian's restic when it is missing.

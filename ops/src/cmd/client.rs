@@ -36,7 +36,8 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str, token: String, ca: Option<&PathBuf>) -> anyhow::Result<Client> {
         let mut ep = Channel::from_shared(url.to_owned())
-            .with_context(|| format!("server address {url:?}"))?;
+            .with_context(|| format!("server address {url:?}"))?
+            .tcp_nodelay(true);
         if url.starts_with("https://") {
             let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = ca {

@@ -104,6 +104,7 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
     let repo_args = RepoArgs {
         repo: repo_dir.display().to_string(),
         passphrase_file: Some(pass_file.clone()),
+        s3: Default::default(),
     };
     let repo = super::repo::create(&repo_args).await?;
     let index = open_index(&state)?;

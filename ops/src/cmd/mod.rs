@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod bench;
+pub mod bench_dist;
 pub mod client;
 pub mod demo;
 pub mod local;

@@ -11,14 +11,60 @@ use serde::Serialize;
 /// Where the repository is and how to unlock it.
 #[derive(Debug, Clone, Args)]
 pub struct RepoArgs {
-    /// Repository: a directory, or s3://bucket/prefix (S3 credentials and endpoint from the
-    /// usual AWS_* environment variables).
+    /// Repository: a directory, or s3://bucket/prefix (S3 connection from the --s3-* options,
+    /// else the usual AWS_* environment variables and profiles).
     #[arg(long, env = "MAILVAULT_REPO")]
     pub repo: String,
     /// File holding the repository passphrase (one line). Alternatively set
     /// MAILVAULT_PASSPHRASE.
     #[arg(long, env = "MAILVAULT_PASSPHRASE_FILE")]
     pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// How to reach an S3-compatible server (MinIO, Garage, Ceph, AWS) for an s3:// repository.
+#[derive(Debug, Clone, Default, Args)]
+pub struct S3Args {
+    /// S3 endpoint for a non-AWS server, e.g. http://garage:3900 (path-style addressing is then
+    /// the default).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    /// Force path-style (true) or virtual-host-style (false) bucket addressing.
+    #[arg(long)]
+    pub s3_path_style: Option<bool>,
+    /// Access key id; its secret comes from --s3-secret-access-key-file. Without it the SDK's
+    /// default chain is used (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    #[arg(long, requires = "s3_secret_access_key_file")]
+    pub s3_access_key_id: Option<String>,
+    /// File holding only the secret access key.
+    #[arg(long, requires = "s3_access_key_id")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+}
+
+impl S3Args {
+    /// The connection settings, or `None` to leave everything to the SDK's defaults.
+    pub fn config(&self) -> Option<mailvault_runtime::storage::S3Config> {
+        if self.s3_endpoint.is_none()
+            && self.s3_region.is_none()
+            && self.s3_path_style.is_none()
+            && self.s3_access_key_id.is_none()
+        {
+            return None;
+        }
+        let mut c = mailvault_runtime::storage::S3Config::new("");
+        c.endpoint = self.s3_endpoint.clone();
+        if let Some(r) = &self.s3_region {
+            c.region = r.clone();
+        }
+        c.path_style = self.s3_path_style;
+        c.access_key_id = self.s3_access_key_id.clone();
+        c.secret_access_key_file = self.s3_secret_access_key_file.clone();
+        Some(c)
+    }
 }
 
 impl RepoArgs {
@@ -46,7 +92,7 @@ impl RepoArgs {
             std::fs::create_dir_all(&self.repo)
                 .with_context(|| format!("creating repository directory {}", self.repo))?;
         }
-        mailvault_runtime::storage::open_store(&self.repo, None)
+        mailvault_runtime::storage::open_store(&self.repo, self.s3.config())
             .await
             .with_context(|| format!("opening store {}", self.repo))
     }
@@ -129,6 +175,7 @@ pub async fn key(repo: &RepoArgs, cmd: KeyCommand, json: bool) -> anyhow::Result
             let other = RepoArgs {
                 repo: repo.repo.clone(),
                 passphrase_file: Some(new_passphrase_file),
+                s3: repo.s3.clone(),
             }
             .passphrase()?;
             let name = r

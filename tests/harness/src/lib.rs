@@ -187,6 +187,10 @@ struct Proc {
 }
 
 impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(cmd: &mut Command, dir: &Path, tag: &str) -> Result<Self> {
         let stdout = dir.join(format!("{tag}.stdout.log"));
         let stderr = dir.join(format!("{tag}.stderr.log"));
@@ -306,6 +310,11 @@ impl NatsServer {
     }
 
     /// `nats://127.0.0.1:PORT`
+    /// The server's process id while it runs (benchmarks sample its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(Proc::pid)
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -517,6 +526,11 @@ api_bind_addr = "127.0.0.1:{admin_port}"
     }
 
     /// `http://127.0.0.1:PORT`, the S3 API.
+    /// Garage's process id while it runs (benchmarks sample its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(Proc::pid)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
