@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ews::client::EwsAuth;
 use crate::filter::{Filter, Filters};
 
 /// Top-level configuration (`collector.toml`).
@@ -60,9 +61,14 @@ fn default_source() -> String {
 pub struct EwsConfig {
     /// `https://<server>/EWS/Exchange.asmx`
     pub url: String,
+    /// `DOMAIN\user`, `user@domain` or `user`.
     pub username: String,
     /// File holding the password (never the password itself).
     pub password_file: PathBuf,
+    /// `ntlm` (default: Windows authentication, what Exchange's EWS virtual directory has on
+    /// out of the box) or `basic` (must be enabled on the virtual directory; HTTPS only).
+    #[serde(default)]
+    pub auth: EwsAuth,
     /// Send ExchangeImpersonation (service account with ApplicationImpersonation).
     #[serde(default = "yes")]
     pub impersonation: bool,
