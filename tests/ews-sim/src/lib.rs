@@ -256,6 +256,7 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let (changed, _) = tokio::sync::watch::channel(0u64);
         let (hold, _) = tokio::sync::watch::channel(false);
+        let (close_connections, _) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(server::Shared {
             store: std::sync::RwLock::new(store),
             faults: std::sync::Mutex::new(server::FaultState::new(config.fault_seed)),
@@ -263,6 +264,7 @@ impl Simulator {
             counters: std::sync::Mutex::new(server::Counters::default()),
             changed,
             hold,
+            close_connections,
             tick: AtomicU64::new(0),
             vanish_on_fetch: Default::default(),
         });
@@ -288,16 +290,16 @@ const MAX_BODY: usize = 512 * 1024 * 1024;
 /// Time a client gets to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `stop` fires, then lets the open ones finish their requests.
-/// Each connection is served by HTTP/1.1 with keep-alive and has its own authentication state
-/// (NTLM authenticates a connection, as on IIS).
+/// Accepts connections until `stop` fires, then closes the open ones (each after the request
+/// it is serving) and waits for them. Each connection is served by HTTP/1.1 with keep-alive and
+/// has its own authentication state (NTLM authenticates a connection, as on IIS).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<server::Shared>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,
@@ -308,17 +310,18 @@ async fn accept_loop(
                     continue;
                 }
             },
+            // Reap finished connection tasks as we go.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         shared.lock_counters().connections += 1;
         let shared = shared.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let conn = Arc::new(server::Conn::default());
             match acceptor {
-                None => serve_connection(tcp, shared, conn, watcher).await,
+                None => serve_connection(tcp, shared, conn).await,
                 Some(a) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, shared, conn, watcher).await,
+                    Ok(Ok(stream)) => serve_connection(stream, shared, conn).await,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         shared.lock_counters().tls_failures += 1;
@@ -332,17 +335,16 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    shared.close_connections.send_modify(|g| *g += 1);
+    while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection<S>(
-    io: S,
-    shared: Arc<server::Shared>,
-    conn: Arc<server::Conn>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+async fn serve_connection<S>(io: S, shared: Arc<server::Shared>, conn: Arc<server::Conn>)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut close = shared.close_connections.subscribe();
+    close.borrow_and_update();
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
@@ -369,7 +371,15 @@ async fn serve_connection<S>(
     let http = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(http).await {
+    let mut http = std::pin::pin!(http);
+    let r = tokio::select! {
+        r = http.as_mut() => r,
+        _ = close.changed() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -672,6 +682,13 @@ impl SimHandle {
 
     pub fn release(&self) {
         self.shared.hold.send_replace(false);
+    }
+
+    /// Closes every open client connection (idle ones at once, busy ones after the response
+    /// they are sending), like IIS ending idle keep-alive connections: an NTLM client must
+    /// authenticate its next connection anew.
+    pub fn close_connections(&self) {
+        self.shared.close_connections.send_modify(|g| *g += 1);
     }
 
     pub fn stats(&self) -> Stats {

@@ -26,6 +26,9 @@ pub(crate) struct Shared {
     pub counters: Mutex<Counters>,
     pub changed: tokio::sync::watch::Sender<u64>,
     pub hold: tokio::sync::watch::Sender<bool>,
+    /// Bumped to make every open connection close (idle ones at once, busy ones after their
+    /// current response).
+    pub close_connections: tokio::sync::watch::Sender<u64>,
     pub tick: AtomicU64,
     /// Item ids deleted the moment a GetItem/ExportItems request names them (the race of an
     /// item deleted between SyncFolderItems and GetItem).
