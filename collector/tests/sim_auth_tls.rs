@@ -189,3 +189,71 @@ async fn basic_auth_still_works_when_configured() {
     assert_eq!(s.ntlm_logons, 0);
     assert_eq!(s.auth_failures, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ntlm_lane_reuses_its_connection_and_authenticates_a_new_one() {
+    use mailvault_collector::ews::Ews as _;
+    use mailvault_collector::ews::Mailbox;
+    use mailvault_collector::ews::client::{HttpEws, HttpEwsConfig};
+    use mailvault_collector::metrics::Metrics;
+    use mailvault_collector::secret::Secret;
+    use mailvault_collector::throttle::Backoff;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let sim = Simulator::start(sim_config())
+        .await
+        .expect("start simulator");
+    let metrics = Arc::new(Metrics::default());
+    let ews = HttpEws::new(
+        HttpEwsConfig {
+            url: sim.url(),
+            username: "CONTOSO\\svc-mailvault".into(),
+            password: Secret::new("secret"),
+            auth: EwsAuth::Ntlm,
+            server_version: "Exchange2013_SP1".into(),
+            impersonation: true,
+            ca_file: None,
+            insecure_skip_verify: false,
+            request_timeout: Duration::from_secs(30),
+            per_server_concurrency: 1,
+            per_account_concurrency: 1,
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+                max_retries: 3,
+            },
+        },
+        metrics.clone(),
+    )
+    .expect("client");
+    let mb = Mailbox {
+        smtp: sim.mailboxes()[0].clone(),
+    };
+    let inbox = async || {
+        let f = ews
+            .get_distinguished_folders(&mb, &["inbox"])
+            .await
+            .expect("GetFolder inbox");
+        assert_eq!(f.len(), 1);
+    };
+    inbox().await;
+    inbox().await;
+    inbox().await;
+    let s = sim.stats();
+    assert_eq!(
+        (s.connections, s.ntlm_logons, s.count("GetFolder")),
+        (1, 1, 3),
+        "three requests, one connection, one handshake"
+    );
+
+    // The server ends the connection (as IIS does with idle keep-alive connections): the next
+    // request goes out on a new connection with a new handshake.
+    sim.close_connections();
+    inbox().await;
+    let s = sim.stats();
+    assert_eq!(s.ntlm_logons, 2);
+    assert_eq!(s.connections, 2);
+    assert_eq!(s.auth_failures, 0, "no request was refused on the way");
+    assert_eq!(Metrics::get(&metrics.ntlm_handshakes), 2);
+}

@@ -386,19 +386,31 @@ impl HttpEws {
     }
 
     /// One POST on a lane's own connection (opened first when the lane has none or the server
-    /// closed it).
+    /// closed it — except for an AUTHENTICATE, which only its own connection can carry).
     async fn lane_send(
         &self,
         lane: &mut Lane,
         operation: &str,
         xml: &str,
         mailbox: &Mailbox,
-        auth: Option<&str>,
+        step: Step<'_>,
     ) -> Result<reqwest::Response, EwsError> {
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        // A connection the server closed while idle: the request was not sent on it yet.
+        if let Some(s) = &mut lane.sender
+            && s.ready().await.is_err()
+        {
+            lane.sender = None;
+        }
         let sender = match &mut lane.sender {
-            Some(s) if !s.is_closed() => s,
-            slot => {
+            Some(s) => s,
+            None if matches!(step, Step::Authenticate(_)) => {
+                // The CHALLENGE belonged to the closed connection: this handshake is lost.
+                return Err(EwsError::transient(
+                    "the server closed the connection during the NTLM handshake",
+                ));
+            }
+            slot @ None => {
                 lane.authenticated = false;
                 slot.insert(self.connector.connect().await?)
             }
@@ -414,7 +426,7 @@ impl HttpEws {
                 ),
             )
             .header("X-AnchorMailbox", &mailbox.smtp);
-        if let Some(token) = auth {
+        if let Step::Negotiate(token) | Step::Authenticate(token) = step {
             req = req.header(hyper::header::AUTHORIZATION, format!("NTLM {token}"));
         }
         let req = req
@@ -455,8 +467,17 @@ impl HttpEws {
     ) -> Result<reqwest::Response, EwsError> {
         let mut guard = LaneGuard::checkout(self);
         let lane = &mut guard.lane;
-        if lane.authenticated && lane.sender.as_ref().is_some_and(|s| !s.is_closed()) {
-            let resp = self.lane_send(lane, operation, xml, mailbox, None).await?;
+        if let Some(s) = &mut lane.sender
+            && s.ready().await.is_err()
+        {
+            // Closed by the server while idle: a new connection needs a handshake.
+            lane.sender = None;
+            lane.authenticated = false;
+        }
+        if lane.authenticated && lane.sender.is_some() {
+            let resp = self
+                .lane_send(lane, operation, xml, mailbox, Step::Plain)
+                .await?;
             if resp.status().as_u16() != 401 {
                 return Ok(resp);
             }
@@ -472,7 +493,7 @@ impl HttpEws {
         // The NEGOTIATE carries the request itself: a server that does not ask for
         // authentication just answers it (once; nothing is sent twice then).
         let resp = self
-            .lane_send(lane, operation, xml, mailbox, Some(&negotiate))
+            .lane_send(lane, operation, xml, mailbox, Step::Negotiate(&negotiate))
             .await?;
         if resp.status().as_u16() != 401 {
             return Ok(resp);
@@ -495,15 +516,14 @@ impl HttpEws {
         let authenticate = hs
             .authenticate(challenge)
             .map_err(|e| self.auth_failed(&e.to_string()))?;
-        if lane.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            // The server closed the connection after the CHALLENGE: the handshake is lost.
-            lane.sender = None;
-            return Err(EwsError::transient(
-                "the server closed the connection during the NTLM handshake",
-            ));
-        }
         let resp = self
-            .lane_send(lane, operation, xml, mailbox, Some(&authenticate))
+            .lane_send(
+                lane,
+                operation,
+                xml,
+                mailbox,
+                Step::Authenticate(&authenticate),
+            )
             .await?;
         if resp.status().as_u16() == 401 {
             let _ = resp.bytes().await;
@@ -531,6 +551,17 @@ impl HttpEws {
         )
         .await
     }
+}
+
+/// What an NTLM lane request carries.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    /// No credentials: the connection is authenticated already.
+    Plain,
+    /// NEGOTIATE (base64).
+    Negotiate(&'a str),
+    /// AUTHENTICATE (base64), only on the connection that got the CHALLENGE.
+    Authenticate(&'a str),
 }
 
 /// A lane taken out of the idle list for one request; put back when dropped.
