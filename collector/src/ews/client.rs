@@ -8,8 +8,9 @@
 //! concurrent request gets a *lane*: one HTTP/1.1 connection the client owns (`conn.rs`; a
 //! pool would pick connections by itself), used by one request at a time. A lane shakes hands
 //! when its connection is new (NEGOTIATE → 401 + CHALLENGE → AUTHENTICATE, both carrying the
-//! request; a server that does not ask for authentication answers the first) and then sends requests without credentials on it; a 401 there
-//! (the server dropped the authentication) means one more handshake. There are at most
+//! request; a server that does not ask for authentication answers the first) and then sends
+//! requests without credentials on it; a 401 there (the server dropped the authentication)
+//! means one more handshake; a connection the server closed is replaced before a request. There are at most
 //! `per_server_concurrency` lanes, so at most that many handshakes while connections live.
 //! An AUTHENTICATE refused on the connection that got the CHALLENGE means wrong credentials:
 //! the request fails at once as access denied, naming NTLM and the user.
