@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ews::client::EwsAuth;
 use crate::filter::{Filter, Filters};
 
 /// Top-level configuration (`collector.toml`).
@@ -60,9 +61,14 @@ fn default_source() -> String {
 pub struct EwsConfig {
     /// `https://<server>/EWS/Exchange.asmx`
     pub url: String,
+    /// `DOMAIN\user`, `user@domain` or `user`.
     pub username: String,
     /// File holding the password (never the password itself).
     pub password_file: PathBuf,
+    /// `ntlm` (default: Windows authentication, what Exchange's EWS virtual directory has on
+    /// out of the box) or `basic` (must be enabled on the virtual directory; HTTPS only).
+    #[serde(default)]
+    pub auth: EwsAuth,
     /// Send ExchangeImpersonation (service account with ApplicationImpersonation).
     #[serde(default = "yes")]
     pub impersonation: bool,
@@ -358,6 +364,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auth_scheme_is_ntlm_or_basic() {
+        let with = |auth: &str| {
+            Config::from_toml(&format!(
+                "mailboxes=[\"a@x\"]\n[ews]\nurl=\"https://x\"\nusername=\"u\"\npassword_file=\"/x\"\nauth=\"{auth}\"\n[nats]\nurl=\"nats://h:1\""
+            ))
+        };
+        assert_eq!(with("basic").expect("basic").ews.auth, EwsAuth::Basic);
+        assert_eq!(with("ntlm").expect("ntlm").ews.auth, EwsAuth::Ntlm);
+        let err = with("kerberos").expect_err("unknown scheme").to_string();
+        assert!(err.contains("kerberos") && err.contains("ntlm"), "{err}");
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let cfg = Config::from_toml(
             r#"
@@ -372,6 +391,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(cfg.ews.server_version, "Exchange2013_SP1");
+        assert_eq!(cfg.ews.auth, EwsAuth::Ntlm);
         assert!(cfg.ews.impersonation);
         assert_eq!(cfg.limits.max_changes, 512);
         assert_eq!(cfg.limits.inline_limit_bytes, 512 * 1024);

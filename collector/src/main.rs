@@ -18,9 +18,9 @@ use mailvault_collector::{RunMode, run};
 #[command(name = "mailvault-collector", version)]
 struct Cli {
     /// Configuration file (TOML). Keys: `source`, `mailboxes`, `mailboxes_csv`,
-    /// `public_folders_via`, `[ews]` (url,
-    /// username, password_file, impersonation, server_version, ca_file, insecure_skip_verify,
-    /// request_timeout_secs, include_non_ipm, include_archives), `[filters]` (include/exclude_mailboxes,
+    /// `public_folders_via`, `[ews]` (url, username, password_file,
+    /// auth = "ntlm" (default) | "basic", impersonation, server_version, ca_file,
+    /// insecure_skip_verify, request_timeout_secs, include_non_ipm, include_archives), `[filters]` (include/exclude_mailboxes,
     /// include/exclude_folders, include/exclude_item_classes), `[limits]`
     /// (per_server_concurrency, per_account_concurrency, mailbox_concurrency, max_changes,
     /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
@@ -34,7 +34,8 @@ struct Cli {
     #[arg(long, conflicts_with = "interval")]
     once: bool,
 
-    /// Daemon mode: time between passes (e.g. `5m`, `30s`).
+    /// Daemon mode: time between passes (e.g. `5m`, `30s`). SIGTERM or Ctrl-C stops it: no new
+    /// mailbox is started, those in progress finish and are checkpointed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     interval: Duration,
 
@@ -72,8 +73,23 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
+    // Ctrl-C (SIGINT) and SIGTERM (what Kubernetes and systemd send) both stop the run the same
+    // way: the current batches finish and are checkpointed, then the process exits.
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: installing the SIGTERM handler: {e}");
+            return ExitCode::from(1);
+        }
+    };
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let signal = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok().then_some("SIGINT"),
+            r = sigterm.recv() => r.map(|()| "SIGTERM"),
+        };
+        if let Some(signal) = signal {
+            tracing::info!(signal, "shutting down");
             let _ = tx.send(true);
         }
     });

@@ -29,6 +29,7 @@ counters! {
     quarantined => "mailvault_collector_quarantined_total": "Items that could not be collected and got a quarantine record",
     throttled => "mailvault_collector_throttled_total": "EWS throttling responses (ErrorServerBusy, HTTP 503/429)",
     ews_requests => "mailvault_collector_ews_requests_total": "EWS HTTP requests sent",
+    ntlm_handshakes => "mailvault_collector_ntlm_handshakes_total": "NTLM handshakes completed (one per connection while it stays open)",
     ews_retries => "mailvault_collector_ews_retries_total": "EWS requests retried after a retryable failure",
     sync_state_resets => "mailvault_collector_sync_state_resets_total": "Folders resynchronised after ErrorInvalidSyncStateData",
     mime_fetch_skipped => "mailvault_collector_mime_fetch_skipped_total": "Items not re-fetched during a resync because their version was already collected",

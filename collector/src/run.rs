@@ -109,6 +109,7 @@ pub async fn run(
             url: config.ews.url.clone(),
             username: config.ews.username.clone(),
             password,
+            auth: config.ews.auth,
             server_version: config.ews.server_version.clone(),
             impersonation: config.ews.impersonation,
             ca_file: config.ews.ca_file.clone(),

@@ -23,6 +23,7 @@ fn client(url: String, per_server: usize, per_account: usize) -> (HttpEws, Arc<M
             url,
             username: "svc".into(),
             password: Secret::new("pw"),
+            auth: mailvault_collector::ews::client::EwsAuth::Basic,
             server_version: "Exchange2013_SP1".into(),
             impersonation: true,
             ca_file: None,

@@ -430,6 +430,7 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
             url: opts.ews.url.clone(),
             username: opts.ews.username.clone(),
             password: Secret::new(opts.ews.password.clone()),
+            auth: mailvault_collector::ews::client::EwsAuth::Basic,
             server_version: opts.ews.server_version.clone(),
             impersonation: opts.ews.impersonation,
             ca_file: opts.ews.ca_file.clone(),

@@ -1,11 +1,19 @@
-//! The HTTP implementation of [`Ews`]: reqwest + rustls, Basic auth, impersonation, connection
-//! reuse, bounded concurrency and retries with back-off. Responses are parsed while they stream
-//! in (a blocking task reads the body through a sync bridge), so a large GetItem response is never
-//! buffered whole.
+//! The HTTP implementation of [`Ews`]: reqwest + rustls, Basic or NTLM auth, impersonation,
+//! connection reuse, bounded concurrency and retries with back-off. Responses are parsed while
+//! they stream in (a blocking task reads the body through a sync bridge), so a large GetItem
+//! response is never buffered whole.
 //!
-//! NTLM/Negotiate: TODO — not implemented yet. Exchange on-premises defaults to NTLM; enable
-//! Basic on the EWS virtual directory for now. A maintained, non-hand-rolled NTLM crate that
-//! fits reqwest's request/response flow still has to be chosen.
+//! NTLM authenticates a *connection* (IIS keeps an NTLM-authenticated HTTP/1.1 connection
+//! authenticated), and its three messages must travel on one connection. So with NTLM every
+//! concurrent request gets a *lane*: one HTTP/1.1 connection the client owns (`conn.rs`; a
+//! pool would pick connections by itself), used by one request at a time. A lane shakes hands
+//! when its connection is new (NEGOTIATE → 401 + CHALLENGE → AUTHENTICATE, both carrying the
+//! request; a server that does not ask for authentication answers the first) and then sends
+//! requests without credentials on it; a 401 there (the server dropped the authentication)
+//! means one more handshake; a connection the server closed is replaced before a request. There are at most
+//! `per_server_concurrency` lanes, so at most that many handshakes while connections live.
+//! An AUTHENTICATE refused on the connection that got the CHALLENGE means wrong credentials:
+//! the request fails at once as access denied, naming NTLM and the user.
 
 use std::io::BufReader;
 use std::path::PathBuf;
@@ -17,6 +25,8 @@ use futures::TryStreamExt as _;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tracing::{debug, warn};
 
+use super::conn::{self, Connector};
+use super::ntlm::{self, NtlmHandshake};
 use super::xml::Element;
 use super::{
     DISTINGUISHED_FOLDERS, ErrorContext, ErrorKind, Ews, EwsError, EwsWrite, FindPage, Folder,
@@ -26,6 +36,27 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::throttle::{Backoff, Limiter};
 
+/// How the client authenticates (`[ews] auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EwsAuth {
+    /// HTTP Basic on every request (must be enabled on the EWS virtual directory; only over
+    /// HTTPS outside labs).
+    Basic,
+    /// NTLMv2 (Windows authentication, on by default on Exchange's EWS virtual directory).
+    #[default]
+    Ntlm,
+}
+
+impl EwsAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Basic => "Basic",
+            Self::Ntlm => "NTLM",
+        }
+    }
+}
+
 /// Everything the HTTP client needs.
 #[derive(Debug, Clone)]
 pub struct HttpEwsConfig {
@@ -33,6 +64,7 @@ pub struct HttpEwsConfig {
     pub url: String,
     pub username: String,
     pub password: Secret,
+    pub auth: EwsAuth,
     /// `RequestServerVersion`, default `Exchange2013_SP1`.
     pub server_version: String,
     /// Send `ExchangeImpersonation` for the target mailbox.
@@ -50,42 +82,123 @@ pub struct HttpEwsConfig {
 /// EWS over HTTP.
 #[derive(Debug)]
 pub struct HttpEws {
+    /// Basic: one pooled client for every request.
     http: reqwest::Client,
+    /// NTLM: idle lanes (see the module docs) and how to open their connections.
+    lanes: std::sync::Mutex<Vec<Lane>>,
+    connector: Connector,
+    /// `HTTP/<host>` service name for NTLM.
+    host: String,
     cfg: HttpEwsConfig,
     limiter: Limiter,
     metrics: Arc<Metrics>,
 }
 
-impl HttpEws {
-    pub fn new(cfg: HttpEwsConfig, metrics: Arc<Metrics>) -> Result<Self, EwsError> {
-        let mut b = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .pool_max_idle_per_host(cfg.per_server_concurrency.max(1))
-            .danger_accept_invalid_certs(cfg.insecure_skip_verify);
-        if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| EwsError::Permanent {
-                code: "CaFile".into(),
-                message: format!("reading {}: {e}", path.display()),
-                context: Box::default(),
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| EwsError::Permanent {
-                    code: "CaFile".into(),
-                    message: format!("parsing {}: {e}", path.display()),
-                    context: Box::default(),
-                })?;
-            for c in certs {
-                b = b.add_root_certificate(c);
+/// An NTLM lane: one connection of its own.
+#[derive(Debug, Default)]
+struct Lane {
+    sender: Option<conn::Sender>,
+    /// The connection completed a handshake and was not seen to lose it since.
+    authenticated: bool,
+}
+
+fn build_client(
+    cfg: &HttpEwsConfig,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, EwsError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(cfg.request_timeout)
+        .pool_max_idle_per_host(cfg.per_server_concurrency.max(1))
+        .danger_accept_invalid_certs(cfg.insecure_skip_verify);
+    for c in roots {
+        b = b.add_root_certificate(c.clone());
+    }
+    b.build().map_err(|e| EwsError::Permanent {
+        code: "HttpClient".into(),
+        message: e.to_string(),
+        context: Box::default(),
+    })
+}
+
+/// Text of a transport error with its causes (reqwest's own text omits e.g. the TLS reason).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Whether a transport error is rustls refusing the server (certificate or protocol), as
+/// opposed to a network failure worth retrying.
+fn is_tls_rejection(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        // `io::Error::source` skips the error it wraps (reqwest's connector nests two
+        // io::Errors around rustls's): look inside.
+        let mut inner: &(dyn std::error::Error + 'static) = c;
+        loop {
+            if inner.downcast_ref::<rustls::Error>().is_some() {
+                return true;
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(i) => inner = i,
+                None => break,
             }
         }
-        let http = b.build().map_err(|e| EwsError::Permanent {
-            code: "HttpClient".into(),
-            message: e.to_string(),
+        cur = c.source();
+    }
+    false
+}
+
+impl HttpEws {
+    pub fn new(cfg: HttpEwsConfig, metrics: Arc<Metrics>) -> Result<Self, EwsError> {
+        let mut roots = Vec::new();
+        let mut ders = Vec::new();
+        if let Some(path) = &cfg.ca_file {
+            let ca_err = |message: String| EwsError::Permanent {
+                code: "CaFile".into(),
+                message,
+                context: Box::default(),
+            };
+            let pem = std::fs::read(path)
+                .map_err(|e| ca_err(format!("reading {}: {e}", path.display())))?;
+            roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_err(format!("parsing {}: {e}", path.display())))?;
+            use rustls::pki_types::pem::PemObject as _;
+            ders = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ca_err(format!("parsing {}: {e}", path.display())))?;
+            if roots.is_empty() || ders.is_empty() {
+                return Err(ca_err(format!(
+                    "{}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+        }
+        let url = reqwest::Url::parse(&cfg.url).map_err(|e| EwsError::Permanent {
+            code: "Url".into(),
+            message: format!("{}: {e}", cfg.url),
             context: Box::default(),
         })?;
+        let connector = Connector::new(&url, &ders, cfg.insecure_skip_verify, cfg.request_timeout)?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let http = build_client(&cfg, &roots)?;
         Ok(Self {
             limiter: Limiter::new(cfg.per_server_concurrency, cfg.per_account_concurrency),
             http,
+            lanes: std::sync::Mutex::new(Vec::new()),
+            connector,
+            host,
             cfg,
             metrics,
         })
@@ -160,23 +273,10 @@ impl HttpEws {
         xml: &str,
         mailbox: &Mailbox,
     ) -> Result<Element, EwsError> {
-        let resp = self
-            .http
-            .post(&self.cfg.url)
-            .basic_auth(&self.cfg.username, Some(self.cfg.password.expose()))
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("Accept", "text/xml")
-            .header(
-                "SOAPAction",
-                format!(
-                    "\"http://schemas.microsoft.com/exchange/services/2006/messages/{operation}\""
-                ),
-            )
-            .header("X-AnchorMailbox", &mailbox.smtp)
-            .body(xml.to_owned())
-            .send()
-            .await
-            .map_err(|e| EwsError::transient(format!("HTTP request failed: {e}")))?;
+        let resp = match self.cfg.auth {
+            EwsAuth::Basic => self.send_basic(operation, xml, mailbox).await?,
+            EwsAuth::Ntlm => self.send_ntlm(operation, xml, mailbox).await?,
+        };
         let status = resp.status();
         debug!(%status, "EWS response");
         if status.as_u16() == 503 || status.as_u16() == 429 {
@@ -192,10 +292,16 @@ impl HttpEws {
                 context: Box::default(),
             });
         }
-        if status.as_u16() == 401 || status.as_u16() == 403 {
+        if status.as_u16() == 401 {
+            return Err(self.auth_failed(
+                "the server refused the credentials (wrong user name or password, or the scheme \
+                 is disabled on the EWS virtual directory)",
+            ));
+        }
+        if status.as_u16() == 403 {
             return Err(EwsError::AccessDenied {
-                code: format!("HTTP {}", status.as_u16()),
-                message: "authentication or authorisation failed".into(),
+                code: "HTTP 403".into(),
+                message: format!("authorisation failed for {}", self.cfg.username),
                 context: Box::default(),
             });
         }
@@ -228,6 +334,209 @@ impl HttpEws {
         }
     }
 
+    fn auth_failed(&self, why: &str) -> EwsError {
+        EwsError::AccessDenied {
+            code: "HTTP 401".into(),
+            message: format!(
+                "{} authentication as {} failed: {why}",
+                self.cfg.auth.as_str(),
+                self.cfg.username
+            ),
+            context: Box::default(),
+        }
+    }
+
+    /// One HTTP POST of `xml` with Basic credentials, on the pooled client.
+    async fn send_basic(
+        &self,
+        operation: &str,
+        xml: &str,
+        mailbox: &Mailbox,
+    ) -> Result<reqwest::Response, EwsError> {
+        let req = self
+            .http
+            .post(&self.cfg.url)
+            .basic_auth(&self.cfg.username, Some(self.cfg.password.expose()))
+            .header("Content-Type", "text/xml; charset=utf-8")
+            .header("Accept", "text/xml")
+            .header(
+                "SOAPAction",
+                format!(
+                    "\"http://schemas.microsoft.com/exchange/services/2006/messages/{operation}\""
+                ),
+            )
+            .header("X-AnchorMailbox", &mailbox.smtp);
+        req.body(xml.to_owned()).send().await.map_err(|e| {
+            let text = error_chain(&e);
+            if is_tls_rejection(&e) {
+                // Retrying cannot help: the server's certificate is not trusted (or TLS
+                // cannot be agreed on).
+                EwsError::Permanent {
+                    code: "TLS".into(),
+                    message: format!(
+                        "TLS handshake with {} failed: {text} (trust the issuing CA with \
+                         ews.ca_file)",
+                        self.cfg.url
+                    ),
+                    context: Box::default(),
+                }
+            } else {
+                EwsError::transient(format!("HTTP request failed: {text}"))
+            }
+        })
+    }
+
+    /// One POST on a lane's own connection (opened first when the lane has none or the server
+    /// closed it — except for an AUTHENTICATE, which only its own connection can carry).
+    async fn lane_send(
+        &self,
+        lane: &mut Lane,
+        operation: &str,
+        xml: &str,
+        mailbox: &Mailbox,
+        step: Step<'_>,
+    ) -> Result<reqwest::Response, EwsError> {
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        // A connection the server closed while idle: the request was not sent on it yet.
+        if let Some(s) = &mut lane.sender
+            && s.ready().await.is_err()
+        {
+            lane.sender = None;
+        }
+        let sender = match &mut lane.sender {
+            Some(s) => s,
+            None if matches!(step, Step::Authenticate(_)) => {
+                // The CHALLENGE belonged to the closed connection: this handshake is lost.
+                return Err(EwsError::transient(
+                    "the server closed the connection during the NTLM handshake",
+                ));
+            }
+            slot @ None => {
+                lane.authenticated = false;
+                slot.insert(self.connector.connect().await?)
+            }
+        };
+        let mut req = hyper::Request::post(self.connector.path())
+            .header(hyper::header::HOST, self.connector.authority())
+            .header(hyper::header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .header(hyper::header::ACCEPT, "text/xml")
+            .header(
+                "SOAPAction",
+                format!(
+                    "\"http://schemas.microsoft.com/exchange/services/2006/messages/{operation}\""
+                ),
+            )
+            .header("X-AnchorMailbox", &mailbox.smtp);
+        if let Step::Negotiate(token) | Step::Authenticate(token) = step {
+            req = req.header(hyper::header::AUTHORIZATION, format!("NTLM {token}"));
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                xml.to_owned(),
+            )))
+            .map_err(|e| EwsError::Permanent {
+                code: "HttpRequest".into(),
+                message: e.to_string(),
+                context: Box::default(),
+            })?;
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(resp)) => Ok(conn::into_reqwest(resp, deadline)),
+            Ok(Err(e)) => {
+                lane.sender = None;
+                Err(EwsError::transient(format!(
+                    "HTTP request failed: {}",
+                    error_chain(&e)
+                )))
+            }
+            Err(_) => {
+                lane.sender = None;
+                Err(EwsError::transient("HTTP request timed out"))
+            }
+        }
+    }
+
+    /// Sends over an NTLM lane, shaking hands when the lane's connection is not authenticated.
+    async fn send_ntlm(
+        &self,
+        operation: &str,
+        xml: &str,
+        mailbox: &Mailbox,
+    ) -> Result<reqwest::Response, EwsError> {
+        let mut guard = LaneGuard::checkout(self);
+        let lane = &mut guard.lane;
+        if let Some(s) = &mut lane.sender
+            && s.ready().await.is_err()
+        {
+            // Closed by the server while idle: a new connection needs a handshake.
+            lane.sender = None;
+            lane.authenticated = false;
+        }
+        if lane.authenticated && lane.sender.is_some() {
+            let resp = self
+                .lane_send(lane, operation, xml, mailbox, Step::Plain)
+                .await?;
+            if resp.status().as_u16() != 401 {
+                return Ok(resp);
+            }
+            debug!("NTLM connection no longer authenticated; shaking hands again");
+            let _ = resp.bytes().await;
+        }
+        lane.authenticated = false;
+        let mut hs = NtlmHandshake::new(&self.cfg.username, self.cfg.password.expose(), &self.host)
+            .map_err(|e| self.auth_failed(&e.to_string()))?;
+        let negotiate = hs
+            .negotiate()
+            .map_err(|e| self.auth_failed(&e.to_string()))?;
+        // The NEGOTIATE carries the request itself: a server that does not ask for
+        // authentication just answers it (once; nothing is sent twice then).
+        let resp = self
+            .lane_send(lane, operation, xml, mailbox, Step::Negotiate(&negotiate))
+            .await?;
+        if resp.status().as_u16() != 401 {
+            return Ok(resp);
+        }
+        let values: Vec<String> = resp
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        // Read the 401 to its end: the connection carries the next message.
+        let _ = resp.bytes().await;
+        let Some(challenge) = ntlm::challenge_token(values.iter().map(String::as_str)) else {
+            return Err(self.auth_failed(&format!(
+                "the server offers no NTLM challenge (WWW-Authenticate: {})",
+                values.join(", ")
+            )));
+        };
+        let authenticate = hs
+            .authenticate(challenge)
+            .map_err(|e| self.auth_failed(&e.to_string()))?;
+        let resp = self
+            .lane_send(
+                lane,
+                operation,
+                xml,
+                mailbox,
+                Step::Authenticate(&authenticate),
+            )
+            .await?;
+        if resp.status().as_u16() == 401 {
+            let _ = resp.bytes().await;
+            return Err(self.auth_failed(
+                "the server refused the AUTHENTICATE message (wrong user name or password?)",
+            ));
+        }
+        Metrics::add(&self.metrics.ntlm_handshakes, 1);
+        lane.authenticated = true;
+        Ok(resp)
+    }
+
     /// ExportItems (full-fidelity blobs).
     pub async fn export_items(
         &self,
@@ -242,6 +551,48 @@ impl HttpEws {
             |_| None,
         )
         .await
+    }
+}
+
+/// What an NTLM lane request carries.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    /// No credentials: the connection is authenticated already.
+    Plain,
+    /// NEGOTIATE (base64).
+    Negotiate(&'a str),
+    /// AUTHENTICATE (base64), only on the connection that got the CHALLENGE.
+    Authenticate(&'a str),
+}
+
+/// A lane taken out of the idle list for one request; put back when dropped.
+struct LaneGuard<'a> {
+    ews: &'a HttpEws,
+    lane: Lane,
+}
+
+impl<'a> LaneGuard<'a> {
+    fn checkout(ews: &'a HttpEws) -> Self {
+        let lane = ews
+            .lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        Self { ews, lane }
+    }
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        // A request cancelled mid-handshake leaves `authenticated` false: the next user of the
+        // lane shakes hands again.
+        let lane = std::mem::take(&mut self.lane);
+        self.ews
+            .lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(lane);
     }
 }
 

@@ -2,7 +2,9 @@
 //! [`Ews`] trait the sync engine is written against.
 
 pub mod client;
+mod conn;
 pub mod error;
+pub mod ntlm;
 pub mod parse;
 pub mod request;
 pub mod xml;

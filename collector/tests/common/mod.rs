@@ -75,6 +75,7 @@ mailboxes = [{list}]
 url = "{}"
 username = "{}"
 password_file = "{}"
+auth = "{}"
 impersonation = {}
 request_timeout_secs = {}
 [limits]
@@ -95,6 +96,7 @@ url = "{}"
         c.ews.url,
         c.ews.username,
         c.ews.password_file.display(),
+        c.ews.auth.as_str().to_lowercase(),
         c.ews.impersonation,
         c.ews.request_timeout_secs,
         l.per_server_concurrency,

@@ -73,6 +73,7 @@ impl EwsArgs {
                 url: self.ews.clone(),
                 username: self.user.clone(),
                 password: Secret::new(self.password()?),
+                auth: mailvault_collector::ews::client::EwsAuth::Basic,
                 server_version: "Exchange2013_SP1".into(),
                 impersonation: !self.no_impersonation,
                 ca_file: self.ca_file.clone(),

@@ -62,6 +62,7 @@ fn http_ews(url: &str) -> HttpEws {
             url: url.to_owned(),
             username: "svc-mailvault".into(),
             password: EwsSecret::new("secret"),
+            auth: mailvault_collector::ews::client::EwsAuth::Basic,
             server_version: "Exchange2016".into(),
             impersonation: true,
             ca_file: None,

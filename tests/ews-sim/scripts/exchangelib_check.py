@@ -1,7 +1,7 @@
 """Independent check of the EWS simulator with exchangelib (PyPI), a widely used EWS client.
 
-Usage: exchangelib_check.py SPEC.json  — SPEC holds url, user, password and, per mailbox, the
-expected folders (path below the top of the information store → the source files, one item's
+Usage: exchangelib_check.py SPEC.json  — SPEC holds url, user, password, auth ("basic" or
+"ntlm"; NTLM through requests_ntlm/pyspnego) and, per mailbox, the expected folders (path below the top of the information store → the source files, one item's
 MIME each). For every mailbox, with impersonation: walk the folder tree, count
 items per folder, fetch the MIME of every item and compare it with the source, and sync the
 Inbox (full sync, then an incremental one that must be empty). Prints a JSON report; exits 1
@@ -16,6 +16,7 @@ from collections import Counter
 from exchangelib import (
     BASIC,
     IMPERSONATION,
+    NTLM,
     Account,
     Build,
     Configuration,
@@ -34,7 +35,7 @@ def main() -> int:
     config = Configuration(
         service_endpoint=spec["url"],
         credentials=Credentials(spec["user"], spec["password"]),
-        auth_type=BASIC,
+        auth_type={"basic": BASIC, "ntlm": NTLM}[spec.get("auth", "basic")],
         version=Version(build=Build(15, 1, 2507, 0)),
         max_connections=4,
     )

@@ -11,9 +11,11 @@
 //! ```
 
 pub mod mime;
+mod ntlm;
 pub mod ops;
 mod server;
 pub mod store;
+pub mod tls;
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -27,7 +29,7 @@ use mailvault_mailgen::GenConfig;
 
 pub use store::{ItemRef, StoreError};
 
-/// A user that may log in (HTTP Basic).
+/// A user that may log in (HTTP Basic or NTLM).
 #[derive(Clone)]
 pub struct Account {
     /// `user`, `DOMAIN\user` or `user@domain` (compared case-insensitively by the user part).
@@ -67,6 +69,12 @@ pub struct SimConfig {
     pub busy_as_http_503: bool,
     /// Seed of the fault-injection dice.
     pub fault_seed: u64,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<tls::TlsIdentity>,
+    /// Accept HTTP Basic (`WWW-Authenticate: Basic`).
+    pub basic_auth: bool,
+    /// Accept NTLM under the `NTLM` and `Negotiate` schemes (raw NTLMSSP tokens, no SPNEGO).
+    pub ntlm_auth: bool,
 }
 
 impl SimConfig {
@@ -87,6 +95,9 @@ impl SimConfig {
             busy_backoff_ms: 500,
             busy_as_http_503: false,
             fault_seed: 1,
+            tls: None,
+            basic_auth: true,
+            ntlm_auth: true,
         }
     }
 
@@ -155,7 +166,15 @@ pub struct Stats {
     /// `ErrorServerBusy`/503 answers for the concurrency limit and injected busy faults.
     pub busy_responses: u64,
     pub injected: BTreeMap<String, u64>,
+    /// 401s for missing or bad credentials (every 401 except those carrying an NTLM
+    /// CHALLENGE).
     pub auth_failures: u64,
+    /// NTLM handshakes completed (each authenticates one connection).
+    pub ntlm_logons: u64,
+    /// TCP connections accepted.
+    pub connections: u64,
+    /// TLS handshakes that failed (e.g. a client that does not trust the certificate).
+    pub tls_failures: u64,
     pub impersonation_denied: u64,
     /// SOAP faults sent, by response code.
     pub faults: BTreeMap<String, u64>,
@@ -237,6 +256,7 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let (changed, _) = tokio::sync::watch::channel(0u64);
         let (hold, _) = tokio::sync::watch::channel(false);
+        let (close_connections, _) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(server::Shared {
             store: std::sync::RwLock::new(store),
             faults: std::sync::Mutex::new(server::FaultState::new(config.fault_seed)),
@@ -244,31 +264,20 @@ impl Simulator {
             counters: std::sync::Mutex::new(server::Counters::default()),
             changed,
             hold,
+            close_connections,
             tick: AtomicU64::new(0),
             vanish_on_fetch: Default::default(),
         });
-        let app_state = shared.clone();
-        let app = axum::Router::new()
-            .fallback(
-                move |method: axum::http::Method,
-                      uri: axum::http::Uri,
-                      headers: axum::http::HeaderMap,
-                      body: axum::body::Bytes| {
-                    let s = app_state.clone();
-                    async move { server::handle(s, method, uri, headers, body).await }
-                },
-            )
-            .layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024));
+        let acceptor = match &shared.config.tls {
+            Some(id) => Some(tokio_rustls::TlsAcceptor::from(id.server_config()?)),
+            None => None,
+        };
+        let tls = acceptor.is_some();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), acceptor, stop_rx));
         Ok(SimHandle {
             addr,
+            tls,
             shared,
             stop: Some(stop_tx),
             task: Some(task),
@@ -276,9 +285,109 @@ impl Simulator {
     }
 }
 
+/// Largest request body accepted (413 above).
+const MAX_BODY: usize = 512 * 1024 * 1024;
+/// Time a client gets to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `stop` fires, then closes the open ones (each after the request
+/// it is serving) and waits for them. Each connection is served by HTTP/1.1 with keep-alive and
+/// has its own authentication state (NTLM authenticates a connection, as on IIS).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<server::Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            // Reap finished connection tasks as we go.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        shared.lock_counters().connections += 1;
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            let conn = Arc::new(server::Conn::default());
+            match acceptor {
+                None => serve_connection(tcp, shared, conn).await,
+                Some(a) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, a.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, shared, conn).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        shared.lock_counters().tls_failures += 1;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        shared.lock_counters().tls_failures += 1;
+                    }
+                },
+            }
+        });
+    }
+    drop(listener);
+    shared.close_connections.send_modify(|g| *g += 1);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(io: S, shared: Arc<server::Shared>, conn: Arc<server::Conn>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut close = shared.close_connections.subscribe();
+    close.borrow_and_update();
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        async move {
+            use http_body_util::BodyExt as _;
+            let (parts, body) = req.into_parts();
+            let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    use axum::response::IntoResponse as _;
+                    let status = if e.is::<http_body_util::LengthLimitError>() {
+                        axum::http::StatusCode::PAYLOAD_TOO_LARGE
+                    } else {
+                        axum::http::StatusCode::BAD_REQUEST
+                    };
+                    return Ok::<_, std::convert::Infallible>(
+                        (status, "request body not read").into_response(),
+                    );
+                }
+            };
+            Ok(server::handle(shared, &conn, parts.method, parts.uri, parts.headers, body).await)
+        }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    let mut http = std::pin::pin!(http);
+    let r = tokio::select! {
+        r = http.as_mut() => r,
+        _ = close.changed() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
 /// A running simulator. Dropping it stops the server.
 pub struct SimHandle {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<server::Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -301,9 +410,10 @@ impl Drop for SimHandle {
 }
 
 impl SimHandle {
-    /// The EWS endpoint, `http://127.0.0.1:PORT/EWS/Exchange.asmx`.
+    /// The EWS endpoint, `http://127.0.0.1:PORT/EWS/Exchange.asmx` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}/EWS/Exchange.asmx", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/EWS/Exchange.asmx", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -572,6 +682,13 @@ impl SimHandle {
 
     pub fn release(&self) {
         self.shared.hold.send_replace(false);
+    }
+
+    /// Closes every open client connection (idle ones at once, busy ones after the response
+    /// they are sending), like IIS ending idle keep-alive connections: an NTLM client must
+    /// authenticate its next connection anew.
+    pub fn close_connections(&self) {
+        self.shared.close_connections.send_modify(|g| *g += 1);
     }
 
     pub fn stats(&self) -> Stats {

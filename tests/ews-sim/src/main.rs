@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use mailvault_ews_sim::tls::{self, TlsIdentity};
 use mailvault_ews_sim::{Account, SimConfig, Simulator};
 
 #[derive(Debug, Parser)]
@@ -39,15 +40,30 @@ struct Args {
     max_concurrency: usize,
     #[arg(long, default_value_t = 500)]
     backoff_ms: u64,
-    /// TLS is not built in yet: put a TLS terminator in front for HTTPS.
-    #[arg(long)]
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
     tls_cert: Option<PathBuf>,
-    #[arg(long)]
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate for localhost/127.0.0.1/::1 from a fresh throw-away CA,
+    /// and write that CA's certificate (PEM) to this file for clients to trust.
+    #[arg(long, value_name = "CA_PEM_OUT")]
+    tls_self_signed: Option<PathBuf>,
+    /// Authentication schemes to accept: `basic`, `ntlm` (NTLM and Negotiate headers carrying
+    /// raw NTLMSSP), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "basic,ntlm")]
+    auth: Vec<AuthScheme>,
     /// Write the served mailboxes' SMTP addresses to this file, one per line (a collector's
     /// `mailboxes_csv`), once the simulator is listening.
     #[arg(long)]
     mailboxes_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuthScheme {
+    Basic,
+    Ntlm,
 }
 
 #[tokio::main]
@@ -56,11 +72,6 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args = Args::parse();
-    if args.tls_cert.is_some() || args.tls_key.is_some() {
-        anyhow::bail!(
-            "--tls-cert/--tls-key: HTTPS is not implemented yet (see docs/ews-simulator.md)"
-        );
-    }
     let password = std::fs::read_to_string(&args.password_file)
         .with_context(|| format!("reading {}", args.password_file.display()))?;
     let password = password.lines().next().unwrap_or("").to_owned();
@@ -74,6 +85,20 @@ async fn main() -> anyhow::Result<()> {
     cfg.maildir = args.maildir.clone();
     cfg.max_concurrent_per_account = args.max_concurrency;
     cfg.busy_backoff_ms = args.backoff_ms;
+    cfg.basic_auth = args.auth.contains(&AuthScheme::Basic);
+    cfg.ntlm_auth = args.auth.contains(&AuthScheme::Ntlm);
+    if !(cfg.basic_auth || cfg.ntlm_auth) {
+        anyhow::bail!("--auth: name at least one of basic, ntlm");
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = Some(TlsIdentity::from_files(cert, key)?);
+    }
+    if let Some(ca_out) = &args.tls_self_signed {
+        let pki = tls::self_signed(&["localhost", "127.0.0.1", "::1"])?;
+        std::fs::write(ca_out, &pki.ca_pem)
+            .with_context(|| format!("writing {}", ca_out.display()))?;
+        cfg.tls = Some(pki.identity);
+    }
     if let Some(seed) = args.generate_seed {
         cfg.generate = Some(mailvault_mailgen::GenConfig {
             seed,

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::ntlm;
 use crate::ops::{self, Ctx, Fault};
 use crate::store::Store;
 use crate::xml::{self, El, NS_E, NS_T, SOAP11, SOAP12, esc};
@@ -25,6 +26,9 @@ pub(crate) struct Shared {
     pub counters: Mutex<Counters>,
     pub changed: tokio::sync::watch::Sender<u64>,
     pub hold: tokio::sync::watch::Sender<bool>,
+    /// Bumped to make every open connection close (idle ones at once, busy ones after their
+    /// current response).
+    pub close_connections: tokio::sync::watch::Sender<u64>,
     pub tick: AtomicU64,
     /// Item ids deleted the moment a GetItem/ExportItems request names them (the race of an
     /// item deleted between SyncFolderItems and GetItem).
@@ -57,6 +61,9 @@ pub(crate) struct Counters {
     pub busy: u64,
     pub injected: BTreeMap<String, u64>,
     pub auth_failures: u64,
+    pub ntlm_logons: u64,
+    pub connections: u64,
+    pub tls_failures: u64,
     pub impersonation_denied: u64,
     pub faults_sent: BTreeMap<String, u64>,
     /// Requests per account that passed authentication and the SOAP header checks and have
@@ -111,6 +118,9 @@ impl Shared {
             busy_responses: c.busy,
             injected: c.injected.clone(),
             auth_failures: c.auth_failures,
+            ntlm_logons: c.ntlm_logons,
+            connections: c.connections,
+            tls_failures: c.tls_failures,
             impersonation_denied: c.impersonation_denied,
             faults: c.faults_sent.clone(),
             max_attempted_per_account: c.max_attempted_per_account,
@@ -231,16 +241,65 @@ fn busy_fault(ms: u64) -> Fault {
     }
 }
 
-fn unauthorized() -> Response {
-    (
+/// 401 offering the schemes the simulator accepts, in the order IIS lists them for an EWS
+/// virtual directory with Windows and Basic authentication: `Negotiate`, `NTLM`, `Basic`.
+fn unauthorized(config: &SimConfig) -> Response {
+    let mut r = (
         StatusCode::UNAUTHORIZED,
-        [(
-            header::WWW_AUTHENTICATE,
-            "Basic realm=\"mailvault-ews-sim\"",
-        )],
         "401 - Unauthorized: Access is denied due to invalid credentials.",
     )
-        .into_response()
+        .into_response();
+    let h = r.headers_mut();
+    if config.ntlm_auth {
+        h.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Negotiate"),
+        );
+        h.append(header::WWW_AUTHENTICATE, HeaderValue::from_static("NTLM"));
+    }
+    if config.basic_auth {
+        h.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"mailvault-ews-sim\""),
+        );
+    }
+    r
+}
+
+/// 401 carrying an NTLM CHALLENGE under the scheme the client used (`NTLM` or `Negotiate`).
+fn ntlm_challenge_response(scheme: &str, token: &[u8]) -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, "").into_response();
+    let v = format!(
+        "{scheme} {}",
+        base64::engine::general_purpose::STANDARD.encode(token)
+    );
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// What one client connection has proved so far. NTLM authenticates the connection (as IIS
+/// does): after a successful handshake, requests on the same connection need no
+/// `Authorization` header; a new connection needs a new handshake.
+#[derive(Debug, Default)]
+pub(crate) struct Conn {
+    auth: Mutex<ConnAuth>,
+}
+
+#[derive(Debug, Default)]
+struct ConnAuth {
+    pending: Option<ntlm::Pending>,
+    /// Index into `SimConfig::accounts` of the account NTLM authenticated.
+    account: Option<usize>,
+}
+
+impl Conn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnAuth> {
+        self.auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// `DOMAIN\user`, `user@domain` and `user` all name the account `user`.
@@ -249,12 +308,7 @@ fn account_key(name: &str) -> String {
     n.split('@').next().unwrap_or(n).to_ascii_lowercase()
 }
 
-fn authenticate<'a>(accounts: &'a [Account], headers: &HeaderMap) -> Option<&'a Account> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, cred) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
+fn basic(accounts: &[Account], cred: &str) -> Option<usize> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(cred.trim())
         .ok()?;
@@ -263,11 +317,78 @@ fn authenticate<'a>(accounts: &'a [Account], headers: &HeaderMap) -> Option<&'a 
     let key = account_key(user);
     accounts
         .iter()
-        .find(|a| account_key(&a.name) == key && a.password == pass)
+        .position(|a| account_key(&a.name) == key && a.password == pass)
+}
+
+/// The account a request acts as, or the 401 (challenge or refusal) to answer it with.
+fn authenticate<'a>(
+    shared: &'a Shared,
+    conn: &Conn,
+    headers: &HeaderMap,
+) -> Result<&'a Account, Box<Response>> {
+    let cfg = &shared.config;
+    let refuse = |why: &dyn std::fmt::Display| {
+        tracing::debug!(reason = %why, "authentication failed");
+        shared.lock_counters().auth_failures += 1;
+        Box::new(unauthorized(cfg))
+    };
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let Some((scheme, cred)) = header.and_then(|v| v.split_once(' ')) else {
+        // No (usable) credentials: fine on a connection NTLM already authenticated.
+        if let Some(i) = conn.lock().account {
+            return Ok(&cfg.accounts[i]);
+        }
+        return Err(refuse(&"no usable Authorization header"));
+    };
+    if scheme.eq_ignore_ascii_case("basic") && cfg.basic_auth {
+        return match basic(&cfg.accounts, cred) {
+            Some(i) => Ok(&cfg.accounts[i]),
+            None => Err(refuse(&"Basic: unknown user or wrong password")),
+        };
+    }
+    let is_ntlm = scheme.eq_ignore_ascii_case("ntlm") || scheme.eq_ignore_ascii_case("negotiate");
+    if !(is_ntlm && cfg.ntlm_auth) {
+        return Err(refuse(&format_args!("scheme {scheme} not enabled")));
+    }
+    let Ok(token) = base64::engine::general_purpose::STANDARD.decode(cred.trim()) else {
+        return Err(refuse(&"NTLM token is not base64"));
+    };
+    let mut state = conn.lock();
+    match ntlm::message_type(&token) {
+        Ok(1) => {
+            // A new handshake replaces whatever the connection had proved before.
+            state.account = None;
+            match ntlm::challenge(&token) {
+                Ok((pending, challenge)) => {
+                    state.pending = Some(pending);
+                    Err(Box::new(ntlm_challenge_response(scheme, &challenge)))
+                }
+                Err(e) => Err(refuse(&e)),
+            }
+        }
+        Ok(3) => {
+            let Some(pending) = state.pending.take() else {
+                return Err(refuse(&ntlm::NtlmError::NoPendingChallenge));
+            };
+            match ntlm::authenticate(pending, &token, &cfg.accounts, account_key) {
+                Ok(i) => {
+                    state.account = Some(i);
+                    shared.lock_counters().ntlm_logons += 1;
+                    Ok(&cfg.accounts[i])
+                }
+                Err(e) => Err(refuse(&e)),
+            }
+        }
+        Ok(t) => Err(refuse(&ntlm::NtlmError::UnexpectedType(t))),
+        Err(e) => Err(refuse(&e)),
+    }
 }
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    conn: &Conn,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -279,9 +400,9 @@ pub(crate) async fn handle(
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "EWS expects SOAP over POST").into_response();
     }
-    let Some(account) = authenticate(&shared.config.accounts, &headers) else {
-        shared.lock_counters().auth_failures += 1;
-        return unauthorized();
+    let account = match authenticate(&shared, conn, &headers) {
+        Ok(a) => a,
+        Err(response) => return *response,
     };
     let doc = match xml::parse(&body) {
         Ok(d) => d,

@@ -1,7 +1,8 @@
 //! Independent check (issue 3): exchangelib (PyPI), a widely used third-party EWS client, talks
 //! to the simulator with impersonation, walks every mailbox's folder tree, counts the items of
 //! each folder, fetches every item's MIME and compares it with the source bytes, and syncs the
-//! Inbox. If exchangelib cannot talk to the simulator, the simulator is wrong.
+//! Inbox. If exchangelib cannot talk to the simulator, the simulator is wrong. Twice: Basic over
+//! HTTP, and NTLM (requests_ntlm / pyspnego, an independent NTLM implementation) over HTTPS.
 //!
 //! The venv lives in the tools cache (`$MAILVAULT_TOOLS/exchangelib-venv`, default
 //! `~/.cache/mailvault/tools`) and is installed by `ops/scripts/install-tools.sh exchangelib`
@@ -43,8 +44,32 @@ fn python() -> PathBuf {
     py
 }
 
+/// Basic over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchangelib_walks_counts_fetches_and_syncs() {
+    let stats = check(Transport::BasicHttp).await;
+    assert_eq!(stats.ntlm_logons, 0);
+}
+
+/// NTLM (requests_ntlm / pyspnego) over HTTPS, trusting the simulator's throw-away CA through
+/// `REQUESTS_CA_BUNDLE`, with Basic switched off in the simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchangelib_over_https_with_ntlm() {
+    let stats = check(Transport::NtlmHttps).await;
+    assert!(
+        stats.ntlm_logons >= 1,
+        "exchangelib authenticated with NTLM"
+    );
+    assert_eq!(stats.tls_failures, 0);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    BasicHttp,
+    NtlmHttps,
+}
+
+async fn check(transport: Transport) -> mailvault_ews_sim::Stats {
     let py = python();
     let gen_cfg = GenConfig {
         seed: 31,
@@ -58,10 +83,18 @@ async fn exchangelib_walks_counts_fetches_and_syncs() {
     let corpus = mailvault_mailgen::generate(&gen_cfg);
     let mut sc = SimConfig::new("contoso.com");
     sc.generate = Some(gen_cfg);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = dir.path().join("ca.pem");
+    if transport == Transport::NtlmHttps {
+        let pki = mailvault_ews_sim::tls::self_signed(&["localhost", "127.0.0.1"])
+            .expect("make certificates");
+        std::fs::write(&ca_file, &pki.ca_pem).expect("write CA");
+        sc.tls = Some(pki.identity);
+        sc.basic_auth = false;
+    }
     let sim = Simulator::start(sc).await.expect("start simulator");
 
     // The source bytes, one file per item, listed per mailbox and folder path.
-    let dir = tempfile::tempdir().expect("temp dir");
     let mut expected: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     for (n, it) in corpus.items.iter().enumerate() {
         let f = dir.path().join(format!("{n}.eml"));
@@ -77,17 +110,18 @@ async fn exchangelib_walks_counts_fetches_and_syncs() {
         "url": sim.url(),
         "user": "svc-mailvault",
         "password": "secret",
+        "auth": if transport == Transport::NtlmHttps { "ntlm" } else { "basic" },
         "mailboxes": expected,
     });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).expect("write spec");
     let script = repo_root().join("tests/ews-sim/scripts/exchangelib_check.py");
-    let out = tokio::process::Command::new(&py)
-        .arg(&script)
-        .arg(&spec_path)
-        .output()
-        .await
-        .expect("run exchangelib check");
+    let mut cmd = tokio::process::Command::new(&py);
+    cmd.arg(&script).arg(&spec_path);
+    if transport == Transport::NtlmHttps {
+        cmd.env("REQUESTS_CA_BUNDLE", &ca_file);
+    }
+    let out = cmd.output().await.expect("run exchangelib check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -106,4 +140,9 @@ async fn exchangelib_walks_counts_fetches_and_syncs() {
         assert_eq!(r["inbox_second_sync_changes"].as_u64(), Some(0), "{mb}");
     }
     assert!(s.count("SyncFolderItems") > 0 && s.count("GetItem") > 0);
+    eprintln!(
+        "connections: {}, NTLM logons: {}, auth failures: {}",
+        s.connections, s.ntlm_logons, s.auth_failures
+    );
+    s
 }
