@@ -200,13 +200,18 @@ async fn in_process_source_acks_only_after_commit() {
         let ix = ix.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            consume::run(&ix, &mut source, &ConsumeConfig::default(), stop, Some(tx)).await
+            // Two pulls of 7 fill one commit batch of 14.
+            let cfg = ConsumeConfig {
+                batch: 14,
+                wait: Duration::from_secs(30),
+            };
+            consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
         })
     };
     wait_for(&mut rx, |r| r.acked >= n as u64).await;
     stop.cancel();
     let report = task.await.expect("task");
-    assert_eq!(report.commits, nb);
+    assert_eq!(report.commits, nb.div_ceil(2));
     assert_eq!(log.lock().expect("log").len(), n);
     assert!(log.lock().expect("log").iter().all(|s| s == "ack"));
 }
