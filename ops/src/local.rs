@@ -139,10 +139,12 @@ impl LocalBackup {
             mailbox_concurrency: 4,
             inline_limit: 512 * 1024,
             source: "mailvault-local".into(),
+            // The collector waits for each batch to settle before it checkpoints, so a long
+            // linger here is pure latency on its critical path.
             batch: BatchPolicy {
                 max_items: 500,
                 max_bytes: 64 << 20,
-                max_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(10),
             },
             max_in_bus: 4096,
         }
