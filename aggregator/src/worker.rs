@@ -266,7 +266,31 @@ pub async fn run_worker<S: Source>(
             tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
         }
     }
-    // Shutdown: everything handled is flushed, published and acked — or left to redelivery.
+    // Shutdown: hand back what the source has buffered but not yielded yet (a continuous
+    // pull holds some), so the other replicas get it now rather than after `ack_wait`.
+    for _ in 0..4 {
+        let Ok(mut rest) = source
+            .pull(
+                limits.fetch_messages,
+                limits.fetch_bytes as usize,
+                Duration::ZERO,
+            )
+            .await
+        else {
+            break;
+        };
+        let mut handed_back = 0;
+        while let Some(Some(Ok(d))) = rest.next().now_or_never() {
+            handed_back += 1;
+            if let Err(e) = d.acker.nak(Duration::ZERO).await {
+                tracing::debug!(error = %e, "nak at shutdown");
+            }
+        }
+        if handed_back == 0 {
+            break;
+        }
+    }
+    // Everything handled is flushed, published and acked — or left to redelivery.
     match commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
         Some(c) => report.add(c),
         None => report.abandoned = p.held(),
