@@ -327,11 +327,23 @@ async fn refresh_loop(
     }
 }
 
-/// The JetStream [`Source`]: pull requests on the shared durable consumer.
+/// The JetStream [`Source`]: one continuous pull on the shared durable consumer. async-nats
+/// sends the next pull request when half of the previous one has arrived, so messages keep
+/// coming while the writer works; a pull request per [`Source::pull`] call left the writer idle
+/// for a request round trip each time (measured: about a quarter of the drain time).
 struct JsSource {
     consumer: consumer::Consumer<consumer::pull::Config>,
     stream: String,
+    /// Created on first use with the first call's sizes; dropped after an error and created
+    /// again by the next call. Messages it buffered but did not yield are not lost: they are
+    /// redelivered after `ack_wait` (see also [`Source::pull`]'s contract).
+    messages: Arc<tokio::sync::Mutex<Option<consumer::pull::Stream>>>,
 }
+
+/// How long one pull request of the continuous pull stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Idle heartbeat of the continuous pull (a missed one surfaces as an error).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl Source for JsSource {
@@ -341,22 +353,48 @@ impl Source for JsSource {
         max_bytes: usize,
         expires: Duration,
     ) -> Result<Pull, EdgeError> {
-        let batch = self
-            .consumer
-            .batch()
-            .max_messages(max_messages)
-            .max_bytes(max_bytes)
-            .expires(expires)
-            .messages()
-            .await
-            .map_err(|e| EdgeError::new("pull request", e))?;
+        let mut messages = self.messages.clone().lock_owned().await;
+        if messages.is_none() {
+            let s = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(max_messages)
+                .max_bytes_per_batch(max_bytes)
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages()
+                .await
+                .map_err(|e| EdgeError::new("pull request", e))?;
+            *messages = Some(s);
+        }
         let stream = self.stream.clone();
-        Ok(batch
-            .map(move |m| {
-                m.map(|m| delivery(&stream, m))
-                    .map_err(|e| EdgeError::new("pull", e))
+        let deadline = tokio::time::Instant::now() + expires;
+        // Up to `max_messages`, or what arrives until `expires`; the continuous pull goes on
+        // underneath (waiting on it is cancel-safe: a message is only taken when yielded).
+        Ok(
+            futures::stream::unfold((messages, 0usize), move |(mut messages, taken)| {
+                let stream = stream.clone();
+                async move {
+                    if taken >= max_messages {
+                        return None;
+                    }
+                    let s = messages.as_mut()?;
+                    match tokio::time::timeout_at(deadline, s.next()).await {
+                        Ok(Some(Ok(m))) => Some((Ok(delivery(&stream, m)), (messages, taken + 1))),
+                        Ok(Some(Err(e))) => {
+                            *messages = None;
+                            Some((Err(EdgeError::new("pull", e)), (messages, max_messages)))
+                        }
+                        Ok(None) => {
+                            *messages = None;
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
             })
-            .boxed())
+            .boxed(),
+        )
     }
 }
 
@@ -369,6 +407,7 @@ async fn worker(
     let source = JsSource {
         consumer,
         stream: cfg.nats.stream.clone(),
+        messages: Arc::default(),
     };
     Ok(run_worker(source, p, worker_limits(&cfg), shutdown).await?)
 }

@@ -3,15 +3,25 @@
 //! settle the deliveries (guarantee 1: nothing is acknowledged before it is durable).
 //!
 //! Stages of one batch, each retried where it stopped:
-//! `handle` (items finished into the writer) → `flush` (packs + index durable) → publish
-//! `ItemStored` / `ItemChangeRecorded` → ack → delete Object Store bodies.
+//! `handle` (items finished into the writer) → cut (the writer's finished items and sealed
+//! packs become a [`Flush`]) → upload packs + index object → publish `ItemStored` /
+//! `ItemChangeRecorded` → ack → delete Object Store bodies.
+//!
+//! Overlap: [`Pipeline::commit_in_background`] runs everything after the cut on a task of its
+//! own while the writer takes the next batch, so the CPU-bound writer does not wait for S3 and
+//! NATS round trips. At most one cut batch exists at a time (running, or stalled after an
+//! error and then retried in the foreground by [`Pipeline::commit`]); a later batch is only
+//! cut once the earlier one is settled, because its items may reference chunks stored in the
+//! earlier batch's packs (the writer dedupes against them).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use mailvault_format::{BlobId, ErrorKind, FormatError, ItemManifest, Repository, Writer};
+use mailvault_format::{
+    BlobId, ErrorKind, Flush, FormatError, ItemManifest, ItemReceipt, Repository, Writer,
+};
 use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored, Quarantined};
 use mailvault_proto::ingest::v1::{
     ChangeKind, IngestMessage, ItemChange, ItemEnvelope, ObjectRef, ingest_message, item_envelope,
@@ -19,7 +29,7 @@ use mailvault_proto::ingest::v1::{
 use prost::Message as _;
 use tokio::io::AsyncReadExt as _;
 
-use crate::edge::{Bodies, BodyError, Delivery, EdgeError, Event, EventSink};
+use crate::edge::{Bodies, BodyError, BodyReader, Delivery, EdgeError, Event, EventSink};
 use crate::metrics::Metrics;
 
 /// Subjects of the events the aggregator publishes (stream `MAILVAULT_EVENTS`).
@@ -141,15 +151,34 @@ pub struct Committed {
     pub duplicates: usize,
 }
 
+impl std::ops::AddAssign for Committed {
+    fn add_assign(&mut self, o: Committed) {
+        self.items += o.items;
+        self.changes += o.changes;
+        self.duplicates += o.duplicates;
+    }
+}
+
 struct Pending {
     delivery: Delivery,
     manifest_id: BlobId,
-    event: Event,
+    /// Encoded at publish time, when the stored time is known.
+    event: EventDraft,
     body: Option<ObjectRef>,
     is_change: bool,
     duplicate: bool,
     bytes: u64,
 }
+
+/// Items cut off the writer, and how far their commit got (each stage is retried where it
+/// stopped; a republished event is de-duplicated downstream by its `Nats-Msg-Id`).
+struct Batch {
+    flush: Flush,
+    items: Vec<Pending>,
+    published: bool,
+}
+
+type Running = tokio::task::JoinHandle<(Batch, Result<Committed, PipelineError>)>;
 
 /// One writer and the deliveries waiting on it.
 pub struct Pipeline {
@@ -159,19 +188,24 @@ pub struct Pipeline {
     bodies: Arc<dyn Bodies>,
     events: Arc<dyn EventSink>,
     metrics: Arc<Metrics>,
-    /// Finished into the writer, not yet durable.
+    /// Finished into the writer, not cut yet.
     pending: Vec<Pending>,
     pending_bytes: u64,
     oldest: Option<Instant>,
-    /// Durable; their events are not all published yet.
-    flushed: Vec<Pending>,
+    /// The cut batch committing in the background, and how many deliveries it holds.
+    running: Option<(Running, usize)>,
+    /// The cut batch whose commit failed: retried (in the foreground) before anything else.
+    stalled: Option<Batch>,
+    /// Settled by batches since the last report (kept across a failed call, never lost).
+    settled: Committed,
 }
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field("pending", &self.pending.len())
-            .field("flushed", &self.flushed.len())
+            .field("running", &self.running.as_ref().map(|r| r.1))
+            .field("stalled", &self.stalled.as_ref().map(|b| b.items.len()))
             .field("writer", &self.writer)
             .finish_non_exhaustive()
     }
@@ -264,6 +298,279 @@ fn manifest_of(env: &ItemEnvelope) -> ItemManifest {
     }
 }
 
+/// The event announcing a stored delivery (its id is filled in once the writer has it).
+enum EventDraft {
+    Stored(ItemStored),
+    Changed(ItemChangeRecorded),
+}
+
+/// A delivery decoded and checked: what the writer is to do with it.
+enum Prepared {
+    /// The bytes are at hand (inline body, or the record of a change): written together with
+    /// the other such deliveries of a group in one blocking call.
+    Write {
+        d: Delivery,
+        subject: Subject,
+        meta: ItemManifest,
+        data: Bytes,
+        event: EventDraft,
+    },
+    /// The body is in the Object Store: streamed in piece by piece.
+    Object {
+        d: Delivery,
+        subject: Subject,
+        meta: ItemManifest,
+        body: ObjectRef,
+        event: ItemStored,
+    },
+    /// No attempt can ever store it: quarantined.
+    Reject {
+        d: Delivery,
+        stage: &'static str,
+        subject: Subject,
+        cause: String,
+    },
+}
+
+impl EventDraft {
+    /// The event to publish, stamped with the time its item became durable; `msg_id` (the
+    /// manifest or record id) de-duplicates a republished one downstream.
+    fn to_event(&self, msg_id: String, stored_unix_ms: i64) -> Event {
+        let (subject, payload) = match self {
+            EventDraft::Stored(e) => {
+                let mut e = e.clone();
+                e.stored_unix_ms = stored_unix_ms;
+                (SUBJECT_STORED, e.encode_to_vec())
+            }
+            EventDraft::Changed(e) => {
+                let mut e = e.clone();
+                e.stored_unix_ms = stored_unix_ms;
+                (SUBJECT_CHANGED, e.encode_to_vec())
+            }
+        };
+        Event {
+            subject: subject.into(),
+            msg_id,
+            payload: payload.into(),
+        }
+    }
+}
+
+fn prepare(d: Delivery) -> Prepared {
+    let msg = match IngestMessage::decode(d.payload.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            // Deterministic: no later attempt decodes it either.
+            return Prepared::Reject {
+                d,
+                stage: "decode",
+                subject: Subject::default(),
+                cause: format!("undecodable: {e}"),
+            };
+        }
+    };
+    match msg.message {
+        Some(ingest_message::Message::Item(env)) => prepare_item(d, env),
+        Some(ingest_message::Message::Change(c)) => prepare_change(d, c),
+        // The consumer's subject filter leaves these to their own consumers; one arriving
+        // here means the filter is misconfigured, which must be visible, not swallowed.
+        Some(
+            ingest_message::Message::Quarantine(_) | ingest_message::Message::Reconciliation(_),
+        ) => Prepared::Reject {
+            d,
+            stage: "route",
+            subject: Subject::default(),
+            cause: "collector quarantine/reconciliation record reached the aggregator: check the consumer's subject filter".into(),
+        },
+        None => Prepared::Reject {
+            d,
+            stage: "decode",
+            subject: Subject::default(),
+            cause: "message carries no item and no change (empty or unknown kind)".into(),
+        },
+    }
+}
+
+fn prepare_item(d: Delivery, env: ItemEnvelope) -> Prepared {
+    let subject = Subject {
+        mailbox: env.mailbox.clone(),
+        folder: env.folder_path.join("/"),
+        item_id: env.item_id.clone(),
+    };
+    if env.mailbox.is_empty() || env.item_id.is_empty() {
+        return Prepared::Reject {
+            d,
+            stage: "validate",
+            subject,
+            cause: "envelope without mailbox or item id".into(),
+        };
+    }
+    let meta = manifest_of(&env);
+    let event = ItemStored {
+        manifest_id: String::new(),
+        mailbox: env.mailbox.clone(),
+        item_id: env.item_id.clone(),
+        change_key: env.change_key.clone(),
+        folder_path: env.folder_path.clone(),
+        item_class: env.item_class.clone(),
+        size: env.size,
+        stored_unix_ms: 0,
+    };
+    match env.body {
+        Some(item_envelope::Body::Object(body)) => Prepared::Object {
+            d,
+            subject,
+            meta,
+            body,
+            event,
+        },
+        Some(item_envelope::Body::Inline(data)) => Prepared::Write {
+            d,
+            subject,
+            meta,
+            data,
+            event: EventDraft::Stored(event),
+        },
+        None => Prepared::Write {
+            d,
+            subject,
+            meta,
+            data: Bytes::new(),
+            event: EventDraft::Stored(event),
+        },
+    }
+}
+
+fn prepare_change(d: Delivery, c: ItemChange) -> Prepared {
+    let subject = Subject {
+        mailbox: c.mailbox.clone(),
+        folder: c.folder_path.join("/"),
+        item_id: c.item_id.clone(),
+    };
+    if c.mailbox.is_empty() || c.item_id.is_empty() {
+        return Prepared::Reject {
+            d,
+            stage: "validate",
+            subject,
+            cause: "change without mailbox or item id".into(),
+        };
+    }
+    let (meta, content) = history_record(&c);
+    let event = ItemChangeRecorded {
+        record_id: String::new(),
+        mailbox: c.mailbox.clone(),
+        item_id: c.item_id.clone(),
+        change_key: c.change_key.clone(),
+        kind: change_kind_name(c.kind()).into(),
+        folder_id: c.folder_id.clone(),
+        folder_path: c.folder_path.clone(),
+        is_read: c.is_read,
+        observed_unix_ms: c.observed_unix_ms,
+        stored_unix_ms: 0,
+    };
+    Prepared::Write {
+        d,
+        subject,
+        meta,
+        data: content.into(),
+        event: EventDraft::Changed(event),
+    }
+}
+
+/// Stores one item whose bytes are at hand; on error the item is aborted (no manifest).
+fn write_one(
+    w: &mut Writer,
+    meta: ItemManifest,
+    data: &[u8],
+    piece: usize,
+) -> Result<ItemReceipt, FormatError> {
+    let r = (|| {
+        w.begin_item(meta)?;
+        if !w.current_is_duplicate() {
+            for p in data.chunks(piece) {
+                w.write(p)?;
+            }
+        }
+        w.finish_item()
+    })();
+    if r.is_err() {
+        w.abort_item();
+    }
+    r
+}
+
+/// Reads up to `piece` bytes of a body into `buf` (fewer only at its end).
+async fn read_piece(
+    reader: &mut BodyReader,
+    buf: &mut Vec<u8>,
+    piece: usize,
+) -> std::io::Result<usize> {
+    buf.clear();
+    (&mut *reader).take(piece as u64).read_to_end(buf).await
+}
+
+/// Makes a cut batch durable, announces it and acks it, resuming at the stage that failed
+/// last time. Runs on the worker or on a task of its own ([`Pipeline::commit_in_background`]).
+async fn commit_batch(
+    b: &mut Batch,
+    events: &dyn EventSink,
+    bodies: &dyn Bodies,
+    metrics: &Metrics,
+) -> Result<Committed, PipelineError> {
+    if !b.flush.is_done() {
+        let started = Instant::now();
+        if let Err(e) = b.flush.run().await {
+            Metrics::add(&metrics.flush_errors_total, 1);
+            return Err(e.into());
+        }
+        metrics.observe_flush(started.elapsed());
+        Metrics::add(&metrics.flushes_total, 1);
+    }
+    if b.items.is_empty() {
+        return Ok(Committed::default());
+    }
+    if !b.published {
+        let stored = now_ms();
+        let batch: Vec<Event> = b
+            .items
+            .iter()
+            .map(|p| p.event.to_event(p.manifest_id.to_hex(), stored))
+            .collect();
+        if let Err(e) = events.publish(batch).await {
+            Metrics::add(&metrics.flush_errors_total, 1);
+            return Err(e.into());
+        }
+        b.published = true;
+    }
+    let mut c = Committed::default();
+    let mut objects = BTreeMap::new();
+    for p in std::mem::take(&mut b.items) {
+        if let Err(e) = p.delivery.acker.ack().await {
+            // Durable and announced; a redelivery is a cheap duplicate.
+            tracing::warn!(error = %e, id = %p.delivery.id, "ack failed");
+        }
+        if p.is_change {
+            c.changes += 1;
+        } else {
+            c.items += 1;
+        }
+        c.duplicates += usize::from(p.duplicate);
+        if let Some(r) = p.body {
+            objects.insert((r.bucket.clone(), r.name.clone()), r);
+        }
+    }
+    Metrics::add(&metrics.items_stored_total, c.items as u64);
+    Metrics::add(&metrics.changes_recorded_total, c.changes as u64);
+    Metrics::add(&metrics.items_duplicate_total, c.duplicates as u64);
+    for r in objects.into_values() {
+        match bodies.delete(&r).await {
+            Ok(()) => Metrics::add(&metrics.bodies_deleted_total, 1),
+            Err(e) => tracing::warn!(error = %e, object = %r.name, "deleting body failed"),
+        }
+    }
+    Ok(c)
+}
+
 impl Pipeline {
     pub fn new(
         repo: Repository,
@@ -283,7 +590,9 @@ impl Pipeline {
             pending: Vec::new(),
             pending_bytes: 0,
             oldest: None,
-            flushed: Vec::new(),
+            running: None,
+            stalled: None,
+            settled: Committed::default(),
         })
     }
 
@@ -291,9 +600,11 @@ impl Pipeline {
         &self.repo
     }
 
-    /// Deliveries held (not yet settled).
+    /// Deliveries held (not yet settled), including a batch committing in the background.
     pub fn held(&self) -> usize {
-        self.pending.len() + self.flushed.len()
+        self.pending.len()
+            + self.running.as_ref().map_or(0, |r| r.1)
+            + self.stalled.as_ref().map_or(0, |b| b.items.len())
     }
 
     /// Bytes of finished, not yet durable items.
@@ -303,11 +614,21 @@ impl Pipeline {
 
     /// Whether the batch policy wants a commit now (or a previous commit is unfinished).
     pub fn commit_due(&self, now: Instant) -> bool {
-        !self.flushed.is_empty()
+        self.stalled.is_some()
             || self
                 .cfg
                 .batch
                 .due(self.pending.len(), self.pending_bytes, self.oldest, now)
+    }
+
+    /// Whether a batch is committing in the background.
+    pub fn committing(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Whether a commit failed and must be retried before more work is taken.
+    pub fn stalled(&self) -> bool {
+        self.stalled.is_some()
     }
 
     /// Sealed packs beyond the memory bound could not be uploaded: stop taking work and retry
@@ -363,134 +684,147 @@ impl Pipeline {
     /// Takes one delivery as far as the writer. Only a lost writer is an error; everything
     /// about the message itself ends in [`Handled`].
     pub async fn handle(&mut self, d: Delivery) -> Result<Handled, PipelineError> {
-        let msg = match IngestMessage::decode(d.payload.clone()) {
-            Ok(m) => m,
-            Err(e) => {
-                // Deterministic: no later attempt decodes it either.
-                return self
-                    .quarantine(d, "decode", Subject::default(), format!("undecodable: {e}"))
-                    .await;
-            }
-        };
-        match msg.message {
-            Some(ingest_message::Message::Item(env)) => self.item(d, env).await,
-                        Some(ingest_message::Message::Change(c)) => self.change(d, c).await,
-            // The consumer's subject filter leaves these to their own consumers; one arriving
-            // here means the filter is misconfigured, which must be visible, not swallowed.
-            Some(
-                ingest_message::Message::Quarantine(_) | ingest_message::Message::Reconciliation(_),
-            ) => {
-                self.quarantine(
+        let mut h = self.handle_many(vec![d]).await?;
+        h.pop()
+            .ok_or_else(|| PipelineError::WriterLost("no outcome for a delivery".into()))
+    }
+
+    /// Takes a group of deliveries as far as the writer, in order; returns one [`Handled`]
+    /// each. Consecutive deliveries whose bytes are at hand go to the writer in one blocking
+    /// call: a hand-off to the blocking pool and back costs two thread wake-ups, which per
+    /// small message cost more than storing it.
+    pub async fn handle_many(&mut self, ds: Vec<Delivery>) -> Result<Vec<Handled>, PipelineError> {
+        let mut out = Vec::with_capacity(ds.len());
+        let mut run = Vec::new();
+        for d in ds {
+            match prepare(d) {
+                Prepared::Write {
                     d,
-                    "route",
-                    Subject::default(),
-                    "collector quarantine/reconciliation record reached the aggregator: check the consumer's subject filter".into(),
-                )
-                .await
+                    subject,
+                    meta,
+                    data,
+                    event,
+                } => run.push((d, subject, meta, data, event)),
+                other => {
+                    out.extend(self.write_run(std::mem::take(&mut run)).await?);
+                    out.push(self.handle_prepared(other).await?);
+                }
             }
-            None => {
-                self.quarantine(
-                    d,
-                    "decode",
-                    Subject::default(),
-                    "message carries no item and no change (empty or unknown kind)".into(),
-                )
-                .await
+        }
+        out.extend(self.write_run(run).await?);
+        if let Err(e) = self.upload_if_needed().await {
+            // The items are finished in the writer; the upload is retried by the next commit.
+            tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
+        }
+        Ok(out)
+    }
+
+    /// Writes deliveries whose bytes are at hand, all in one blocking call.
+    async fn write_run(
+        &mut self,
+        run: Vec<(Delivery, Subject, ItemManifest, Bytes, EventDraft)>,
+    ) -> Result<Vec<Handled>, PipelineError> {
+        if run.is_empty() {
+            return Ok(Vec::new());
+        }
+        let piece = self.cfg.piece_bytes.max(1);
+        let mut rest = Vec::with_capacity(run.len());
+        let mut jobs = Vec::with_capacity(run.len());
+        for (d, subject, meta, data, event) in run {
+            rest.push((d, subject, event));
+            jobs.push((meta, data));
+        }
+        let results = self
+            .on_writer(move |w| {
+                jobs.into_iter()
+                    .map(|(meta, data)| write_one(w, meta, &data, piece))
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let mut out = Vec::with_capacity(rest.len());
+        for ((d, subject, event), r) in rest.into_iter().zip(results) {
+            out.push(match r {
+                Ok(receipt) => {
+                    self.finished(d, event, &receipt, None);
+                    Handled::Pending
+                }
+                Err(e) => self.fail(d, "write", subject, e.into()).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn handle_prepared(&mut self, p: Prepared) -> Result<Handled, PipelineError> {
+        match p {
+            Prepared::Write {
+                d,
+                subject,
+                meta,
+                data,
+                event,
+            } => {
+                let mut h = self
+                    .write_run(vec![(d, subject, meta, data, event)])
+                    .await?;
+                h.pop()
+                    .ok_or_else(|| PipelineError::WriterLost("no outcome for a delivery".into()))
             }
+            Prepared::Object {
+                d,
+                subject,
+                meta,
+                body,
+                event,
+            } => match self.item_from_object(&d, meta, &body).await? {
+                Ok(receipt) => {
+                    self.finished(d, EventDraft::Stored(event), &receipt, Some(body));
+                    Ok(Handled::Pending)
+                }
+                Err(f) => self.fail(d, "body", subject, f).await,
+            },
+            Prepared::Reject {
+                d,
+                stage,
+                subject,
+                cause,
+            } => self.quarantine(d, stage, subject, cause).await,
         }
     }
 
-    async fn item(&mut self, d: Delivery, env: ItemEnvelope) -> Result<Handled, PipelineError> {
-        let subject = Subject {
-            mailbox: env.mailbox.clone(),
-            folder: env.folder_path.join("/"),
-            item_id: env.item_id.clone(),
-        };
-        if env.mailbox.is_empty() || env.item_id.is_empty() {
-            return self
-                .quarantine(
-                    d,
-                    "validate",
-                    subject,
-                    "envelope without mailbox or item id".into(),
-                )
-                .await;
-        }
-        let meta = manifest_of(&env);
-        let event_base = ItemStored {
-            manifest_id: String::new(),
-            mailbox: env.mailbox.clone(),
-            item_id: env.item_id.clone(),
-            change_key: env.change_key.clone(),
-            folder_path: env.folder_path.clone(),
-            item_class: env.item_class.clone(),
-            size: env.size,
-            stored_unix_ms: 0,
-        };
-        let (receipt, object) = match env.body {
-            Some(item_envelope::Body::Object(r)) => {
-                match self.item_from_object(&d, meta, &r).await? {
-                    Ok(receipt) => (receipt, Some(r)),
-                    Err(f) => return self.fail(d, "body", subject, f).await,
-                }
+    /// Records a delivery finished into the writer: settled after the next commit.
+    fn finished(
+        &mut self,
+        d: Delivery,
+        event: EventDraft,
+        receipt: &ItemReceipt,
+        body: Option<ObjectRef>,
+    ) {
+        let id = receipt.manifest_id.to_hex();
+        let (event, is_change) = match event {
+            EventDraft::Stored(mut e) => {
+                e.manifest_id = id;
+                Metrics::add(&self.metrics.logical_bytes_total, receipt.size);
+                Metrics::add(&self.metrics.new_raw_bytes_total, receipt.new_raw_bytes);
+                Metrics::add(
+                    &self.metrics.new_chunks_total,
+                    u64::from(receipt.new_chunks),
+                );
+                (EventDraft::Stored(e), false)
             }
-            body => {
-                let data = match body {
-                    Some(item_envelope::Body::Inline(b)) => b,
-                    _ => Bytes::new(),
-                };
-                let piece = self.cfg.piece_bytes.max(1);
-                let r = self
-                    .on_writer(move |w| {
-                        w.begin_item(meta)?;
-                        if !w.current_is_duplicate() {
-                            for p in data.chunks(piece) {
-                                w.write(p)?;
-                            }
-                        }
-                        w.finish_item()
-                    })
-                    .await?;
-                match r {
-                    Ok(r) => (r, None),
-                    Err(e) => {
-                        self.writer()?.abort_item();
-                        return self.fail(d, "write", subject, e.into()).await;
-                    }
-                }
+            EventDraft::Changed(mut e) => {
+                e.record_id = id;
+                (EventDraft::Changed(e), true)
             }
         };
-        if let Err(e) = self.upload_if_needed().await {
-            // The item is finished in the writer; the upload is retried by the next commit.
-            tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
-        }
-        let mut event = event_base;
-        event.manifest_id = receipt.manifest_id.to_hex();
-        let bytes = receipt.size;
-        Metrics::add(&self.metrics.logical_bytes_total, bytes);
-        Metrics::add(&self.metrics.new_raw_bytes_total, receipt.new_raw_bytes);
-        Metrics::add(
-            &self.metrics.new_chunks_total,
-            u64::from(receipt.new_chunks),
-        );
         self.push_pending(Pending {
-            event: Event {
-                subject: SUBJECT_STORED.into(),
-                msg_id: receipt.manifest_id.to_hex(),
-                payload: Bytes::new(),
-            },
+            event,
             delivery: d,
             manifest_id: receipt.manifest_id,
-            body: object,
-            is_change: false,
+            body,
+            is_change,
             duplicate: receipt.already_stored,
-            bytes,
+            bytes: receipt.size,
         });
-        // The payload is encoded at publish time (it carries the stored time).
-        if let Some(p) = self.pending.last_mut() {
-            p.event.payload = event.encode_to_vec().into();
-        }
-        Ok(Handled::Pending)
     }
 
     /// Streams an Object Store body into the writer, one piece at a time.
@@ -499,7 +833,7 @@ impl Pipeline {
         d: &Delivery,
         meta: ItemManifest,
         r: &ObjectRef,
-    ) -> Result<Result<mailvault_format::ItemReceipt, Failure>, PipelineError> {
+    ) -> Result<Result<ItemReceipt, Failure>, PipelineError> {
         let dup = self
             .on_writer(move |w| w.begin_item(meta).map(|()| w.current_is_duplicate()))
             .await?;
@@ -533,29 +867,33 @@ impl Pipeline {
             Err(e) => return Ok(Err(e.into())),
         };
         let piece = self.cfg.piece_bytes.max(4096);
-        let mut buf = Vec::with_capacity(piece);
+        // Two pieces in memory: the writer stores one while the next is read, so the
+        // network round trips of the Object Store overlap with chunking and compression.
+        let mut cur = Vec::with_capacity(piece);
+        let mut next = Vec::with_capacity(piece);
+        let mut n = match read_piece(&mut reader, &mut cur, piece).await {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(Failure::Retryable(format!("reading body: {e}")))),
+        };
         let mut total = 0u64;
         let mut last_progress = Instant::now();
-        loop {
-            buf.clear();
-            let n = match (&mut reader).take(piece as u64).read_to_end(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => return Ok(Err(Failure::Retryable(format!("reading body: {e}")))),
-            };
-            if n == 0 {
-                break;
-            }
+        while n > 0 {
             total += n as u64;
-            let (b, res) = self
-                .on_writer(move |w| {
-                    let res = w.write(&buf);
-                    (buf, res)
-                })
-                .await?;
-            buf = b;
+            let write = self.on_writer(move |w| {
+                let res = w.write(&cur);
+                (cur, res)
+            });
+            let read = read_piece(&mut reader, &mut next, piece);
+            let (written, read) = tokio::join!(write, read);
+            let (b, res) = written?;
             if let Err(e) = res {
                 return Ok(Err(e.into()));
             }
+            n = match read {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(Failure::Retryable(format!("reading body: {e}")))),
+            };
+            cur = std::mem::replace(&mut next, b);
             if let Err(e) = self.upload_if_needed().await {
                 return Ok(Err(e.into()));
             }
@@ -573,67 +911,6 @@ impl Pipeline {
             ))));
         }
         Ok(Ok(()))
-    }
-
-    async fn change(&mut self, d: Delivery, c: ItemChange) -> Result<Handled, PipelineError> {
-        let subject = Subject {
-            mailbox: c.mailbox.clone(),
-            folder: c.folder_path.join("/"),
-            item_id: c.item_id.clone(),
-        };
-        if c.mailbox.is_empty() || c.item_id.is_empty() {
-            return self
-                .quarantine(
-                    d,
-                    "validate",
-                    subject,
-                    "change without mailbox or item id".into(),
-                )
-                .await;
-        }
-        let (meta, content) = history_record(&c);
-        let r = self
-            .on_writer(move |w| {
-                w.begin_item(meta)?;
-                if !w.current_is_duplicate() {
-                    w.write(&content)?;
-                }
-                w.finish_item()
-            })
-            .await?;
-        let receipt = match r {
-            Ok(r) => r,
-            Err(e) => {
-                self.writer()?.abort_item();
-                return self.fail(d, "write", subject, e.into()).await;
-            }
-        };
-        let event = ItemChangeRecorded {
-            record_id: receipt.manifest_id.to_hex(),
-            mailbox: c.mailbox.clone(),
-            item_id: c.item_id.clone(),
-            change_key: c.change_key.clone(),
-            kind: change_kind_name(c.kind()).into(),
-            folder_id: c.folder_id.clone(),
-            folder_path: c.folder_path.clone(),
-            is_read: c.is_read,
-            observed_unix_ms: c.observed_unix_ms,
-            stored_unix_ms: 0,
-        };
-        self.push_pending(Pending {
-            event: Event {
-                subject: SUBJECT_CHANGED.into(),
-                msg_id: receipt.manifest_id.to_hex(),
-                payload: event.encode_to_vec().into(),
-            },
-            delivery: d,
-            manifest_id: receipt.manifest_id,
-            body: None,
-            is_change: true,
-            duplicate: receipt.already_stored,
-            bytes: receipt.size,
-        });
-        Ok(Handled::Pending)
     }
 
     fn push_pending(&mut self, p: Pending) {
@@ -714,107 +991,116 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Makes every pending item durable, publishes their events, acks them and deletes their
-    /// bodies. On error nothing is acked that is not durable; call again to resume.
-    pub async fn commit(&mut self) -> Result<Committed, PipelineError> {
-        if !self.pending.is_empty() {
-            let started = Instant::now();
-            let receipts = match self.writer()?.flush().await {
-                Ok(r) => r,
+    /// Cuts the pending items off the writer as a batch (nothing to cut: `None`).
+    async fn cut(&mut self) -> Result<Option<Batch>, PipelineError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let flush = self.writer()?.cut()?;
+        let durable: HashSet<BlobId> = flush.receipts().iter().map(|r| r.manifest_id).collect();
+        let (items, orphans): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| durable.contains(&p.manifest_id));
+        self.pending_bytes = 0;
+        self.oldest = None;
+        if !orphans.is_empty() {
+            // Cannot happen (every finished item gets a receipt). Never ack what has none:
+            // hand it back so that a redelivery stores it.
+            tracing::error!(count = orphans.len(), "items without receipt at cut; nak");
+            for p in &orphans {
+                self.nak(&p.delivery).await;
+            }
+        }
+        Ok(Some(Batch {
+            flush,
+            items,
+            published: false,
+        }))
+    }
+
+    /// Settles the batch cut earlier: waits for its background commit, or retries it if it
+    /// stalled. On error it stays stalled (nothing of it acked) and is retried next time.
+    async fn settle_cut(&mut self) -> Result<(), PipelineError> {
+        if let Some((task, _)) = self.running.take() {
+            let (b, r) = task
+                .await
+                .map_err(|e| PipelineError::WriterLost(format!("commit task: {e}")))?;
+            match r {
+                Ok(c) => self.settled += c,
                 Err(e) => {
-                    Metrics::add(&self.metrics.flush_errors_total, 1);
-                    return Err(e.into());
+                    self.stalled = Some(b);
+                    return Err(e);
                 }
-            };
-            self.metrics.observe_flush(started.elapsed());
-            Metrics::add(&self.metrics.flushes_total, 1);
-            let durable: HashSet<BlobId> = receipts.iter().map(|r| r.manifest_id).collect();
-            let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-                .into_iter()
-                .partition(|p| durable.contains(&p.manifest_id));
-            if !still.is_empty() {
-                // Cannot happen (every finished item gets a receipt); keep them, never ack them.
-                tracing::error!(count = still.len(), "items without receipt after flush");
-            }
-            self.pending = still;
-            self.pending_bytes = self.pending.iter().map(|p| p.bytes).sum();
-            self.oldest = if self.pending.is_empty() {
-                None
-            } else {
-                Some(Instant::now())
-            };
-            self.flushed.extend(done);
-        }
-        if self.flushed.is_empty() {
-            return Ok(Committed::default());
-        }
-        let stored = now_ms();
-        let events: Vec<Event> = self
-            .flushed
-            .iter()
-            .map(|p| {
-                let mut e = p.event.clone();
-                e.payload = stamp(&e, stored);
-                e
-            })
-            .collect();
-        if let Err(e) = self.events.publish(events).await {
-            Metrics::add(&self.metrics.flush_errors_total, 1);
-            return Err(e.into());
-        }
-        let mut c = Committed::default();
-        let mut bodies = BTreeMap::new();
-        for p in std::mem::take(&mut self.flushed) {
-            if let Err(e) = p.delivery.acker.ack().await {
-                // Durable and announced; a redelivery is a cheap duplicate.
-                tracing::warn!(error = %e, "ack failed");
-            }
-            if p.is_change {
-                c.changes += 1;
-            } else {
-                c.items += 1;
-            }
-            c.duplicates += usize::from(p.duplicate);
-            if let Some(r) = p.body {
-                bodies.insert((r.bucket.clone(), r.name.clone()), r);
             }
         }
-        Metrics::add(&self.metrics.items_stored_total, c.items as u64);
-        Metrics::add(&self.metrics.changes_recorded_total, c.changes as u64);
-        Metrics::add(&self.metrics.items_duplicate_total, c.duplicates as u64);
-        for r in bodies.into_values() {
-            match self.bodies.delete(&r).await {
-                Ok(()) => Metrics::add(&self.metrics.bodies_deleted_total, 1),
-                Err(e) => tracing::warn!(error = %e, object = %r.name, "deleting body failed"),
+        if let Some(mut b) = self.stalled.take() {
+            match commit_batch(&mut b, &*self.events, &*self.bodies, &self.metrics).await {
+                Ok(c) => self.settled += c,
+                Err(e) => {
+                    self.stalled = Some(b);
+                    return Err(e);
+                }
             }
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// Makes every pending item durable, publishes their events, acks them and deletes their
+    /// bodies, waiting for all of it (and for a batch committing in the background first). On
+    /// error nothing is acked that is not durable; call again to resume.
+    pub async fn commit(&mut self) -> Result<Committed, PipelineError> {
+        self.settle_cut().await?;
+        if let Some(mut b) = self.cut().await? {
+            match commit_batch(&mut b, &*self.events, &*self.bodies, &self.metrics).await {
+                Ok(c) => self.settled += c,
+                Err(e) => {
+                    self.stalled = Some(b);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(std::mem::take(&mut self.settled))
+    }
+
+    /// Cuts the pending items off the writer and commits them on a task of their own, so the
+    /// writer can take the next batch meanwhile. A batch cut earlier is settled first (waiting
+    /// for it if it is still running): one batch at a time, in order. Returns what batches
+    /// settled since the last call. On a retryable error, retry with [`Pipeline::commit`].
+    pub async fn commit_in_background(&mut self) -> Result<Committed, PipelineError> {
+        self.settle_cut().await?;
+        if let Some(mut b) = self.cut().await? {
+            let held = b.items.len();
+            let (events, bodies, metrics) = (
+                self.events.clone(),
+                self.bodies.clone(),
+                self.metrics.clone(),
+            );
+            let task = tokio::spawn(async move {
+                let r = commit_batch(&mut b, &*events, &*bodies, &metrics).await;
+                (b, r)
+            });
+            self.running = Some((task, held));
+        }
+        Ok(std::mem::take(&mut self.settled))
+    }
+
+    /// Collects the background commit if it has finished; never waits for it.
+    pub async fn reap(&mut self) -> Result<Committed, PipelineError> {
+        if self.running.as_ref().is_some_and(|r| r.0.is_finished()) {
+            self.settle_cut().await?;
+        }
+        Ok(std::mem::take(&mut self.settled))
     }
 
     /// Extends the ack deadline of every held delivery (while a commit is being retried).
     pub async fn keep_alive(&self) {
-        for p in self.pending.iter().chain(&self.flushed) {
+        let stalled = self.stalled.iter().flat_map(|b| &b.items);
+        for p in self.pending.iter().chain(stalled) {
             if let Err(e) = p.delivery.acker.progress().await {
                 tracing::debug!(error = %e, "progress failed");
             }
         }
     }
-}
-
-/// Sets `stored_unix_ms` in an event payload.
-fn stamp(e: &Event, stored: i64) -> Bytes {
-    if e.subject == SUBJECT_STORED {
-        if let Ok(mut m) = ItemStored::decode(e.payload.clone()) {
-            m.stored_unix_ms = stored;
-            return m.encode_to_vec().into();
-        }
-    } else if e.subject == SUBJECT_CHANGED
-        && let Ok(mut m) = ItemChangeRecorded::decode(e.payload.clone())
-    {
-        m.stored_unix_ms = stored;
-        return m.encode_to_vec().into();
-    }
-    e.payload.clone()
 }
 
 #[cfg(test)]

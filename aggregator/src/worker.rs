@@ -1,14 +1,17 @@
 //! The worker loop, independent of where deliveries come from: JetStream ([`crate::nats`]) and
 //! the in-process bus ([`crate::bus`]) both run [`run_worker`] over their [`Source`].
 //!
-//! Loop: commit when due (or backlogged) → pull a batch (waiting at most until the oldest
-//! pending item's batch deadline) → hand each delivery to the pipeline → tick. Shutdown: stop
-//! pulling → nak what was pulled but not started → commit (flush, publish, ack) under a
-//! deadline → what is still unacked is left to redelivery.
+//! Loop: start a commit when due (it runs in the background while the writer takes the next
+//! batch; a failed one is retried in the foreground, which pauses the pipeline) → pull a batch
+//! (waiting at most until the oldest pending item's batch deadline) → hand the deliveries that
+//! have arrived to the pipeline as a group → tick. Shutdown: stop pulling → nak what was pulled
+//! but not started → commit (flush, publish, ack) under a deadline → what is still unacked is
+//! left to redelivery.
 
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +110,49 @@ pub(crate) async fn commit_with_retry(
     }
 }
 
+/// Deliveries handed to the pipeline at once, at most (those already arrived; a group never
+/// waits for more).
+const MAX_GROUP: usize = 256;
+/// Payload bytes of one group, at most.
+const MAX_GROUP_BYTES: usize = 16 << 20;
+
+/// Starts a background commit; if that fails retryably (the previous batch could not be
+/// made durable), falls back to committing in the foreground with retries, which pauses the
+/// pipeline until the store is back.
+async fn start_commit(
+    p: &mut Pipeline,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    progress_every: Duration,
+) -> Result<Option<Committed>, PipelineError> {
+    match p.commit_in_background().await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, held = p.held(), "commit failed; retrying");
+            commit_with_retry(p, shutdown, grace, progress_every).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Collects a finished background commit (never waits for a running one); a failed one is
+/// retried in the foreground.
+async fn reap(
+    p: &mut Pipeline,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    progress_every: Duration,
+) -> Result<Option<Committed>, PipelineError> {
+    match p.reap().await {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, held = p.held(), "commit failed; retrying");
+            commit_with_retry(p, shutdown, grace, progress_every).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs one pipeline over `source` until `shutdown`.
 pub async fn run_worker<S: Source>(
     mut source: S,
@@ -118,18 +164,28 @@ pub async fn run_worker<S: Source>(
     let progress_every = limits.progress_every;
     let grace = limits.shutdown_deadline;
     while !shutdown.is_cancelled() {
-        if p.commit_due(Instant::now()) || p.backlogged() {
+        if p.backlogged() || p.stalled() {
             // During an outage this blocks (stops pulling) until S3 is back or shutdown.
             if let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
                 report.add(c);
             }
+        } else if p.commit_due(Instant::now()) {
+            if let Some(c) = start_commit(&mut p, &shutdown, grace, progress_every).await? {
+                report.add(c);
+            }
+        } else if let Some(c) = reap(&mut p, &shutdown, grace, progress_every).await? {
+            report.add(c);
         }
-        let wait = p
-            .next_deadline()
-            .map_or(Duration::from_secs(1), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let wait = if p.committing() {
+            // Come back soon to acknowledge the batch committing in the background.
+            Duration::from_millis(50)
+        } else {
+            p.next_deadline()
+                .map_or(Duration::from_secs(1), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+                .clamp(Duration::from_millis(50), Duration::from_secs(1))
+        };
         let batch = source
             .pull(limits.fetch_messages, limits.fetch_bytes as usize, wait)
             .await;
@@ -144,31 +200,62 @@ pub async fn run_worker<S: Source>(
                 continue;
             }
         };
-        loop {
+        let mut ended = false;
+        while !ended {
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
                 m = batch.next() => m,
             };
-            let Some(d) = next else { break };
-            let d = match d {
-                Ok(d) => d,
-                Err(e) => {
+            let mut group = match next {
+                Some(Ok(d)) => vec![d],
+                Some(Err(e)) => {
                     tracing::debug!(error = %e, "pull batch ended");
                     break;
                 }
+                None => break,
             };
+            // Whatever else has arrived already joins the group (one writer hand-off for all).
+            let mut bytes = group[0].payload.len();
+            while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+                match batch.next().now_or_never() {
+                    Some(Some(Ok(d))) => {
+                        bytes += d.payload.len();
+                        group.push(d);
+                    }
+                    Some(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "pull batch ended");
+                        ended = true;
+                        break;
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
             if shutdown.is_cancelled() {
                 // Pulled but not started: hand it straight back to the other replicas.
-                if let Err(e) = d.acker.nak(Duration::ZERO).await {
-                    tracing::debug!(error = %e, "nak at shutdown");
+                for d in group {
+                    if let Err(e) = d.acker.nak(Duration::ZERO).await {
+                        tracing::debug!(error = %e, "nak at shutdown");
+                    }
                 }
                 continue;
             }
-            p.handle(d).await?;
-            if p.backlogged()
-                && let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await?
-            {
+            p.handle_many(group).await?;
+            if p.backlogged() {
+                if let Some(c) = commit_with_retry(&mut p, &shutdown, grace, progress_every).await?
+                {
+                    report.add(c);
+                }
+            } else if p.commit_due(Instant::now()) {
+                // A large pull need not finish before its first items are committed.
+                if let Some(c) = start_commit(&mut p, &shutdown, grace, progress_every).await? {
+                    report.add(c);
+                }
+            } else if let Some(c) = reap(&mut p, &shutdown, grace, progress_every).await? {
                 report.add(c);
             }
         }
@@ -179,7 +266,31 @@ pub async fn run_worker<S: Source>(
             tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
         }
     }
-    // Shutdown: everything handled is flushed, published and acked — or left to redelivery.
+    // Shutdown: hand back what the source has buffered but not yielded yet (a continuous
+    // pull holds some), so the other replicas get it now rather than after `ack_wait`.
+    for _ in 0..4 {
+        let Ok(mut rest) = source
+            .pull(
+                limits.fetch_messages,
+                limits.fetch_bytes as usize,
+                Duration::ZERO,
+            )
+            .await
+        else {
+            break;
+        };
+        let mut handed_back = 0;
+        while let Some(Some(Ok(d))) = rest.next().now_or_never() {
+            handed_back += 1;
+            if let Err(e) = d.acker.nak(Duration::ZERO).await {
+                tracing::debug!(error = %e, "nak at shutdown");
+            }
+        }
+        if handed_back == 0 {
+            break;
+        }
+    }
+    // Everything handled is flushed, published and acked — or left to redelivery.
     match commit_with_retry(&mut p, &shutdown, grace, progress_every).await? {
         Some(c) => report.add(c),
         None => report.abandoned = p.held(),

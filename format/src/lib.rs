@@ -40,6 +40,6 @@ pub use id::BlobId;
 pub use keys::KdfParams;
 pub use mailvault_proto::storage::v1::ItemManifest;
 pub use pack::SealPolicy;
-pub use repo::{InitOptions, ItemReceipt, Repository, WriteStats, Writer};
+pub use repo::{Flush, InitOptions, ItemReceipt, Repository, WriteStats, Writer};
 pub use store::{BlobStore, MemoryStore, PutOutcome, StoreError, StoreErrorKind};
 pub use verify::{Problem, VerifyOptions, VerifyReport, verify};

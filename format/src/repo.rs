@@ -865,6 +865,34 @@ impl Writer {
         Ok(())
     }
 
+    /// Cuts off everything finished so far (sealing the open pack) as a [`Flush`] that makes
+    /// it durable on its own, so the writer can take the next items while the packs and the
+    /// index object are uploaded (a service overlaps the upload with filling the next batch).
+    ///
+    /// Blobs of the cut stay known to this writer: a later item that contains one of them
+    /// references it instead of storing it again, so its receipt is only durable once the
+    /// earlier `Flush` has completed too. Hence: complete the flushes of one writer in the
+    /// order they were cut, and do not call [`Writer::flush`] while a cut one is unfinished.
+    pub fn cut(&mut self) -> Result<Flush> {
+        if self.current.is_some() {
+            return Err(FormatError::Invalid("cut with an item open".into()));
+        }
+        self.seal();
+        // Blobs of completed earlier cuts are in the repository's index now; forgetting them
+        // keeps `pending` as small as the flushes still under way.
+        {
+            let idx = self.repo.index();
+            self.pending.retain(|id| !idx.contains(id));
+        }
+        Ok(Flush {
+            repo: self.repo.clone(),
+            sealed: std::mem::take(&mut self.sealed),
+            uploaded: std::mem::take(&mut self.uploaded),
+            receipts: std::mem::take(&mut self.finished),
+            done: false,
+        })
+    }
+
     /// Seals and uploads everything, writes the index object, and returns the receipts of the
     /// items that are now durable. Retry on error: nothing is lost or duplicated.
     pub async fn flush(&mut self) -> Result<Vec<ItemReceipt>> {
@@ -888,6 +916,79 @@ impl Writer {
             self.pending.clear();
         }
         Ok(std::mem::take(&mut self.finished))
+    }
+}
+
+/// Items cut off a [`Writer`] by [`Writer::cut`], with the packs holding their new blobs:
+/// [`Flush::run`] uploads the packs and the index object that makes them findable. Only once it
+/// returned `Ok` are [`Flush::receipts`] durable. On error call `run` again: it resumes where it
+/// stopped (packs already uploaded are not uploaded again).
+pub struct Flush {
+    repo: Repository,
+    sealed: Vec<SealedPack>,
+    uploaded: Vec<PackIndex>,
+    receipts: Vec<ItemReceipt>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Flush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flush")
+            .field("packs", &(self.sealed.len() + self.uploaded.len()))
+            .field("items", &self.receipts.len())
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl Flush {
+    /// The items this flush makes durable.
+    pub fn receipts(&self) -> &[ItemReceipt] {
+        &self.receipts
+    }
+
+    /// Whether [`Flush::run`] has completed.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes of packs not uploaded yet (held in memory until then).
+    pub fn sealed_bytes(&self) -> u64 {
+        self.sealed.iter().map(|p| p.bytes.len() as u64).sum()
+    }
+
+    /// Uploads the packs, then the index object naming them, and adds them to the
+    /// repository's index. Idempotent once done.
+    pub async fn run(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        let store = &self.repo.inner.store;
+        while let Some(p) = self.sealed.first() {
+            store.put(&p.name, p.bytes.clone()).await?;
+            let p = self.sealed.remove(0);
+            self.uploaded.push(p.index);
+        }
+        if !self.uploaded.is_empty() {
+            let id = BlobId::random();
+            let name = names::index(&id);
+            let obj = index::encode(&self.repo.inner.keys, &name, self.uploaded.clone());
+            store.put(&name, obj.into()).await?;
+            let mut idx = self.repo.index_mut();
+            for p in &self.uploaded {
+                idx.add_pack(p)?;
+            }
+            idx.mark_loaded(name);
+            drop(idx);
+            self.uploaded.clear();
+        }
+        self.done = true;
+        Ok(())
+    }
+
+    /// The receipts, once [`Flush::run`] has completed (`None` before).
+    pub fn into_receipts(self) -> Option<Vec<ItemReceipt>> {
+        self.done.then_some(self.receipts)
     }
 }
 

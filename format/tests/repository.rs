@@ -105,6 +105,103 @@ fn storing_the_same_bytes_again_adds_no_data_blobs() {
     assert_eq!(repo.manifests().len(), 2);
 }
 
+/// A cut batch is durable on its own; the writer goes on meanwhile, and a later item with the
+/// same bytes references the cut blobs instead of storing them again.
+#[test]
+fn a_cut_flush_completes_while_the_writer_goes_on() {
+    let (store, repo) = new_repo();
+    let data = noise(60_000, 4);
+    let mut w = repo.writer().expect("writer");
+    let first = w.add_item(meta("a@x", "1", "c1"), &data).expect("add");
+    let mut cut = w.cut().expect("cut");
+    assert_eq!(cut.receipts(), std::slice::from_ref(&first));
+    assert!(cut.sealed_bytes() > 0);
+    // Same bytes in another mailbox before the cut is durable: only a manifest is new.
+    let second = w.add_item(meta("b@x", "1", "c1"), &data).expect("add");
+    assert_eq!(second.new_chunks, 0);
+    block_on(cut.run()).expect("run");
+    block_on(cut.run()).expect("run again is a no-op");
+    assert!(cut.is_done());
+    assert_eq!(cut.into_receipts(), Some(vec![first.clone()]));
+    let mut later = w.cut().expect("cut");
+    block_on(later.run()).expect("run");
+    assert_eq!(later.into_receipts(), Some(vec![second.clone()]));
+    let reopened = block_on(Repository::open(store, PASS)).expect("open");
+    for r in [&first, &second] {
+        assert_eq!(
+            block_on(reopened.read_item(&r.manifest_id)).expect("read"),
+            data
+        );
+    }
+    let report = block_on(verify(&reopened, VerifyOptions { read_data: true })).expect("verify");
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// A memory store whose puts fail while `down` is set.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for Flaky {
+    async fn put(
+        &self,
+        name: &str,
+        data: bytes::Bytes,
+    ) -> Result<mailvault_format::PutOutcome, mailvault_format::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(mailvault_format::StoreError::Transient {
+                op: "put",
+                name: name.into(),
+                source: "down for the test".into(),
+            });
+        }
+        self.inner.put(name, data).await
+    }
+    async fn get(&self, name: &str) -> Result<bytes::Bytes, mailvault_format::StoreError> {
+        self.inner.get(name).await
+    }
+    async fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, mailvault_format::StoreError> {
+        self.inner.get_range(name, offset, len).await
+    }
+    async fn size(&self, name: &str) -> Result<Option<u64>, mailvault_format::StoreError> {
+        self.inner.size(name).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, mailvault_format::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, name: &str) -> Result<(), mailvault_format::StoreError> {
+        self.inner.delete(name).await
+    }
+}
+
+/// A cut that fails to upload resumes where it stopped and delivers no receipt before.
+#[test]
+fn a_cut_flush_is_retried_after_a_store_failure() {
+    let store = Arc::new(Flaky::default());
+    let repo = block_on(Repository::init(store.clone(), PASS, opts())).expect("init");
+    let mut w = repo.writer().expect("writer");
+    let r = w
+        .add_item(meta("a@x", "1", "c1"), &noise(30_000, 5))
+        .expect("add");
+    let mut cut = w.cut().expect("cut");
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = block_on(cut.run()).expect_err("store down");
+    assert_eq!(e.kind(), ErrorKind::Retryable);
+    assert!(!cut.is_done());
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    block_on(cut.run()).expect("run after the outage");
+    assert_eq!(cut.into_receipts(), Some(vec![r.clone()]));
+    assert!(block_on(repo.read_item(&r.manifest_id)).is_ok());
+}
+
 #[test]
 fn wrong_passphrase_fails_clearly_and_keys_rotate() {
     let (store, repo) = new_repo();

@@ -484,6 +484,126 @@ async fn nothing_is_acked_before_events_are_published() {
     assert_eq!(f.settled(&id), vec![Settled::Ack]);
 }
 
+/// A batch commits in the background while the writer takes the next one; the next batch
+/// dedupes against the first (same bytes in other mailboxes) and is settled after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_commit_overlaps_the_next_batch_and_settles_in_order() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let copies = mailvault_mailgen::fanout(11, 6, 100_000, false);
+    let (first, second) = copies.split_at(3);
+    let mut ids = Vec::new();
+    for (i, it) in first.iter().enumerate() {
+        ids.push(
+            f.send(&inline(&it.mailbox, &format!("a{i}"), &it.mime))
+                .await
+                .0,
+        );
+    }
+    assert_eq!(
+        f.pipeline.commit_in_background().await.expect("start"),
+        Committed::default()
+    );
+    assert!(f.pipeline.committing());
+    assert_eq!(f.pipeline.held(), first.len());
+    let stored_before = Metrics::get(&f.pipeline.metrics.new_raw_bytes_total);
+    for (i, it) in second.iter().enumerate() {
+        ids.push(
+            f.send(&inline(&it.mailbox, &format!("b{i}"), &it.mime))
+                .await
+                .0,
+        );
+    }
+    let new_in_second = Metrics::get(&f.pipeline.metrics.new_raw_bytes_total) - stored_before;
+    let one = second[0].mime.len() as u64;
+    assert!(
+        new_in_second < one,
+        "the second batch stored {new_in_second} new bytes; one copy is {one}"
+    );
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!(c.items, copies.len(), "both batches reported");
+    assert!(!f.pipeline.committing());
+    assert_eq!(f.pipeline.held(), 0);
+    for id in &ids {
+        assert_eq!(f.settled(id), vec![Settled::Ack]);
+    }
+    let events = f.stored_events();
+    assert_eq!(events.len(), copies.len());
+    for (ev, it) in events.iter().zip(&copies) {
+        assert_eq!(read_back(&f.pipeline, ev).await, it.mime);
+    }
+    let report = verify(f.pipeline.repo(), VerifyOptions { read_data: true })
+        .await
+        .expect("verify");
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// A background commit that fails acks nothing, stalls the pipeline and is retried (with the
+/// batch after it) once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_background_commit_stalls_and_is_retried() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let (id, _) = f
+        .send(&inline("a@x", "i1", b"Subject: a\r\n\r\nbody one\r\n"))
+        .await;
+    f.store.down.store(true, Ordering::SeqCst);
+    f.pipeline.commit_in_background().await.expect("start");
+    let (id2, _) = f
+        .send(&inline("a@x", "i2", b"Subject: b\r\n\r\nbody two\r\n"))
+        .await;
+    let e = loop {
+        match f.pipeline.reap().await {
+            Ok(c) => assert_eq!(c, Committed::default()),
+            Err(e) => break e,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(e.is_retryable(), "{e}");
+    assert!(f.pipeline.stalled() && f.pipeline.commit_due(Instant::now()));
+    assert_eq!(f.pipeline.held(), 2);
+    assert!(f.settled(&id).is_empty() && f.settled(&id2).is_empty());
+    assert!(f.events.published.lock().expect("events").is_empty());
+    // Starting another background commit first retries the stalled one: still down.
+    assert!(f.pipeline.commit_in_background().await.is_err());
+    f.store.down.store(false, Ordering::SeqCst);
+    let c = f.pipeline.commit().await.expect("commit after outage");
+    assert_eq!(c.items, 2);
+    assert_eq!(f.settled(&id), vec![Settled::Ack]);
+    assert_eq!(f.settled(&id2), vec![Settled::Ack]);
+}
+
+/// Several deliveries in one writer call: each gets its own outcome, in order.
+#[tokio::test]
+async fn a_group_of_deliveries_is_handled_in_one_go() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let mut ds = Vec::new();
+    let (ok1, d) = f.delivery(&inline("a@x", "g1", b"Subject: 1\r\n\r\none\r\n"), 1);
+    ds.push(d);
+    let (bad, d) = f.delivery(&inline("", "g2", b"no mailbox"), 1);
+    ds.push(d);
+    let change = IngestMessage {
+        message: Some(ingest_message::Message::Change(ItemChange {
+            mailbox: "a@x".into(),
+            item_id: "g1".into(),
+            change_key: "CK2".into(),
+            kind: ChangeKind::Delete as i32,
+            observed_unix_ms: 7,
+            ..Default::default()
+        })),
+    };
+    let (ok2, d) = f.delivery(&change, 1);
+    ds.push(d);
+    let h = f.pipeline.handle_many(ds).await.expect("handle");
+    assert_eq!(
+        h,
+        vec![Handled::Pending, Handled::Quarantined, Handled::Pending]
+    );
+    assert_eq!(f.settled(&bad), vec![Settled::Term]);
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!((c.items, c.changes), (1, 1));
+    assert_eq!(f.settled(&ok1), vec![Settled::Ack]);
+    assert_eq!(f.settled(&ok2), vec![Settled::Ack]);
+}
+
 #[tokio::test]
 async fn poison_messages_are_quarantined() {
     let mut f = fixture(PipelineConfig {
