@@ -52,11 +52,11 @@ impl Procs {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let list = pids.lock().map(|l| l.clone()).unwrap_or_default();
                 for (name, pid) in list {
-                    if let Some(m) = peak_rss_of(&format!("/proc/{pid}/status")) {
-                        if let Ok(mut p) = peaks.lock() {
-                            let e = p.entry(name).or_insert(0.0);
-                            *e = e.max(m);
-                        }
+                    if let Some(m) = peak_rss_of(&format!("/proc/{pid}/status"))
+                        && let Ok(mut p) = peaks.lock()
+                    {
+                        let e = p.entry(name).or_insert(0.0);
+                        *e = e.max(m);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -287,10 +287,10 @@ pub async fn run(
     let url = format!("http://127.0.0.1:{api_port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut client = loop {
-        if let Ok(mut c) = Client::connect(&url, token.clone(), None).await {
-            if total(&mut c, "").await.is_ok() {
-                break c;
-            }
+        if let Ok(mut c) = Client::connect(&url, token.clone(), None).await
+            && total(&mut c, "").await.is_ok()
+        {
+            break c;
         }
         if Instant::now() > deadline {
             bail!(
