@@ -69,6 +69,9 @@ struct Inner {
 
 const GROUP_CACHE: usize = 4;
 
+/// Groups an item read fetches at once.
+const READ_AHEAD: usize = 4;
+
 /// An open repository. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Repository {
@@ -496,23 +499,70 @@ impl Repository {
             .map_err(|e| FormatError::corrupt(format!("manifest {id}"), e))
     }
 
-    /// The item's bytes as a stream of chunks: one chunk in memory at a time.
+    /// The item's bytes as a stream of chunks, in order. Consecutive chunks stored in the same
+    /// group are read with one request, and up to [`READ_AHEAD`] groups are fetched at once:
+    /// on S3 each group is a ranged GET, and one after another they made a large item's read
+    /// time the sum of its round trips. Memory stays bounded by the groups in flight.
     pub fn item_stream(
         &self,
         manifest: ItemManifest,
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        use futures::StreamExt as _;
+        let runs = self.group_runs(&manifest);
         let repo = self.clone();
-        futures::stream::unfold((repo, manifest, 0usize), |(repo, m, i)| async move {
-            let raw = m.chunks.get(i)?;
-            let res = match BlobId::from_slice(raw) {
-                Some(id) => repo.read_blob(&id).await.map(Bytes::from),
-                None => Err(FormatError::corrupt(
-                    format!("manifest of {}", m.item_id),
-                    "chunk id is not 32 bytes",
-                )),
-            };
-            Some((res, (repo, m, i + 1)))
-        })
+        futures::stream::iter(runs)
+            .map(move |run| {
+                let repo = repo.clone();
+                async move {
+                    let (g, members) = match run {
+                        Ok(r) => r,
+                        Err(e) => return vec![Err(e)],
+                    };
+                    let plain = match repo.group_plain(&g).await {
+                        Ok(p) => p,
+                        Err(e) => return vec![Err(e)],
+                    };
+                    let pack_name = names::pack(&g.pack);
+                    members
+                        .iter()
+                        .map(|(id, loc)| repo.extract(&pack_name, id, loc, &plain).map(Bytes::from))
+                        .collect::<Vec<_>>()
+                }
+            })
+            .buffered(READ_AHEAD)
+            .flat_map(futures::stream::iter)
+    }
+
+    /// The manifest's chunks located and cut into runs of consecutive chunks sharing a group;
+    /// a chunk that cannot be located becomes an error at its place in the order.
+    fn group_runs(&self, m: &ItemManifest) -> Vec<Result<(GroupLoc, Vec<(BlobId, Location)>)>> {
+        let index = self.index();
+        let mut runs: Vec<Result<(GroupLoc, Vec<(BlobId, Location)>)>> = Vec::new();
+        for raw in &m.chunks {
+            let located = BlobId::from_slice(raw)
+                .ok_or_else(|| {
+                    FormatError::corrupt(
+                        format!("manifest of {}", m.item_id),
+                        "chunk id is not 32 bytes",
+                    )
+                })
+                .and_then(|id| {
+                    index
+                        .get(&id)
+                        .map(|loc| (id, *loc))
+                        .ok_or_else(|| FormatError::NotFound {
+                            what: format!("blob {id}"),
+                        })
+                });
+            match (located, runs.last_mut()) {
+                (Ok((id, loc)), Some(Ok((g, members)))) if *g == loc.group => {
+                    members.push((id, loc));
+                }
+                (Ok((id, loc)), _) => runs.push(Ok((loc.group, vec![(id, loc)]))),
+                (Err(e), _) => runs.push(Err(e)),
+            }
+        }
+        runs
     }
 
     /// Reads a whole item into memory (small items, tests).
