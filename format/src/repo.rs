@@ -72,6 +72,9 @@ const GROUP_CACHE: usize = 4;
 /// Groups an item read fetches at once.
 const READ_AHEAD: usize = 4;
 
+/// Consecutive chunks of an item stored in one group, with their locations.
+type GroupRun = (GroupLoc, Vec<(BlobId, Location)>);
+
 /// An open repository. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Repository {
@@ -535,9 +538,9 @@ impl Repository {
 
     /// The manifest's chunks located and cut into runs of consecutive chunks sharing a group;
     /// a chunk that cannot be located becomes an error at its place in the order.
-    fn group_runs(&self, m: &ItemManifest) -> Vec<Result<(GroupLoc, Vec<(BlobId, Location)>)>> {
+    fn group_runs(&self, m: &ItemManifest) -> Vec<Result<GroupRun>> {
         let index = self.index();
-        let mut runs: Vec<Result<(GroupLoc, Vec<(BlobId, Location)>)>> = Vec::new();
+        let mut runs: Vec<Result<GroupRun>> = Vec::new();
         for raw in &m.chunks {
             let located = BlobId::from_slice(raw)
                 .ok_or_else(|| {
