@@ -130,6 +130,9 @@ pub struct Limits {
     pub per_account_concurrency: usize,
     /// Mailboxes processed at once.
     pub mailbox_concurrency: usize,
+    /// Folders of one mailbox synced at once (their EWS requests still share
+    /// `per_account_concurrency`).
+    pub folder_concurrency: usize,
     /// SyncFolderItems MaxChangesReturned (1..=512).
     pub max_changes: u32,
     /// Item ids per GetItem call.
@@ -152,6 +155,7 @@ impl Default for Limits {
             per_server_concurrency: 8,
             per_account_concurrency: 2,
             mailbox_concurrency: 4,
+            folder_concurrency: 4,
             max_changes: 512,
             get_item_batch: 32,
             get_item_max_bytes: 16 * 1024 * 1024,
@@ -265,6 +269,7 @@ impl Config {
             ("limits.per_server_concurrency", l.per_server_concurrency),
             ("limits.per_account_concurrency", l.per_account_concurrency),
             ("limits.mailbox_concurrency", l.mailbox_concurrency),
+            ("limits.folder_concurrency", l.folder_concurrency),
             ("limits.get_item_batch", l.get_item_batch),
             ("limits.max_in_flight_publishes", l.max_in_flight_publishes),
         ] {

@@ -22,7 +22,8 @@ struct Cli {
     /// auth = "ntlm" (default) | "basic", impersonation, server_version, ca_file,
     /// insecure_skip_verify, request_timeout_secs, include_non_ipm, include_archives), `[filters]` (include/exclude_mailboxes,
     /// include/exclude_folders, include/exclude_item_classes), `[limits]`
-    /// (per_server_concurrency, per_account_concurrency, mailbox_concurrency, max_changes,
+    /// (per_server_concurrency, per_account_concurrency, mailbox_concurrency, folder_concurrency,
+    /// max_changes,
     /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
     /// max_in_flight_publishes), `[nats]` (url, creds_file, ca_file, stream, kv_bucket,
     /// object_bucket).

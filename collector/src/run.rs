@@ -178,6 +178,7 @@ pub async fn run(
             get_item_batch: l.get_item_batch,
             get_item_max_bytes: l.get_item_max_bytes,
             include_non_ipm: config.ews.include_non_ipm,
+            folder_concurrency: l.folder_concurrency,
             filters: config.filters(),
         },
         metrics: metrics.clone(),

@@ -31,10 +31,11 @@
 //!   cannot be parsed is retried item by item to isolate the bad item.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use mailvault_proto::ingest::v1 as pb;
 use mailvault_proto::storage::v1::ContentFormat;
 use tracing::{Instrument as _, info, info_span, warn};
@@ -140,6 +141,9 @@ pub struct SyncOptions {
     pub get_item_max_bytes: u64,
     /// Also sync folders outside the IPM subtree (below `root` but not `msgfolderroot`).
     pub include_non_ipm: bool,
+    /// Folders of one mailbox synced at once (EWS requests stay bounded by the client's
+    /// per-account limit).
+    pub folder_concurrency: usize,
     pub filters: Filters,
 }
 
@@ -151,6 +155,7 @@ impl Default for SyncOptions {
             get_item_batch: 32,
             get_item_max_bytes: 16 * 1024 * 1024,
             include_non_ipm: false,
+            folder_concurrency: 4,
             filters: Filters::default(),
         }
     }
@@ -343,65 +348,90 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         }
         selected.sort_by(|a, b| a.0.cmp(&b.0));
 
-        let mut pass = PassState::default();
-        for (path, folder) in selected {
-            let ctx = FolderCtx {
-                mailbox,
-                kind,
-                cp_key: &key,
-                folder,
-                path: path.clone(),
-                trace_id: &trace,
-                distinguished: cp
-                    .distinguished
-                    .get(&folder.id)
-                    .cloned()
-                    .unwrap_or_default(),
-            };
-            let mut fr = pb::FolderReconciliation {
-                folder_id: folder.id.clone(),
-                folder_path: path,
-                server_total: folder.total_count.unwrap_or_default(),
-                server_total_known: folder.total_count.is_some(),
-                ..Default::default()
-            };
-            let span = info_span!("folder", folder = %folder.display_name);
-            let res = self
-                .sync_folder_with_recovery(&ctx, &mut pass, &mut fr)
-                .instrument(span)
-                .await;
-            match res {
-                Ok(()) => Metrics::add(&self.metrics.folders_synced, 1),
-                Err(SyncError::Ews(e)) if e.kind() == ErrorKind::ItemNotFound => {
-                    // Folder deleted since the hierarchy sync: the next hierarchy sync drops it.
-                    fr.error = format!("folder vanished: {e}");
+        // Folders are synced `folder_concurrency` at a time (a mailbox is often one big
+        // folder tree, and one folder alone leaves the EWS budget idle between round trips).
+        // Reconciliations keep the folders' order; a fatal error stops the others.
+        let pass = Mutex::new(PassState::default());
+        let (cp_key, trace, cp) = (&key, &trace, &cp);
+        let pass = &pass;
+        // Collected first: a stream holding the closure trips the compiler's `Send` check.
+        let folder_passes: Vec<_> = selected
+            .into_iter()
+            .map(|(path, folder)| {
+                let ctx = FolderCtx {
+                    mailbox,
+                    kind,
+                    cp_key,
+                    folder,
+                    path: path.clone(),
+                    trace_id: trace,
+                    distinguished: cp
+                        .distinguished
+                        .get(&folder.id)
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                let mut fr = pb::FolderReconciliation {
+                    folder_id: folder.id.clone(),
+                    folder_path: path,
+                    server_total: folder.total_count.unwrap_or_default(),
+                    server_total_known: folder.total_count.is_some(),
+                    ..Default::default()
+                };
+                async move {
+                    let span = info_span!("folder", folder = %folder.display_name);
+                    let res = self
+                        .sync_folder_with_recovery(&ctx, pass, &mut fr)
+                        .instrument(span)
+                        .await;
+                    let fatal = self.settle_folder(&ctx, res, &mut fr).await;
+                    (fr, fatal)
                 }
-                Err(e @ (SyncError::Publish(_) | SyncError::Checkpoint(_))) => {
-                    // The queue or the store is down: no point trying other folders.
-                    fr.error = e.to_string();
-                    rec.folders.push(fr);
-                    return Err(e);
-                }
-                Err(e) => {
-                    warn!(error = %e, "folder pass failed");
-                    fr.error = e.to_string();
-                    // Visible as a record too (guarantee 7); the folder is retried next pass
-                    // from its last checkpoint.
-                    if let SyncError::Ews(ews_err) = &e {
-                        let none = ItemId {
-                            id: String::new(),
-                            change_key: String::new(),
-                        };
-                        let q = self.quarantine(&ctx, &none, "sync_folder_items", ews_err);
-                        if let Err(pe) = self.publisher.publish_batch(vec![q]).await {
-                            rec.folders.push(fr);
-                            return Err(pe.into());
-                        }
-                        Metrics::add(&self.metrics.quarantined, 1);
-                    }
+            })
+            .collect();
+        let mut passes =
+            futures::stream::iter(folder_passes).buffered(self.opts.folder_concurrency.max(1));
+        while let Some((fr, fatal)) = passes.next().await {
+            rec.folders.push(fr);
+            fatal?;
+        }
+        Ok(())
+    }
+
+    /// Records how a folder pass ended in its reconciliation; `Err` only for what must stop
+    /// the whole mailbox pass.
+    async fn settle_folder(
+        &self,
+        ctx: &FolderCtx<'_>,
+        res: Result<(), SyncError>,
+        fr: &mut pb::FolderReconciliation,
+    ) -> Result<(), SyncError> {
+        match res {
+            Ok(()) => Metrics::add(&self.metrics.folders_synced, 1),
+            Err(SyncError::Ews(e)) if e.kind() == ErrorKind::ItemNotFound => {
+                // Folder deleted since the hierarchy sync: the next hierarchy sync drops it.
+                fr.error = format!("folder vanished: {e}");
+            }
+            Err(e @ (SyncError::Publish(_) | SyncError::Checkpoint(_))) => {
+                // The queue or the store is down: no point trying other folders.
+                fr.error = e.to_string();
+                return Err(e);
+            }
+            Err(e) => {
+                warn!(error = %e, "folder pass failed");
+                fr.error = e.to_string();
+                // Visible as a record too (guarantee 7); the folder is retried next pass
+                // from its last checkpoint.
+                if let SyncError::Ews(ews_err) = &e {
+                    let none = ItemId {
+                        id: String::new(),
+                        change_key: String::new(),
+                    };
+                    let q = self.quarantine(ctx, &none, "sync_folder_items", ews_err);
+                    self.publisher.publish_batch(vec![q]).await?;
+                    Metrics::add(&self.metrics.quarantined, 1);
                 }
             }
-            rec.folders.push(fr);
         }
         Ok(())
     }
@@ -572,7 +602,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     async fn sync_folder_with_recovery(
         &self,
         ctx: &FolderCtx<'_>,
-        pass: &mut PassState,
+        pass: &Mutex<PassState>,
         fr: &mut pb::FolderReconciliation,
     ) -> Result<(), SyncError> {
         match self.sync_folder(ctx, pass, fr, false).await {
@@ -590,7 +620,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     async fn sync_folder(
         &self,
         ctx: &FolderCtx<'_>,
-        pass: &mut PassState,
+        pass: &Mutex<PassState>,
         fr: &mut pb::FolderReconciliation,
         resync: bool,
     ) -> Result<(), SyncError> {
@@ -623,12 +653,17 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                     }
                     ItemChange::Create(s) => {
                         fr.created += 1;
-                        if let Some(from) = pass.deleted.get(&s.id.id)
-                            && *from != ctx.folder.id
                         {
-                            moved_in.push(s.id.clone());
+                            // Check and record in one step: of two folders seeing the two
+                            // halves of a move at once, the second sees the first.
+                            let mut p = pass.lock().unwrap_or_else(PoisonError::into_inner);
+                            if let Some(from) = p.deleted.get(&s.id.id)
+                                && *from != ctx.folder.id
+                            {
+                                moved_in.push(s.id.clone());
+                            }
+                            p.created.insert(s.id.id.clone(), ctx.folder.id.clone());
                         }
-                        pass.created.insert(s.id.id.clone(), ctx.folder.id.clone());
                         if resync && self.store.has_version(mb, &s.id).await? {
                             Metrics::add(&self.metrics.mime_fetch_skipped, 1);
                             *fr.skipped.entry("already_collected".into()).or_default() += 1;
@@ -646,11 +681,14 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                         fetch.push(s);
                     }
                     ItemChange::Delete(id) => {
-                        let moved_to = pass
-                            .created
-                            .get(&id.id)
-                            .filter(|f| **f != ctx.folder.id)
-                            .cloned();
+                        let moved_to = {
+                            let mut p = pass.lock().unwrap_or_else(PoisonError::into_inner);
+                            p.deleted.insert(id.id.clone(), ctx.folder.id.clone());
+                            p.created
+                                .get(&id.id)
+                                .filter(|f| **f != ctx.folder.id)
+                                .cloned()
+                        };
                         if let Some(to) = moved_to {
                             fr.moves += 1;
                             changes.push(self.change(ctx, &id, pb::ChangeKind::Move, &to, None));
@@ -665,7 +703,6 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                                 None,
                             ));
                         }
-                        pass.deleted.insert(id.id, ctx.folder.id.clone());
                     }
                     ItemChange::ReadFlag { id, is_read } => {
                         fr.read_flag_changes += 1;

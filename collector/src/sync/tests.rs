@@ -33,6 +33,8 @@ struct FakeEws {
     mb: Mutex<FakeMailbox>,
     get_item_ids: AtomicUsize,
     calls: AtomicUsize,
+    /// Each GetItem call takes one of these and waits at it before answering.
+    gates: Mutex<Vec<Arc<tokio::sync::Barrier>>>,
 }
 
 fn folder(id: &str, parent: &str, name: &str) -> Folder {
@@ -267,6 +269,10 @@ impl Ews for FakeEws {
     ) -> Result<Vec<Result<MimeItem, EwsError>>, EwsError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.get_item_ids.fetch_add(ids.len(), Ordering::Relaxed);
+        let gate = lock(&self.gates).pop();
+        if let Some(g) = gate {
+            g.wait().await;
+        }
         let mb = lock(&self.mb);
         if ids
             .iter()
@@ -549,6 +555,39 @@ async fn first_run_everything_second_run_only_changes() {
             ("i5".into(), pb::ChangeKind::Move, "archive".into()),
         ]
     );
+}
+
+#[tokio::test]
+async fn folders_of_a_mailbox_are_synced_at_once() {
+    let e = engine(SyncOptions {
+        folder_concurrency: 2,
+        ..SyncOptions::default()
+    });
+    e.ews.add("inbox", "i1", "Subject: in");
+    e.ews.add("archive", "a1", "Subject: archived");
+    // The first two GetItem calls only return once both are in flight: a pass that syncs
+    // one folder after the other never gets there.
+    let gate = Arc::new(tokio::sync::Barrier::new(2));
+    *lock(&e.ews.gates) = vec![gate.clone(), gate];
+    let rec = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        e.sync_mailbox(&mailbox()),
+    )
+    .await
+    .expect("the two folders' GetItem calls never overlapped");
+    assert!(rec.error.is_empty(), "{}", rec.error);
+    let paths: Vec<String> = rec
+        .folders
+        .iter()
+        .map(|f| f.folder_path.join("/"))
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["Archive", "Inbox"],
+        "reconciliations keep folder order"
+    );
+    let got: Vec<String> = items(&take(&e)).into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(got, vec!["a1", "i1"]);
 }
 
 #[tokio::test]
