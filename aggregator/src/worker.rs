@@ -202,9 +202,11 @@ pub async fn run_worker<S: Source>(
         };
         let mut ended = false;
         while !ended {
+            // Both sources are cancel-safe (a message is taken only when yielded); what the
+            // pull still holds is handed back below, so shutdown need not wait out `expires`.
             let next = tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
+                () = shutdown.cancelled() => break,
                 m = batch.next() => m,
             };
             let mut group = match next {

@@ -105,6 +105,10 @@ pub struct IndexConfig {
     /// an event waits to become searchable, plus the commit itself).
     #[serde(default = "default_wait", deserialize_with = "duration")]
     pub wait: Duration,
+    /// A batch is committed early once no event arrived for this long: the end of a burst
+    /// (a backup pass finishing) becomes searchable at once instead of after `wait`.
+    #[serde(default = "default_idle", deserialize_with = "duration")]
+    pub idle: Duration,
 }
 
 fn default_batch() -> usize {
@@ -113,6 +117,10 @@ fn default_batch() -> usize {
 
 fn default_wait() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_idle() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// The gRPC API.
@@ -158,6 +166,9 @@ impl mailvault_runtime::config::Validate for Config {
         if self.index.wait < Duration::from_millis(10) || self.index.wait > Duration::from_secs(30)
         {
             p.push("index.wait must be 10ms..=30s".into());
+        }
+        if self.index.idle < Duration::from_millis(10) || self.index.idle > self.index.wait {
+            p.push("index.idle must be 10ms..=index.wait".into());
         }
         if self.api.tokens_file.as_os_str().is_empty() {
             p.push("api.tokens_file is empty".into());
@@ -217,6 +228,7 @@ impl Config {
         crate::consume::ConsumeConfig {
             batch: self.index.batch,
             wait: self.index.wait,
+            idle: self.index.idle,
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct ConsumeConfig {
     pub batch: usize,
     /// How long events are gathered into one commit after the first one arrived.
     pub wait: Duration,
+    /// Commit before `wait` once no event arrived for this long.
+    pub idle: Duration,
 }
 
 impl Default for ConsumeConfig {
@@ -92,6 +94,7 @@ impl Default for ConsumeConfig {
         ConsumeConfig {
             batch: 2048,
             wait: Duration::from_secs(1),
+            idle: Duration::from_millis(100),
         }
     }
 }
@@ -218,8 +221,8 @@ enum Settle {
 }
 
 /// Runs until `shutdown`. Events are gathered for up to `cfg.wait` after the first one (or
-/// until `cfg.batch` of them) and committed together: one index commit per batch, not per
-/// pull, however the events trickle in. `progress` (if given) receives the report after
+/// until `cfg.batch` of them, or until none came for `cfg.idle`) and committed together: one
+/// index commit per batch, not per pull, however the events trickle in. `progress` (if given) receives the report after
 /// every commit.
 pub async fn run(
     ix: &Indexer,
@@ -258,7 +261,7 @@ pub async fn run(
             }
             let more = tokio::select! {
                 () = shutdown.cancelled() => break,
-                b = source.next_batch(cfg.batch - outcomes.len(), left) => b,
+                b = source.next_batch(cfg.batch - outcomes.len(), left.min(cfg.idle)) => b,
             };
             match more {
                 Ok(b) if !b.is_empty() => apply_all(ix, b, &mut report, &mut outcomes).await,

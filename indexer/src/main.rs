@@ -30,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 ///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file
 ///   (required, never logged), refresh_interval ("5s")
 ///
-///   [index] dir (required: the tantivy index directory), batch (256 events per commit),
-///   wait ("1s" per pull)
+///   [index] dir (required: the tantivy index directory), batch (2048 events per commit at
+///   most), wait ("1s": events gathered this long after the first), idle ("100ms": commit
+///   earlier once none arrived for this long)
 ///
 ///   [api] listen ("127.0.0.1:50051"), tokens_file (required; hashes only, see docs/api.md),
 ///   tls_cert + tls_key (PEM; without them the API is plain text)

@@ -82,6 +82,7 @@ async fn jetstream_events_are_indexed_then_acked() {
             let cfg = ConsumeConfig {
                 batch: 40,
                 wait: Duration::from_millis(200),
+                idle: Duration::from_millis(200),
             };
             consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
         })
@@ -204,6 +205,7 @@ async fn in_process_source_acks_only_after_commit() {
             let cfg = ConsumeConfig {
                 batch: 14,
                 wait: Duration::from_secs(30),
+                idle: Duration::from_secs(30),
             };
             consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
         })

@@ -439,7 +439,9 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
             insecure_skip_verify: opts.ews.insecure_skip_verify,
             request_timeout: Duration::from_secs(120),
             per_server_concurrency: 8,
-            per_account_concurrency: 2,
+            // Folders of a mailbox are synced concurrently (collector default 4); two
+            // requests per mailbox left most of them waiting. EWSMaxConcurrency is 27.
+            per_account_concurrency: 4,
             backoff: Backoff::default(),
         },
         cmetrics.clone(),

@@ -265,6 +265,7 @@ pub async fn pass(
         let cfg = consume::ConsumeConfig {
             batch: 4096,
             wait: Duration::from_millis(500),
+            idle: Duration::from_millis(50),
         };
         let ix = Indexer::new(repo.clone(), index2);
         let refresher = tokio::spawn(async move {

@@ -412,6 +412,7 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
             dir: tmp.path().join("index"),
             batch: 256,
             wait: Duration::from_millis(500),
+            idle: Duration::from_millis(100),
         },
         api: icfg::ApiConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
