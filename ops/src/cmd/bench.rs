@@ -90,6 +90,10 @@ pub struct Side {
     pub noop_incremental_seconds: f64,
     pub restore_seconds: Option<f64>,
     pub peak_rss_mib: Option<f64>,
+    /// CPU seconds (user + system) the full backup took, over every process of the tool
+    /// (single process: including the EWS simulator). On a shared machine this is steadier
+    /// than wall time.
+    pub backup_cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -103,6 +107,8 @@ pub struct Run {
     /// This run / restic.
     pub speed_ratio: Option<f64>,
     pub stored_ratio: Option<f64>,
+    /// MB backed up per CPU-second, this run / restic: above 1, a core does more here.
+    pub cpu_efficiency_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -136,6 +142,19 @@ fn dir_stats(p: &Path) -> (u64, u64) {
 /// VmHWM of this process (it hosts the simulator too, so this is an upper bound).
 fn peak_rss_mib() -> Option<f64> {
     peak_rss_of("/proc/self/status")
+}
+
+/// CPU seconds (user + system) of a process so far, from `/proc/<pid>/stat` ("self" works).
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    // Linux reports these in USER_HZ ticks, 100 per second on every architecture.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces): utime and stime
+    // are the 12th and 13th.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / TICKS_PER_SECOND)
 }
 
 /// VmHWM (peak resident set) from a `/proc/<pid>/status` file, in MiB.
@@ -217,6 +236,13 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
     if let Some(r) = &restic {
         for run in &mut runs {
             run.speed_ratio = Some(run.side.mb_per_second / r.mb_per_second);
+            let per_cpu = |s: &Side| {
+                s.backup_cpu_seconds
+                    .map(|c| s.input_bytes as f64 / c.max(1e-3))
+            };
+            run.cpu_efficiency_ratio = per_cpu(&run.side)
+                .zip(per_cpu(r))
+                .map(|(ours, theirs)| ours / theirs);
             run.stored_ratio = Some(run.side.stored_bytes as f64 / r.stored_bytes.max(1) as f64);
         }
     }
@@ -263,12 +289,14 @@ async fn single(
     };
     let bar = progress_bar(json, "mailvault full backup");
     let b2 = bar.clone();
+    let cpu_before = cpu_seconds_of("self");
     let t = Instant::now();
     let full = pass(opts(), &repo, &index, move |n| {
         b2.set_message(format!("{n} items"))
     })
     .await;
     let full_s = t.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(cpu_seconds_of("self")).map(|(a, b)| b - a);
     bar.finish_and_clear();
     let full = full.context("full backup")?;
     let bar = progress_bar(json, "mailvault no-change incremental");
@@ -291,6 +319,7 @@ async fn single(
         noop_incremental_seconds: inc_s,
         restore_seconds: None,
         peak_rss_mib: peak_rss_mib(),
+        backup_cpu_seconds: cpu,
     };
 
     repo.refresh().await.context("refreshing the repository")?;
@@ -371,16 +400,28 @@ pub async fn api_latencies(
 fn print_table(r: &Report) {
     println!();
     println!(
-        "{:<28} {:>8} {:>10} {:>9} {:>9} {:>11} {:>8} {:>9} {:>9}",
-        "tool", "items", "input", "backup s", "MB/s", "stored", "ratio", "noop s", "RSS MiB"
+        "{:<28} {:>8} {:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>9} {:>9}",
+        "tool",
+        "items",
+        "input",
+        "backup s",
+        "CPU s",
+        "MB/s",
+        "stored",
+        "ratio",
+        "noop s",
+        "RSS MiB"
     );
     for s in r.runs.iter().map(|r| &r.side).chain(r.restic.iter()) {
         println!(
-            "{:<28} {:>8} {:>10} {:>9.1} {:>9.1} {:>11} {:>8.3} {:>9.1} {:>9}",
+            "{:<28} {:>8} {:>10} {:>9.1} {:>9} {:>9.1} {:>11} {:>8.3} {:>9.1} {:>9}",
             s.tool,
             s.files,
             bytesize::ByteSize(s.input_bytes).to_string(),
             s.backup_seconds,
+            s.backup_cpu_seconds
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
             s.mb_per_second,
             bytesize::ByteSize(s.stored_bytes).to_string(),
             s.stored_ratio,
@@ -395,6 +436,9 @@ fn print_table(r: &Report) {
         println!("{}:", run.side.tool);
         if let (Some(sp), Some(st)) = (run.speed_ratio, run.stored_ratio) {
             println!("  / restic: speed {sp:.2}×, stored bytes {st:.2}×");
+        }
+        if let Some(c) = run.cpu_efficiency_ratio {
+            println!("  / restic: MB per CPU-second {c:.2}×");
         }
         println!(
             "  search p50/p95/p99 {:.1}/{:.1}/{:.1} ms   get p50/p95/p99 {:.1}/{:.1}/{:.1} ms  ({} requests each)",
@@ -439,14 +483,24 @@ fn ensure_restic() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from("/usr/bin/restic"))
 }
 
-/// Runs `restic` (under /usr/bin/time for its peak RSS when available); returns seconds and
-/// the peak RSS in MiB.
-fn timed(restic: &Path, args: &[&str], repo: &Path) -> anyhow::Result<(f64, Option<f64>)> {
+/// What one timed restic command took.
+struct Timed {
+    seconds: f64,
+    peak_rss_mib: Option<f64>,
+    cpu_seconds: Option<f64>,
+}
+
+/// Runs `restic` (under /usr/bin/time for its peak RSS and CPU time when available).
+fn timed(restic: &Path, args: &[&str], repo: &Path) -> anyhow::Result<Timed> {
     let gnu_time = Path::new("/usr/bin/time").exists();
     let rss_file = repo.with_extension("rss");
     let mut cmd = if gnu_time {
         let mut c = Command::new("/usr/bin/time");
-        c.arg("-f").arg("%M").arg("-o").arg(&rss_file).arg(restic);
+        c.arg("-f")
+            .arg("%M %U %S")
+            .arg("-o")
+            .arg(&rss_file)
+            .arg(restic);
         c
     } else {
         Command::new(restic)
@@ -468,11 +522,20 @@ fn timed(restic: &Path, args: &[&str], repo: &Path) -> anyhow::Result<(f64, Opti
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let rss = std::fs::read_to_string(&rss_file)
-        .ok()
-        .and_then(|s| s.trim().lines().last()?.trim().parse::<f64>().ok())
-        .map(|kib| kib / 1024.0);
-    Ok((secs, rss))
+    let report = std::fs::read_to_string(&rss_file).unwrap_or_default();
+    let fields: Vec<f64> = report
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Ok(Timed {
+        seconds: secs,
+        peak_rss_mib: fields.first().map(|kib| kib / 1024.0),
+        cpu_seconds: (fields.len() == 3).then(|| fields[1] + fields[2]),
+    })
 }
 
 fn run_restic(corpus: &Path, tmp: &Path, json: bool) -> anyhow::Result<Side> {
@@ -481,15 +544,17 @@ fn run_restic(corpus: &Path, tmp: &Path, json: bool) -> anyhow::Result<Side> {
     let bar = progress_bar(json, "restic backup");
     timed(&restic, &["init"], &repo)?;
     let corpus_s = corpus.display().to_string();
-    let (secs, rss) = timed(&restic, &["backup", &corpus_s], &repo)?;
-    let (noop, _) = timed(&restic, &["backup", &corpus_s], &repo)?;
+    let full = timed(&restic, &["backup", &corpus_s], &repo)?;
+    let secs = full.seconds;
+    let noop = timed(&restic, &["backup", &corpus_s], &repo)?.seconds;
     let target = tmp.join("restic-restore");
     let target_s = target.display().to_string();
-    let (restore, _) = timed(
+    let restore = timed(
         &restic,
         &["restore", "latest", "--target", &target_s],
         &repo,
-    )?;
+    )?
+    .seconds;
     bar.finish_and_clear();
     let (files, bytes) = dir_stats(corpus);
     let (_, stored) = dir_stats(&repo);
@@ -504,6 +569,7 @@ fn run_restic(corpus: &Path, tmp: &Path, json: bool) -> anyhow::Result<Side> {
         stored_ratio: stored as f64 / bytes.max(1) as f64,
         noop_incremental_seconds: noop,
         restore_seconds: Some(restore),
-        peak_rss_mib: rss,
+        peak_rss_mib: full.peak_rss_mib,
+        backup_cpu_seconds: full.cpu_seconds,
     })
 }

@@ -34,6 +34,8 @@ pub struct DistRun {
 struct Procs {
     children: Vec<(String, Child)>,
     peaks: Arc<Mutex<BTreeMap<String, f64>>>,
+    /// CPU seconds by pid, as last read (a process that exited keeps its last reading).
+    cpu: Arc<Mutex<BTreeMap<u32, f64>>>,
     pids: Arc<Mutex<Vec<(String, u32)>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -43,15 +45,22 @@ impl Procs {
         let p = Self {
             children: Vec::new(),
             peaks: Arc::default(),
+            cpu: Arc::default(),
             pids: Arc::default(),
             stop: Arc::default(),
         };
         let (peaks, pids, stop) = (p.peaks.clone(), p.pids.clone(), p.stop.clone());
+        let cpu = p.cpu.clone();
         // VmHWM only grows, so the last value read before a process exits is its peak.
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let list = pids.lock().map(|l| l.clone()).unwrap_or_default();
                 for (name, pid) in list {
+                    if let Some(c) = super::bench::cpu_seconds_of(&pid.to_string())
+                        && let Ok(mut all) = cpu.lock()
+                    {
+                        all.insert(pid, c);
+                    }
                     if let Some(m) = peak_rss_of(&format!("/proc/{pid}/status"))
                         && let Ok(mut p) = peaks.lock()
                     {
@@ -92,6 +101,21 @@ impl Procs {
             let _ = c.wait();
         }
         self.children.clear();
+    }
+
+    /// CPU seconds used so far by every watched process, running or exited (those that exited
+    /// count up to the sampler's last reading, at most 50 ms before they ended).
+    fn cpu_total(&self) -> f64 {
+        let list = self.pids.lock().map(|l| l.clone()).unwrap_or_default();
+        let Ok(mut all) = self.cpu.lock() else {
+            return 0.0;
+        };
+        for (_, pid) in list {
+            if let Some(c) = super::bench::cpu_seconds_of(&pid.to_string()) {
+                all.insert(pid, c);
+            }
+        }
+        all.values().sum()
     }
 
     fn peaks(&self) -> BTreeMap<String, f64> {
@@ -167,6 +191,8 @@ fn collect_once(procs: &mut Procs, bin: &Path, config: &Path, log: &Path) -> any
         s.read_to_string(&mut stdout)
             .context("reading the collector's summary")?;
     }
+    // Until reaped, an exited process still shows its final CPU times.
+    procs.cpu_total();
     let status = child.wait().context("waiting for the collector")?;
     if !status.success() {
         bail!(
@@ -302,6 +328,7 @@ pub async fn run(
     };
 
     progress("full backup (collector → NATS → 2 aggregators → Garage → indexer)");
+    let cpu_before = procs.cpu_total();
     let t = Instant::now();
     let captured = collect_once(
         &mut procs,
@@ -322,6 +349,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let full_s = t.elapsed().as_secs_f64();
+    let cpu = procs.cpu_total() - cpu_before;
 
     progress("no-change incremental");
     let t = Instant::now();
@@ -359,6 +387,7 @@ pub async fn run(
             noop_incremental_seconds: inc_s,
             restore_seconds: None,
             peak_rss_mib: processes.values().copied().reduce(f64::max),
+            backup_cpu_seconds: Some(cpu),
         },
         search,
         get,
