@@ -105,34 +105,36 @@ enum Outcome {
     Poison,
 }
 
-async fn apply(ix: &Indexer, d: &Delivery, report: &mut ConsumeReport) -> Outcome {
+/// Which counter of the report a delivery adds to.
+enum Counted {
+    Stored,
+    Changed,
+    Neither,
+}
+
+async fn apply(ix: &Indexer, d: &Delivery) -> (Outcome, Counted) {
     let r = match d.subject.as_str() {
         SUBJECT_STORED => match ItemStored::decode(d.payload.clone()) {
-            Ok(e) => {
-                report.stored += 1;
-                ix.handle_stored(&e).await
-            }
+            Ok(e) => (ix.handle_stored(&e).await, Counted::Stored),
             Err(e) => {
                 tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
-                return Outcome::Poison;
+                return (Outcome::Poison, Counted::Neither);
             }
         },
         SUBJECT_CHANGED => match ItemChangeRecorded::decode(d.payload.clone()) {
-            Ok(e) => {
-                report.changed += 1;
-                ix.handle_changed(&e).await
-            }
+            Ok(e) => (ix.handle_changed(&e).await, Counted::Changed),
             Err(e) => {
                 tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
-                return Outcome::Poison;
+                return (Outcome::Poison, Counted::Neither);
             }
         },
         other => {
             tracing::error!(subject = %other, "event on an unexpected subject; terminated");
-            return Outcome::Poison;
+            return (Outcome::Poison, Counted::Neither);
         }
     };
-    match r {
+    let (r, counted) = r;
+    let outcome = match r {
         Ok(()) => Outcome::Applied,
         Err(e) if e.is_retryable() && d.attempt < MAX_ATTEMPTS => {
             tracing::warn!(error = %e, attempt = d.attempt, "event not applied; redelivery");
@@ -142,8 +144,15 @@ async fn apply(ix: &Indexer, d: &Delivery, report: &mut ConsumeReport) -> Outcom
             tracing::error!(error = %e, attempt = d.attempt, "event cannot be indexed; terminated");
             Outcome::Poison
         }
-    }
+    };
+    (outcome, counted)
 }
+
+/// Deliveries applied at once. Each reads its item from the repository first — over S3 a
+/// few round trips — and one at a time left the indexer waiting on the network. Applying is
+/// order-independent (an item's record is rebuilt from its whole event set under the writer
+/// lock), so overlapping them is safe.
+const APPLY_CONCURRENCY: usize = 16;
 
 /// Applies a batch, commits, then settles every delivery: applied ones are acked only after
 /// the commit succeeded; if the commit fails, everything is nakked.
@@ -163,8 +172,19 @@ async fn apply_all(
     report: &mut ConsumeReport,
     outcomes: &mut Vec<(Delivery, Outcome)>,
 ) {
-    for d in batch {
-        let o = apply(ix, &d, report).await;
+    use futures::StreamExt as _;
+    let mut applied = futures::stream::iter(batch)
+        .map(|d| async move {
+            let (o, counted) = apply(ix, &d).await;
+            (d, o, counted)
+        })
+        .buffered(APPLY_CONCURRENCY);
+    while let Some((d, o, counted)) = applied.next().await {
+        match counted {
+            Counted::Stored => report.stored += 1,
+            Counted::Changed => report.changed += 1,
+            Counted::Neither => {}
+        }
         outcomes.push((d, o));
     }
 }

@@ -250,13 +250,19 @@ pub struct Stats {
 }
 
 pub async fn stats(r: &Repository) -> anyhow::Result<Stats> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    // Every manifest and object is one request on S3: ask many at once.
+    const CONCURRENCY: usize = 32;
     let mut s = Stats::default();
     let mut mailboxes = std::collections::HashSet::new();
-    for id in r.manifests() {
-        let m = r
-            .manifest(&id)
-            .await
-            .with_context(|| format!("reading manifest {id}"))?;
+    let mut manifests = futures::stream::iter(r.manifests())
+        .map(|id| async move {
+            r.manifest(&id)
+                .await
+                .with_context(|| format!("reading manifest {id}"))
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some(m) = manifests.try_next().await? {
         if m.properties.contains_key("mailvault.record") {
             s.history_records += 1;
             continue;
@@ -267,12 +273,20 @@ pub async fn stats(r: &Repository) -> anyhow::Result<Stats> {
     }
     s.mailboxes = mailboxes.len() as u64;
     let store = r.store();
-    for name in store.list("").await.context("listing objects")? {
-        s.stored_bytes += store
-            .size(&name)
-            .await
-            .with_context(|| format!("size of {name}"))?
-            .unwrap_or(0);
+    let store = &store;
+    let names = store.list("").await.context("listing objects")?;
+    let mut sizes = futures::stream::iter(names)
+        .map(|name| async move {
+            let size = store
+                .size(&name)
+                .await
+                .with_context(|| format!("size of {name}"))?
+                .unwrap_or(0);
+            anyhow::Ok((name, size))
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some((name, size)) = sizes.try_next().await? {
+        s.stored_bytes += size;
         if name.starts_with("packs/") {
             s.packs += 1;
         }
