@@ -77,6 +77,19 @@ impl BatchPolicy {
             || bytes >= self.max_bytes
             || oldest.is_some_and(|t| now.saturating_duration_since(t) >= self.max_delay)
     }
+
+    /// Shortest age of the oldest pending item at which a commit may start early because
+    /// nothing more is arriving: a quarter of `max_delay`. Waiting out all of `max_delay` then
+    /// only delays the acks (the drain of a backlog ended with an idle `max_delay`), while
+    /// committing at once under a trickle would write an index object per message.
+    pub fn idle_gap(&self) -> Duration {
+        self.max_delay / 4
+    }
+
+    /// Whether pending items may be committed now that the source has run dry.
+    pub fn idle_due(&self, items: usize, oldest: Option<Instant>, now: Instant) -> bool {
+        items > 0 && oldest.is_some_and(|t| now.saturating_duration_since(t) >= self.idle_gap())
+    }
 }
 
 /// Settings of one pipeline (one writer).
@@ -198,6 +211,8 @@ pub struct Pipeline {
     stalled: Option<Batch>,
     /// Settled by batches since the last report (kept across a failed call, never lost).
     settled: Committed,
+    /// The two piece buffers of [`Pipeline::feed_object`], kept between bodies.
+    piece_bufs: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -506,6 +521,9 @@ async fn read_piece(
     piece: usize,
 ) -> std::io::Result<usize> {
     buf.clear();
+    // Room for the whole piece up front (a no-op for a reused buffer): growing by doubling
+    // would copy the piece several times.
+    buf.reserve(piece);
     (&mut *reader).take(piece as u64).read_to_end(buf).await
 }
 
@@ -593,6 +611,7 @@ impl Pipeline {
             running: None,
             stalled: None,
             settled: Committed::default(),
+            piece_bufs: Vec::new(),
         })
     }
 
@@ -619,6 +638,21 @@ impl Pipeline {
                 .cfg
                 .batch
                 .due(self.pending.len(), self.pending_bytes, self.oldest, now)
+    }
+
+    /// Whether the source having run dry makes a commit worth starting now (see
+    /// [`BatchPolicy::idle_gap`]); never while another batch is still committing.
+    pub fn idle_commit_due(&self, now: Instant) -> bool {
+        self.running.is_none()
+            && self
+                .cfg
+                .batch
+                .idle_due(self.pending.len(), self.oldest, now)
+    }
+
+    /// When pending items may be committed early once the source runs dry.
+    pub fn next_idle_deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.cfg.batch.idle_gap())
     }
 
     /// Whether a batch is committing in the background.
@@ -869,9 +903,32 @@ impl Pipeline {
         let piece = self.cfg.piece_bytes.max(4096);
         // Two pieces in memory: the writer stores one while the next is read, so the
         // network round trips of the Object Store overlap with chunking and compression.
-        let mut cur = Vec::with_capacity(piece);
-        let mut next = Vec::with_capacity(piece);
-        let mut n = match read_piece(&mut reader, &mut cur, piece).await {
+        // The two buffers are kept from one body to the next: a fresh megabyte per buffer
+        // and body costs page faults and page clearing on every large item.
+        let mut cur = self.piece_bufs.pop().unwrap_or_default();
+        let mut next = self.piece_bufs.pop().unwrap_or_default();
+        let res = self
+            .feed_pieces(d, r, &mut reader, &mut cur, &mut next, piece)
+            .await;
+        self.piece_bufs.push(cur);
+        self.piece_bufs.push(next);
+        res
+    }
+
+    /// Reads the body into `cur` and `next` alternately, handing each filled piece to the
+    /// writer while the following one is read. The buffers are returned in `cur` and `next`
+    /// (their contents are garbage afterwards); one lost to a failed writer task is simply
+    /// allocated again.
+    async fn feed_pieces(
+        &mut self,
+        d: &Delivery,
+        r: &ObjectRef,
+        reader: &mut BodyReader,
+        cur: &mut Vec<u8>,
+        next: &mut Vec<u8>,
+        piece: usize,
+    ) -> Result<Result<(), Failure>, PipelineError> {
+        let mut n = match read_piece(reader, cur, piece).await {
             Ok(n) => n,
             Err(e) => return Ok(Err(Failure::Retryable(format!("reading body: {e}")))),
         };
@@ -879,13 +936,15 @@ impl Pipeline {
         let mut last_progress = Instant::now();
         while n > 0 {
             total += n as u64;
+            let buf = std::mem::take(cur);
             let write = self.on_writer(move |w| {
-                let res = w.write(&cur);
-                (cur, res)
+                let res = w.write(&buf);
+                (buf, res)
             });
-            let read = read_piece(&mut reader, &mut next, piece);
+            let read = read_piece(reader, next, piece);
             let (written, read) = tokio::join!(write, read);
             let (b, res) = written?;
+            *cur = b;
             if let Err(e) = res {
                 return Ok(Err(e.into()));
             }
@@ -893,7 +952,7 @@ impl Pipeline {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(Failure::Retryable(format!("reading body: {e}")))),
             };
-            cur = std::mem::replace(&mut next, b);
+            std::mem::swap(cur, next);
             if let Err(e) = self.upload_if_needed().await {
                 return Ok(Err(e.into()));
             }

@@ -110,6 +110,9 @@ pub(crate) async fn commit_with_retry(
     }
 }
 
+/// Shortest pull wait: how long "nothing arrives" must last before the source counts as dry.
+const IDLE_PROBE: Duration = Duration::from_millis(20);
+
 /// Deliveries handed to the pipeline at once, at most (those already arrived; a group never
 /// waits for more).
 const MAX_GROUP: usize = 256;
@@ -180,11 +183,14 @@ pub async fn run_worker<S: Source>(
             // Come back soon to acknowledge the batch committing in the background.
             Duration::from_millis(50)
         } else {
+            // Until the pending items may be committed early if nothing arrives meanwhile
+            // (or, once that age has passed, a short probe of whether anything still does).
+            let now = Instant::now();
+            let until = |d: Instant| d.saturating_duration_since(now);
             p.next_deadline()
-                .map_or(Duration::from_secs(1), |d| {
-                    d.saturating_duration_since(Instant::now())
-                })
-                .clamp(Duration::from_millis(50), Duration::from_secs(1))
+                .map_or(Duration::from_secs(1), until)
+                .min(p.next_idle_deadline().map_or(Duration::MAX, until))
+                .clamp(IDLE_PROBE, Duration::from_secs(1))
         };
         let batch = source
             .pull(limits.fetch_messages, limits.fetch_bytes as usize, wait)
@@ -201,6 +207,7 @@ pub async fn run_worker<S: Source>(
             }
         };
         let mut ended = false;
+        let mut received = 0usize;
         while !ended {
             // Both sources are cancel-safe (a message is taken only when yielded); what the
             // pull still holds is handed back below, so shutdown need not wait out `expires`.
@@ -217,12 +224,14 @@ pub async fn run_worker<S: Source>(
                 }
                 None => break,
             };
+            received += 1;
             // Whatever else has arrived already joins the group (one writer hand-off for all).
             let mut bytes = group[0].payload.len();
             while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 match batch.next().now_or_never() {
                     Some(Some(Ok(d))) => {
                         bytes += d.payload.len();
+                        received += 1;
                         group.push(d);
                     }
                     Some(Some(Err(e))) => {
@@ -258,6 +267,13 @@ pub async fn run_worker<S: Source>(
                     report.add(c);
                 }
             } else if let Some(c) = reap(&mut p, &shutdown, grace, progress_every).await? {
+                report.add(c);
+            }
+        }
+        if received == 0 && !shutdown.is_cancelled() && p.idle_commit_due(Instant::now()) {
+            // The source ran dry: commit what is pending now instead of waiting out
+            // `max_delay` with nothing else to do (the acks would only come later).
+            if let Some(c) = start_commit(&mut p, &shutdown, grace, progress_every).await? {
                 report.add(c);
             }
         }
