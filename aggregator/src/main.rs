@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 ///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file
 ///   (required, never logged), refresh_interval ("5s": load other replicas' index objects)
 ///
-///   [batch] max_items (500), max_bytes ("64 MiB"), max_delay ("2s"): flush when any is reached
+///   [batch] max_items (500), max_bytes ("64 MiB"), max_delay ("2s"): flush when any is reached;
+///   once nothing more arrives, pending items are flushed when the oldest is max_delay/4 old
 ///
 ///   [limits] workers (1), fetch_messages (64), fetch_bytes ("16 MiB"), piece_bytes ("1 MiB"),
 ///   max_sealed_bytes ("64 MiB"), nak_delay ("5s"), poison_after_attempts (5),

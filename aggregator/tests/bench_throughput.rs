@@ -5,8 +5,9 @@
 //!
 //! Environment: `MAILVAULT_BENCH_MESSAGES` (distinct messages generated, default 2000 — items
 //! are more because of fan-out), `MAILVAULT_BENCH_WORKERS` (aggregator pipelines, default 1),
-//! `MAILVAULT_BENCH_MAX_DELAY_MS` (batch delay, default 200: the last batch waits this long once
-//! the stream has run dry, which counts in the drain time), `MAILVAULT_BENCH_GARAGE=1` to also run both write paths against a real S3 store (Garage).
+//! `MAILVAULT_BENCH_MAX_DELAY_MS` (batch delay, default 200: once the stream has run dry the last
+//! batch waits a quarter of it, which counts in the drain time), `MAILVAULT_BENCH_GARAGE=1` to
+//! also run both write paths against a real S3 store (Garage).
 //!
 //! Two kinds of ratio are printed, because this machine is shared:
 //! - wall: MB/s while draining the stream, over MB/s of the other path (both one writer);
