@@ -93,6 +93,13 @@ async fn s3_store_meets_the_contract_on_garage() {
         .expect("connect");
     contract::run(&store, "").await;
 
+    // The SDK's default HTTP client (what AWS endpoints use) meets it too; a custom endpoint
+    // uses mailvault's quick-ACK connector unless told otherwise.
+    let mut sdk_client = s3_config(&garage, "sdk-client");
+    sdk_client.tcp_quickack = Some(false);
+    let sdk_store = S3Store::connect(&sdk_client).await.expect("connect");
+    contract::run(&sdk_store, "").await;
+
     // The same rules under a store prefix, opened from a URL with the secret in a file.
     let secret_dir = tempfile::tempdir().expect("tempdir");
     let secret_file = secret_dir.path().join("s3-secret");
@@ -218,4 +225,17 @@ async fn s3_bad_credentials_are_permanent() {
         !err.to_string().contains(garage.secret_access_key()),
         "{err}"
     );
+}
+
+/// An `https://` endpoint goes through TLS: against Garage's plain-HTTP port the handshake
+/// fails, and that failure is transient (a connection problem), like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_https_endpoint_speaks_tls() {
+    let garage = garage().await;
+    let mut cfg = s3_config(&garage, "");
+    cfg.endpoint = Some(garage.endpoint().replacen("http://", "https://", 1));
+    cfg.max_attempts = 1;
+    let store = S3Store::connect(&cfg).await.expect("connect");
+    let err = store.get("packs/x").await.expect_err("no TLS on that port");
+    assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
 }

@@ -2,6 +2,7 @@
 
 mod dir;
 mod s3;
+mod s3_http;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 pub use dir::DirStore;
 use mailvault_format::store::{BlobStore, StoreError};
 pub use s3::{S3Config, S3ConfigError, S3Store, Secret};
+pub use s3_http::HttpClientError;
 
 /// Where a repository lives, parsed from a store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
