@@ -457,6 +457,9 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
         store: Arc::new(checkpoints),
         opts: SyncOptions {
             source: opts.source.clone(),
+            // Folders of a mailbox at once. The collector's default is 1 until a server's
+            // back-off hint pauses the whole account (see docs/operations.md).
+            folder_concurrency: 4,
             ..SyncOptions::default()
         },
         metrics: cmetrics,
