@@ -155,7 +155,7 @@ impl Default for Limits {
             per_server_concurrency: 8,
             per_account_concurrency: 2,
             mailbox_concurrency: 4,
-            folder_concurrency: 1,
+            folder_concurrency: 4,
             max_changes: 512,
             get_item_batch: 32,
             get_item_max_bytes: 16 * 1024 * 1024,

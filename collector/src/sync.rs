@@ -155,7 +155,7 @@ impl Default for SyncOptions {
             get_item_batch: 32,
             get_item_max_bytes: 16 * 1024 * 1024,
             include_non_ipm: false,
-            folder_concurrency: 1,
+            folder_concurrency: 4,
             filters: Filters::default(),
         }
     }

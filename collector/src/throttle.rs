@@ -1,19 +1,43 @@
-//! Concurrency limits per Exchange server and per account, and jittered exponential back-off
-//! that honours the server's `BackOffMilliseconds` / `Retry-After`.
+//! Concurrency limits per Exchange server and per account, account-wide pauses after
+//! `ErrorServerBusy`, and jittered exponential back-off that honours the server's
+//! `BackOffMilliseconds` / `Retry-After`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Per-server and per-account semaphores (EWSMaxConcurrency is charged per account; with
 /// impersonation Exchange charges the impersonated mailbox, so the account key is the mailbox).
+///
+/// Exchange charges an `ErrorServerBusy` back-off to the account's budget, not to the one
+/// request: anything else that account sends during it is refused again and lengthens the
+/// wait. So a throttled answer pauses the whole account ([`Limiter::pause`]); every request of
+/// that account, whichever folder or mailbox task sends it, waits the pause out before it goes.
 #[derive(Debug)]
 pub struct Limiter {
     server: Arc<Semaphore>,
     per_account: usize,
-    accounts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    accounts: Mutex<HashMap<String, Arc<Account>>>,
+}
+
+#[derive(Debug)]
+struct Account {
+    permits: Arc<Semaphore>,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Account {
+    /// When the account may send again, if that is still in the future.
+    fn pause_left(&self) -> Option<Instant> {
+        let until = *self
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.filter(|u| *u > Instant::now())
+    }
 }
 
 /// Both permits; dropping releases them.
@@ -34,31 +58,65 @@ impl Limiter {
 
     /// Waits for an account permit, then a server permit (account first, so one busy account
     /// cannot hold server slots while it waits for itself).
+    /// A pause is checked once the account permit is held and again once the server permit
+    /// is: a pause that began while this request queued for a server slot still holds it back,
+    /// and it never sits on a server slot while its account is paused.
     pub async fn acquire(&self, account: &str) -> Permits {
-        let acc = {
-            let mut map = self
-                .accounts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.entry(account.to_ascii_lowercase())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_account)))
-                .clone()
-        };
+        let acc = self.account(account);
         // The semaphores are never closed, so acquire cannot fail.
         let account_permit = acc
-            .acquire_owned()
-            .await
-            .unwrap_or_else(|_| unreachable!("limiter semaphores are never closed"));
-        let server_permit = self
-            .server
+            .permits
             .clone()
             .acquire_owned()
             .await
             .unwrap_or_else(|_| unreachable!("limiter semaphores are never closed"));
-        Permits {
-            _account: account_permit,
-            _server: server_permit,
+        loop {
+            while let Some(until) = acc.pause_left() {
+                tokio::time::sleep_until(until).await;
+            }
+            let server_permit = self
+                .server
+                .clone()
+                .acquire_owned()
+                .await
+                .unwrap_or_else(|_| unreachable!("limiter semaphores are never closed"));
+            if acc.pause_left().is_none() {
+                return Permits {
+                    _account: account_permit,
+                    _server: server_permit,
+                };
+            }
         }
+    }
+
+    /// Holds back every request of `account` for `back_off` from now (a longer pause already
+    /// set is kept). Call it before the permits of the throttled request are released, so no
+    /// request of the account slips in between the answer and the pause.
+    pub fn pause(&self, account: &str, back_off: Duration) {
+        let acc = self.account(account);
+        let until = Instant::now() + back_off;
+        let mut p = acc
+            .paused_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if p.is_none_or(|old| old < until) {
+            *p = Some(until);
+        }
+    }
+
+    fn account(&self, account: &str) -> Arc<Account> {
+        let mut map = self
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(account.to_ascii_lowercase())
+            .or_insert_with(|| {
+                Arc::new(Account {
+                    permits: Arc::new(Semaphore::new(self.per_account)),
+                    paused_until: Mutex::new(None),
+                })
+            })
+            .clone()
     }
 
     /// Free server slots (for tests and status).
@@ -145,5 +203,41 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(a1);
         let _a3 = waiting.await.expect("join");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_back_every_request_of_the_account_only() {
+        let l = Arc::new(Limiter::new(4, 4));
+        let start = Instant::now();
+        l.pause("A", Duration::from_millis(250));
+        // Another account is not held back.
+        drop(l.acquire("b").await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        drop(l.acquire("a").await);
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        // A shorter pause does not cut a longer one short.
+        let t = Instant::now();
+        l.pause("a", Duration::from_millis(500));
+        l.pause("a", Duration::from_millis(10));
+        drop(l.acquire("a").await);
+        assert!(t.elapsed() >= Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_set_while_queued_for_a_server_slot_still_applies() {
+        let l = Arc::new(Limiter::new(1, 2));
+        let held = l.acquire("other").await;
+        let l2 = l.clone();
+        let queued = tokio::spawn(async move {
+            let _p = l2.acquire("a").await;
+            Instant::now()
+        });
+        // Let it take the account permit and queue for the server slot.
+        tokio::task::yield_now().await;
+        let paused_at = Instant::now();
+        l.pause("a", Duration::from_millis(300));
+        drop(held);
+        let sent = queued.await.expect("join");
+        assert!(sent >= paused_at + Duration::from_millis(300));
     }
 }

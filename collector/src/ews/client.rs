@@ -220,7 +220,7 @@ impl HttpEws {
         let xml = request::envelope(headers, &body);
         let mut attempt = 0u32;
         loop {
-            let res = {
+            let e = {
                 // Exchange charges an impersonated request to the target mailbox's budget,
                 // otherwise to the service account's.
                 let account = if self.cfg.impersonation {
@@ -230,20 +230,29 @@ impl HttpEws {
                 };
                 let _permits = self.limiter.acquire(account).await;
                 Metrics::add(&self.metrics.ews_requests, 1);
-                self.send_once(ctx.operation, &xml, mailbox).await
-            };
-            let res = res.and_then(|root| parse_fn(&root));
-            // A result can itself ask for a retry (e.g. ErrorServerBusy inside a GetItem batch).
-            let e = match res {
-                Ok(v) => match retry_if(&v) {
-                    None => return Ok(v),
-                    Some(back_off) => EwsError::Throttled {
-                        back_off: Some(back_off).filter(|d| !d.is_zero()),
-                        code: "ErrorServerBusy".into(),
-                        context: Box::default(),
+                let res = self
+                    .send_once(ctx.operation, &xml, mailbox)
+                    .await
+                    .and_then(|root| parse_fn(&root));
+                // A result can itself ask for a retry (e.g. ErrorServerBusy inside a GetItem
+                // batch).
+                let e = match res {
+                    Ok(v) => match retry_if(&v) {
+                        None => return Ok(v),
+                        Some(back_off) => EwsError::Throttled {
+                            back_off: Some(back_off).filter(|d| !d.is_zero()),
+                            code: "ErrorServerBusy".into(),
+                            context: Box::default(),
+                        },
                     },
-                },
-                Err(e) => e,
+                    Err(e) => e,
+                };
+                // The back-off is the account's, not this request's: pause the account before
+                // the permits go, so no other folder or mailbox task of it slips in.
+                if let Some(back_off) = e.back_off() {
+                    self.limiter.pause(account, back_off);
+                }
+                e
             };
             let e = e.with_context(&ctx);
             if e.kind() == ErrorKind::Throttled {
