@@ -26,6 +26,7 @@ use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored, Quarantined};
 use mailvault_proto::ingest::v1::{
     ChangeKind, IngestMessage, ItemChange, ItemEnvelope, ObjectRef, ingest_message, item_envelope,
 };
+use mailvault_runtime::handoff::Handoff;
 use prost::Message as _;
 use tokio::io::AsyncReadExt as _;
 
@@ -213,6 +214,8 @@ pub struct Pipeline {
     settled: Committed,
     /// The two piece buffers of [`Pipeline::feed_object`], kept between bodies.
     piece_bufs: Vec<Vec<u8>>,
+    /// Where written items are offered to an indexer in this process (single-process mode).
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -612,7 +615,15 @@ impl Pipeline {
             stalled: None,
             settled: Committed::default(),
             piece_bufs: Vec::new(),
+            handoff: None,
         })
+    }
+
+    /// Offers every item written from an inline body to an indexer in the same process, so it
+    /// need not read it back from the repository (see [`Handoff`]).
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     pub fn repo(&self) -> &Repository {
@@ -765,7 +776,11 @@ impl Pipeline {
         let mut rest = Vec::with_capacity(run.len());
         let mut jobs = Vec::with_capacity(run.len());
         for (d, subject, meta, data, event) in run {
-            rest.push((d, subject, event));
+            // Stored items only: a change record is small and the indexer wants its manifest's
+            // properties, which only the repository's copy has.
+            let offer = (self.handoff.is_some() && matches!(event, EventDraft::Stored(_)))
+                .then(|| (meta.clone(), data.clone()));
+            rest.push((d, subject, event, offer));
             jobs.push((meta, data));
         }
         let results = self
@@ -776,9 +791,15 @@ impl Pipeline {
             })
             .await?;
         let mut out = Vec::with_capacity(rest.len());
-        for ((d, subject, event), r) in rest.into_iter().zip(results) {
+        for ((d, subject, event, offer), r) in rest.into_iter().zip(results) {
             out.push(match r {
                 Ok(receipt) => {
+                    if let (Some(h), Some((mut meta, data))) = (&self.handoff, offer) {
+                        // The writer fills in the size; the rest is what the manifest holds
+                        // apart from the chunk list, which the indexer does not read.
+                        meta.size = receipt.size;
+                        h.put(receipt.manifest_id, meta, data);
+                    }
                     self.finished(d, event, &receipt, None);
                     Handled::Pending
                 }

@@ -4,7 +4,11 @@
 //! `parse_error` naming the problems. Work is bounded: at most [`MAX_PARSE_BYTES`] of an item
 //! are parsed and at most [`MAX_BODY_BYTES`] of body text are kept for full text.
 
-use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use std::sync::LazyLock;
+
+use mail_parser::{
+    Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType,
+};
 
 use crate::journal;
 
@@ -17,6 +21,20 @@ pub const MAX_PARSE_BYTES: usize = 32 * 1024 * 1024;
 const MAX_ATTACHMENTS: usize = 256;
 /// Addresses kept per address field.
 const MAX_ADDRESSES: usize = 1000;
+
+/// Parses the headers extraction reads, the rest as raw text. mail-parser's default fully
+/// parses every registered header, and the `Received` trace fields alone (several per message,
+/// each tokenized, never read here) were the biggest part of its cost.
+static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .with_date_headers()
+        .with_address_headers()
+        .with_message_ids()
+        .header_text(HeaderName::Subject)
+        .ignore_header(HeaderName::Received)
+        .default_header_raw()
+});
 
 /// A mailbox address: lower-cased SMTP address and display name.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -108,7 +126,7 @@ pub fn extract(mime: &[u8]) -> Extracted {
     } else {
         (mime, false)
     };
-    let Some(msg) = MessageParser::default().parse(input) else {
+    let Some(msg) = PARSER.parse(input) else {
         return Extracted {
             truncated,
             parse_error: Some("not a MIME message: no header could be parsed".into()),
@@ -149,7 +167,7 @@ pub fn extract(mime: &[u8]) -> Extracted {
 }
 
 fn extract_message(mime: &[u8], _journal: bool) -> Extracted {
-    match MessageParser::default().parse(mime) {
+    match PARSER.parse(mime) {
         Some(m) => fields_of(&m, mime),
         None => Extracted {
             parse_error: Some("embedded message: no header could be parsed".into()),

@@ -270,7 +270,7 @@ impl Index {
             .try_into()
             .map_err(|e: tantivy::TantivyError| open_err(e.to_string()))?;
         let w = index
-            .writer_with_num_threads(1, WRITER_MEMORY)
+            .writer_with_num_threads(2, WRITER_MEMORY)
             .map_err(|e| open_err(format!("index writer: {e}")))?;
         Ok(Index {
             inner: Arc::new(Inner {

@@ -2,10 +2,12 @@
 //! repository alone.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use mailvault_format::{BlobId, ItemManifest, Repository};
 use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored};
 use mailvault_proto::ingest::v1::{ChangeKind as WireKind, ItemChange};
+use mailvault_runtime::handoff::Handoff;
 use prost::Message as _;
 
 use crate::error::IndexError;
@@ -22,6 +24,8 @@ const REINDEX_COMMIT_EVERY: usize = 2000;
 pub struct Indexer {
     pub repo: Repository,
     pub index: Index,
+    /// Items an aggregator in this process just wrote; tried before the repository.
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 fn blob_id(hex: &str) -> Result<BlobId, IndexError> {
@@ -80,12 +84,28 @@ fn change_from_record(
 
 impl Indexer {
     pub fn new(repo: Repository, index: Index) -> Self {
-        Indexer { repo, index }
+        Indexer {
+            repo,
+            index,
+            handoff: None,
+        }
+    }
+
+    /// Takes stored items from `handoff` when they are there instead of reading them back.
+    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     /// Indexes the stored version (its MIME read from the repository). Not committed.
     pub async fn handle_stored(&self, e: &ItemStored) -> Result<(), IndexError> {
         let id = blob_id(&e.manifest_id)?;
+        if let Some((m, mime)) = self.handoff.as_ref().and_then(|h| h.take(&id))
+            && !m.properties.contains_key(RECORD_PROPERTY)
+        {
+            let input = ItemStoredInput::new(e, &m);
+            return self.blocking(move |ix| ix.add_version(&input, &mime)).await;
+        }
         let m = manifest(&self.repo, &id).await?;
         if m.properties.contains_key(RECORD_PROPERTY) {
             // A history record announced as stored: apply it as the change it is.

@@ -32,6 +32,7 @@ use mailvault_collector::throttle::Backoff;
 use mailvault_format::{InitOptions, Repository};
 use mailvault_proto::ingest::v1 as pb;
 use mailvault_runtime::bus::{Bus, ConsumerConfig, Headers, MSG_ID_HEADER, StreamConfig};
+use mailvault_runtime::handoff::Handoff;
 use mailvault_runtime::storage::DirStore;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
@@ -99,6 +100,13 @@ pub struct LocalBackup {
     pub passphrase: Vec<u8>,
     /// Create the repository with these options if `repository_dir` holds none.
     pub init: Option<InitOptions>,
+    /// The repository `repository_dir` holds, already open. The indexer of the same process
+    /// should share it: it then sees every pack the aggregator writes at once, without
+    /// re-reading index objects, and the pass does not derive the key again.
+    pub repository: Option<Repository>,
+    /// Hands every item the aggregator writes to the indexer of this process (give the same
+    /// one to the indexer).
+    pub handoff: Option<Arc<Handoff>>,
     /// Checkpoints (`checkpoints/`) and bodies in transit (`bodies/`); keep it between passes
     /// for incremental backups.
     pub state_dir: PathBuf,
@@ -133,6 +141,8 @@ impl LocalBackup {
             repository_dir,
             passphrase,
             init: None,
+            repository: None,
+            handoff: None,
             state_dir,
             bus: None,
             workers: 2,
@@ -382,7 +392,10 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
         ),
     )?;
 
-    let repo = open_repository(&opts).await?;
+    let repo = match &opts.repository {
+        Some(r) => r.clone(),
+        None => open_repository(&opts).await?,
+    };
     let size_before = dir_size(&opts.repository_dir);
     let bodies = DirBodies {
         root: opts.state_dir.join("bodies"),
@@ -407,13 +420,16 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
     let bodies_dyn: Arc<dyn Bodies> = Arc::new(bodies.clone());
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..opts.workers.max(1) {
-        let p = Pipeline::new(
+        let mut p = Pipeline::new(
             repo.clone(),
             pipeline_cfg.clone(),
             bodies_dyn.clone(),
             events.clone(),
             metrics.clone(),
         )?;
+        if let Some(h) = &opts.handoff {
+            p = p.with_handoff(h.clone());
+        }
         workers.spawn(run_worker(
             BusSource(consumer.clone()),
             p,
@@ -457,9 +473,6 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
         store: Arc::new(checkpoints),
         opts: SyncOptions {
             source: opts.source.clone(),
-            // Folders of a mailbox at once. The collector's default is 1 until a server's
-            // back-off hint pauses the whole account (see docs/operations.md).
-            folder_concurrency: 4,
             ..SyncOptions::default()
         },
         metrics: cmetrics,

@@ -3,5 +3,6 @@
 
 pub mod bus;
 pub mod config;
+pub mod handoff;
 pub mod storage;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use mailvault_ops::local::{self, BackupReport, EVENTS_STREAM, LocalBackup, Local
 use mailvault_proto::api::v1 as pb;
 use mailvault_proto::restore::v1 as wire;
 use mailvault_runtime::bus::{AckHandle, Consumer, ConsumerConfig};
+use mailvault_runtime::handoff::Handoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -250,11 +251,17 @@ pub async fn pass(
         )
         .context("indexer consumer")?;
     let repo = repo.clone();
+    // The aggregator writes through the indexer's repository handle, so every pack it writes
+    // is known to the indexer as soon as it is durable (no refresh of the index objects).
+    // Items go from the aggregator to the indexer in memory (up to 64 MiB of them waiting);
+    // the indexer reads back only what is not there.
+    let handoff = Arc::new(Handoff::new(64 << 20));
     let opts = LocalBackup {
         bus: Some(bus.clone()),
+        repository: Some(repo.clone()),
+        handoff: Some(handoff.clone()),
         ..opts
     };
-    // The indexer re-reads the repository's index objects as the aggregator writes packs.
     let stop = CancellationToken::new();
     let (tx, mut rx) = tokio::sync::watch::channel(consume::ConsumeReport::default());
     let index2 = index.clone();
@@ -267,17 +274,8 @@ pub async fn pass(
             wait: Duration::from_millis(500),
             idle: Duration::from_millis(50),
         };
-        let ix = Indexer::new(repo.clone(), index2);
-        let refresher = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Err(e) = repo.refresh().await {
-                    tracing::warn!(error = %e, "refreshing the repository view");
-                }
-            }
-        });
+        let ix = Indexer::new(repo, index2).with_handoff(handoff);
         let report = consume::run(&ix, &mut src, &cfg, stop2, Some(tx)).await;
-        refresher.abort();
         anyhow::Ok(report)
     });
     let ticker = tokio::spawn(async move {
