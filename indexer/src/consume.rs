@@ -14,7 +14,8 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::stage::Indexer;
+use crate::history::ChangeInput;
+use crate::stage::{Indexer, Work};
 
 pub const STREAM: &str = "MAILVAULT_EVENTS";
 pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
@@ -112,47 +113,59 @@ enum Counted {
     Neither,
 }
 
-async fn apply(ix: &Indexer, d: &Delivery) -> (Outcome, Counted) {
-    let r = match d.subject.as_str() {
+/// Decodes a delivery and loads what applying it takes (reading the repository if needed).
+/// `Err` is the outcome when there is nothing to apply.
+async fn load(ix: &Indexer, d: &Delivery) -> (Result<Work, Outcome>, Counted) {
+    match d.subject.as_str() {
         SUBJECT_STORED => match ItemStored::decode(d.payload.clone()) {
-            Ok(e) => (ix.handle_stored(&e).await, Counted::Stored),
+            Ok(e) => (
+                ix.load_stored(&e).await.map_err(|e| failed(d, e)),
+                Counted::Stored,
+            ),
             Err(e) => {
                 tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
-                return (Outcome::Poison, Counted::Neither);
+                (Err(Outcome::Poison), Counted::Neither)
             }
         },
         SUBJECT_CHANGED => match ItemChangeRecorded::decode(d.payload.clone()) {
-            Ok(e) => (ix.handle_changed(&e).await, Counted::Changed),
+            Ok(e) => (
+                ChangeInput::from_event(&e)
+                    .map(Work::Change)
+                    .map_err(|e| failed(d, e)),
+                Counted::Changed,
+            ),
             Err(e) => {
                 tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
-                return (Outcome::Poison, Counted::Neither);
+                (Err(Outcome::Poison), Counted::Neither)
             }
         },
         other => {
             tracing::error!(subject = %other, "event on an unexpected subject; terminated");
-            return (Outcome::Poison, Counted::Neither);
+            (Err(Outcome::Poison), Counted::Neither)
         }
-    };
-    let (r, counted) = r;
-    let outcome = match r {
-        Ok(()) => Outcome::Applied,
-        Err(e) if e.is_retryable() && d.attempt < MAX_ATTEMPTS => {
-            tracing::warn!(error = %e, attempt = d.attempt, "event not applied; redelivery");
-            Outcome::Retry
-        }
-        Err(e) => {
-            tracing::error!(error = %e, attempt = d.attempt, "event cannot be indexed; terminated");
-            Outcome::Poison
-        }
-    };
-    (outcome, counted)
+    }
 }
 
-/// Deliveries applied at once. Each reads its item from the repository first — over S3 a
+/// Whether a delivery that failed is worth another attempt.
+fn failed(d: &Delivery, e: crate::IndexError) -> Outcome {
+    if e.is_retryable() && d.attempt < MAX_ATTEMPTS {
+        tracing::warn!(error = %e, attempt = d.attempt, "event not applied; redelivery");
+        Outcome::Retry
+    } else {
+        tracing::error!(error = %e, attempt = d.attempt, "event cannot be indexed; terminated");
+        Outcome::Poison
+    }
+}
+
+/// Deliveries loaded at once. Each reads its item from the repository first — over S3 a
 /// few round trips — and one at a time left the indexer waiting on the network. Applying is
 /// order-independent (an item's record is rebuilt from its whole event set under the writer
 /// lock), so overlapping them is safe.
-const APPLY_CONCURRENCY: usize = 16;
+const LOAD_CONCURRENCY: usize = 16;
+/// Loaded deliveries applied per blocking call, and such calls at once (parsing runs outside
+/// the writer lock, so two keep two cores busy).
+const APPLY_GROUP: usize = 16;
+const APPLY_GROUPS_AT_ONCE: usize = 4;
 
 /// Applies a batch, commits, then settles every delivery: applied ones are acked only after
 /// the commit succeeded; if the commit fails, everything is nakked.
@@ -175,17 +188,45 @@ async fn apply_all(
     use futures::StreamExt as _;
     let mut applied = futures::stream::iter(batch)
         .map(|d| async move {
-            let (o, counted) = apply(ix, &d).await;
-            (d, o, counted)
+            let (loaded, counted) = load(ix, &d).await;
+            (d, loaded, counted)
         })
-        .buffered(APPLY_CONCURRENCY);
-    while let Some((d, o, counted)) = applied.next().await {
-        match counted {
-            Counted::Stored => report.stored += 1,
-            Counted::Changed => report.changed += 1,
-            Counted::Neither => {}
+        .buffered(LOAD_CONCURRENCY)
+        .chunks(APPLY_GROUP)
+        .map(|group| async move {
+            let mut work = Vec::with_capacity(group.len());
+            let mut rest = Vec::with_capacity(group.len());
+            for (d, loaded, counted) in group {
+                match loaded {
+                    Ok(w) => {
+                        work.push(w);
+                        rest.push((d, None, counted));
+                    }
+                    Err(o) => rest.push((d, Some(o), counted)),
+                }
+            }
+            let mut results = ix.apply_all(work).await.into_iter();
+            rest.into_iter()
+                .map(|(d, o, counted)| {
+                    let o = o.unwrap_or_else(|| match results.next() {
+                        Some(Ok(())) => Outcome::Applied,
+                        Some(Err(e)) => failed(&d, e),
+                        None => Outcome::Retry,
+                    });
+                    (d, o, counted)
+                })
+                .collect::<Vec<_>>()
+        })
+        .buffered(APPLY_GROUPS_AT_ONCE);
+    while let Some(group) = applied.next().await {
+        for (d, o, counted) in group {
+            match counted {
+                Counted::Stored => report.stored += 1,
+                Counted::Changed => report.changed += 1,
+                Counted::Neither => {}
+            }
+            outcomes.push((d, o));
         }
-        outcomes.push((d, o));
     }
 }
 

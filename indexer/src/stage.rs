@@ -99,12 +99,19 @@ impl Indexer {
 
     /// Indexes the stored version (its MIME read from the repository). Not committed.
     pub async fn handle_stored(&self, e: &ItemStored) -> Result<(), IndexError> {
+        let work = self.load_stored(e).await?;
+        self.blocking(move |ix| work.apply(ix)).await
+    }
+
+    /// What applying a stored version takes: the version with its bytes, or (for a history
+    /// record announced as stored) the change it records. Reads the repository unless the
+    /// item was handed over by an aggregator of this process.
+    pub async fn load_stored(&self, e: &ItemStored) -> Result<Work, IndexError> {
         let id = blob_id(&e.manifest_id)?;
         if let Some((m, mime)) = self.handoff.as_ref().and_then(|h| h.take(&id))
             && !m.properties.contains_key(RECORD_PROPERTY)
         {
-            let input = ItemStoredInput::new(e, &m);
-            return self.blocking(move |ix| ix.add_version(&input, &mime)).await;
+            return Ok(Work::Version(ItemStoredInput::new(e, &m), mime));
         }
         let m = manifest(&self.repo, &id).await?;
         if m.properties.contains_key(RECORD_PROPERTY) {
@@ -114,22 +121,39 @@ impl Indexer {
                 .read_item(&id)
                 .await
                 .map_err(repo_err(format!("history record {id}")))?;
-            let c = change_from_record(&id.to_hex(), &m, &content)?;
-            return self.blocking(move |ix| ix.apply_change(&c)).await;
+            return Ok(Work::Change(change_from_record(
+                &id.to_hex(),
+                &m,
+                &content,
+            )?));
         }
         let mime = self
             .repo
             .read_item(&id)
             .await
             .map_err(repo_err(format!("item {id} of {}", m.mailbox)))?;
-        let input = ItemStoredInput::new(e, &m);
-        self.blocking(move |ix| ix.add_version(&input, &mime)).await
+        Ok(Work::Version(ItemStoredInput::new(e, &m), mime.into()))
     }
 
     /// Applies the change the event announces. Not committed.
     pub async fn handle_changed(&self, e: &ItemChangeRecorded) -> Result<(), IndexError> {
         let c = ChangeInput::from_event(e)?;
         self.blocking(move |ix| ix.apply_change(&c)).await
+    }
+
+    /// Applies loaded work in order, in one call on the blocking pool: handing each item to a
+    /// blocking thread of its own cost more in thread wake-ups than parsing it. Not committed.
+    pub async fn apply_all(&self, work: Vec<Work>) -> Vec<Result<(), IndexError>> {
+        let n = work.len();
+        match self
+            .blocking(move |ix| Ok(work.into_iter().map(|w| w.apply(ix)).collect::<Vec<_>>()))
+            .await
+        {
+            Ok(results) => results,
+            Err(e) => (0..n)
+                .map(|_| Err(IndexError::Join(e.to_string())))
+                .collect(),
+        }
     }
 
     /// Commits the index (on the blocking pool).
@@ -145,6 +169,22 @@ impl Indexer {
         tokio::task::spawn_blocking(move || f(&ix))
             .await
             .map_err(|e| IndexError::Join(e.to_string()))?
+    }
+}
+
+/// One event's work, ready to apply to the index.
+#[derive(Debug)]
+pub enum Work {
+    Version(ItemStoredInput, bytes::Bytes),
+    Change(ChangeInput),
+}
+
+impl Work {
+    fn apply(&self, ix: &Index) -> Result<(), IndexError> {
+        match self {
+            Work::Version(input, mime) => ix.add_version(input, mime),
+            Work::Change(c) => ix.apply_change(c),
+        }
     }
 }
 
