@@ -130,8 +130,11 @@ struct Base64Sink {
 
 impl Base64Sink {
     fn push(&mut self, text: &str) -> Result<(), String> {
-        self.pending
-            .extend(text.bytes().filter(|b| !b.is_ascii_whitespace()));
+        // Copied run by run between whitespace: byte by byte through a filter was a
+        // tenth of the collector's CPU on a GetItem response.
+        for run in text.as_bytes().split(u8::is_ascii_whitespace) {
+            self.pending.extend_from_slice(run);
+        }
         let whole = self.pending.len() / 4 * 4;
         // Keep the final group back until the end: it may carry padding.
         let whole = if whole == self.pending.len() && whole >= 4 {
@@ -360,6 +363,30 @@ IHdvcmxkIQ==</t:MimeContent>"#
             s.push(&encoded[..split]).expect("first half");
             s.push(&encoded[split..]).expect("second half");
             assert_eq!(s.finish().expect("finish"), b"0123456789abcdefgh");
+        }
+    }
+
+    #[test]
+    fn sink_skips_whitespace_anywhere() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+        // Wrapped at 76 like RFC 2045, with CRLF, plus stray spaces and tabs.
+        let mut wrapped = String::new();
+        for (i, c) in encoded.chars().enumerate() {
+            if i % 76 == 0 && i > 0 {
+                wrapped.push_str("\r\n");
+            }
+            if i % 97 == 5 {
+                wrapped.push_str(" \t");
+            }
+            wrapped.push(c);
+        }
+        wrapped.push_str("\r\n");
+        for split in [0, 1, 77, 78, 79, 500, wrapped.len()] {
+            let mut s = Base64Sink::default();
+            s.push(&wrapped[..split]).expect("first half");
+            s.push(&wrapped[split..]).expect("second half");
+            assert_eq!(s.finish().expect("finish"), data, "split at {split}");
         }
     }
 }
