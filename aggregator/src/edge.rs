@@ -36,6 +36,8 @@ pub trait Acker: Send + Sync + std::fmt::Debug {
 /// One message handed to the pipeline.
 #[derive(Debug)]
 pub struct Delivery {
+    /// The message; the pipeline takes it when it decodes the delivery (what stays held until
+    /// the commit is only what is needed to settle it).
     pub payload: Bytes,
     /// 1 on first delivery.
     pub attempt: u64,

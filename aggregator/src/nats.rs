@@ -48,8 +48,16 @@ fn nats_err(what: &str, e: impl std::fmt::Display) -> RunError {
     RunError::Nats(format!("{what}: {e}"))
 }
 
-#[derive(Debug)]
-struct JsAcker(jetstream::Message);
+/// Settles one delivery. It holds only the reply subject, not the message: a pending delivery
+/// waits for its batch's commit (up to `batch.max_items` of them), and a payload kept alive
+/// that long would pin the client's read buffers it was sliced from.
+struct JsAcker(jetstream::message::Acker);
+
+impl std::fmt::Debug for JsAcker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsAcker").finish_non_exhaustive()
+    }
+}
 
 fn ack_err(e: impl std::fmt::Display) -> EdgeError {
     EdgeError::new("ack", e)
@@ -75,15 +83,17 @@ impl Acker for JsAcker {
 }
 
 fn delivery(stream: &str, m: jetstream::Message) -> Delivery {
+    // The delivery info lives in the reply subject, which `split` moves into the acker.
     let (attempt, seq) = m
         .info()
         .map(|i| (i.delivered.max(1) as u64, i.stream_sequence))
         .unwrap_or((1, 0));
+    let (message, acker) = m.split();
     Delivery {
-        payload: m.payload.clone(),
+        payload: message.payload,
         attempt,
         id: format!("{stream}-{seq}"),
-        acker: Box::new(JsAcker(m)),
+        acker: Box::new(JsAcker(acker)),
     }
 }
 

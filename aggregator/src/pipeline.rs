@@ -374,8 +374,11 @@ impl EventDraft {
     }
 }
 
-fn prepare(d: Delivery) -> Prepared {
-    let msg = match IngestMessage::decode(d.payload.clone()) {
+fn prepare(mut d: Delivery) -> Prepared {
+    // Taken, not cloned: the delivery is held until its batch commits, and the inline body
+    // sliced from this payload must be freed as soon as the writer has stored it.
+    let payload = std::mem::take(&mut d.payload);
+    let msg = match IngestMessage::decode(payload) {
         Ok(m) => m,
         Err(e) => {
             // Deterministic: no later attempt decodes it either.
