@@ -455,9 +455,10 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
             insecure_skip_verify: opts.ews.insecure_skip_verify,
             request_timeout: Duration::from_secs(120),
             per_server_concurrency: 8,
-            // Folders of a mailbox are synced concurrently (collector default 4); two
-            // requests per mailbox left most of them waiting. EWSMaxConcurrency is 27.
-            per_account_concurrency: 4,
+            // Eight folders of a mailbox at once (the collector's default is 4): a pass waits
+            // on each batch's commit, and one big mailbox left both cores idle between round
+            // trips. Exchange's EWSMaxConcurrency is 27 per account.
+            per_account_concurrency: 8,
             backoff: Backoff::default(),
         },
         cmetrics.clone(),
@@ -473,6 +474,7 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
         store: Arc::new(checkpoints),
         opts: SyncOptions {
             source: opts.source.clone(),
+            folder_concurrency: 8,
             ..SyncOptions::default()
         },
         metrics: cmetrics,
