@@ -23,6 +23,12 @@ pub struct Limiter {
     accounts: Mutex<HashMap<String, Arc<Account>>>,
 }
 
+/// Every value behind these locks is whole after each statement, so a poisoned lock is still
+/// safe to use.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[derive(Debug)]
 struct Account {
     permits: Arc<Semaphore>,
@@ -32,10 +38,7 @@ struct Account {
 impl Account {
     /// When the account may send again, if that is still in the future.
     fn pause_left(&self) -> Option<Instant> {
-        let until = *self
-            .paused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = *locked(&self.paused_until);
         until.filter(|u| *u > Instant::now())
     }
 }
@@ -95,20 +98,14 @@ impl Limiter {
     pub fn pause(&self, account: &str, back_off: Duration) {
         let acc = self.account(account);
         let until = Instant::now() + back_off;
-        let mut p = acc
-            .paused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = locked(&acc.paused_until);
         if p.is_none_or(|old| old < until) {
             *p = Some(until);
         }
     }
 
     fn account(&self, account: &str) -> Arc<Account> {
-        let mut map = self
-            .accounts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = locked(&self.accounts);
         map.entry(account.to_ascii_lowercase())
             .or_insert_with(|| {
                 Arc::new(Account {

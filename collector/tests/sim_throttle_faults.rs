@@ -205,6 +205,10 @@ async fn bad_items_are_quarantined_and_the_run_completes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(dir.path(), &sim.url(), &nats.url(), &mailboxes);
     cfg.limits.mailbox_concurrency = 1;
+    // The two cut-short answers must hit one batch and then its isolated retry, so GetItems go
+    // one at a time here (with folders synced in parallel they can land on two folders' batches,
+    // and each batch's items then come through one by one without a quarantine).
+    cfg.limits.folder_concurrency = 1;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let summary = run(cfg, RunMode::Once, rx).await.expect("run");
     assert!(summary.is_clean(), "{summary:?}");
