@@ -29,6 +29,14 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+async fn permit(s: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    // The limiter never closes its semaphores, so acquiring cannot fail.
+    s.clone()
+        .acquire_owned()
+        .await
+        .unwrap_or_else(|_| unreachable!("limiter semaphores are never closed"))
+}
+
 #[derive(Debug)]
 struct Account {
     permits: Arc<Semaphore>,
@@ -66,23 +74,12 @@ impl Limiter {
     /// and it never sits on a server slot while its account is paused.
     pub async fn acquire(&self, account: &str) -> Permits {
         let acc = self.account(account);
-        // The semaphores are never closed, so acquire cannot fail.
-        let account_permit = acc
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .unwrap_or_else(|_| unreachable!("limiter semaphores are never closed"));
+        let account_permit = permit(&acc.permits).await;
         loop {
             while let Some(until) = acc.pause_left() {
                 tokio::time::sleep_until(until).await;
             }
-            let server_permit = self
-                .server
-                .clone()
-                .acquire_owned()
-                .await
-                .unwrap_or_else(|_| unreachable!("limiter semaphores are never closed"));
+            let server_permit = permit(&self.server).await;
             if acc.pause_left().is_none() {
                 return Permits {
                     _account: account_permit,
