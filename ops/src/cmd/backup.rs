@@ -226,7 +226,8 @@ impl Source for BusEvents {
 
 /// Events per index commit at most in a single-process pass. Every commit writes a segment
 /// with its own term dictionary, and the vocabulary of one mail store repeats from segment to
-/// segment: committing every 2,000 items made serialising segments half of the index's CPU.
+/// segment: committing every 2,000 items made serialising segments half of the index writer's
+/// CPU.
 /// The pass commits when the events pause (`idle`), at the end, and at least this often, which
 /// bounds what a crash makes the next pass index again.
 const INDEX_COMMIT_EVERY: usize = 16_384;
