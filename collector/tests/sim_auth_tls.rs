@@ -249,7 +249,7 @@ async fn ntlm_lane_reuses_its_connection_and_authenticates_a_new_one() {
 
     // The server ends the connection (as IIS does with idle keep-alive connections): the next
     // request goes out on a new connection with a new handshake.
-    sim.close_connections();
+    sim.close_connections().await;
     inbox().await;
     let s = sim.stats();
     assert_eq!(s.ntlm_logons, 2);

@@ -257,6 +257,7 @@ impl Simulator {
         let (changed, _) = tokio::sync::watch::channel(0u64);
         let (hold, _) = tokio::sync::watch::channel(false);
         let (close_connections, _) = tokio::sync::watch::channel(0u64);
+        let (open_connections, _) = tokio::sync::watch::channel(0usize);
         let shared = Arc::new(server::Shared {
             store: std::sync::RwLock::new(store),
             faults: std::sync::Mutex::new(server::FaultState::new(config.fault_seed)),
@@ -265,6 +266,7 @@ impl Simulator {
             changed,
             hold,
             close_connections,
+            open_connections,
             tick: AtomicU64::new(0),
             vanish_on_fetch: Default::default(),
         });
@@ -347,6 +349,14 @@ where
 {
     let mut close = shared.close_connections.subscribe();
     close.borrow_and_update();
+    struct Open(Arc<server::Shared>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.open_connections.send_modify(|n| *n -= 1);
+        }
+    }
+    shared.open_connections.send_modify(|n| *n += 1);
+    let _open = Open(shared.clone());
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         let conn = conn.clone();
@@ -689,8 +699,14 @@ impl SimHandle {
     /// Closes every open client connection (idle ones at once, busy ones after the response
     /// they are sending), like IIS ending idle keep-alive connections: an NTLM client must
     /// authenticate its next connection anew.
-    pub fn close_connections(&self) {
+    /// Closes every open connection (idle ones at once, busy ones after their current
+    /// response) and returns once they are all closed, so the next request surely comes on a
+    /// new connection.
+    pub async fn close_connections(&self) {
+        let mut open = self.shared.open_connections.subscribe();
         self.shared.close_connections.send_modify(|g| *g += 1);
+        // The sender lives as long as the simulator, so waiting cannot fail.
+        let _ = open.wait_for(|n| *n == 0).await;
     }
 
     pub fn stats(&self) -> Stats {

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     /// Bumped to make every open connection close (idle ones at once, busy ones after their
     /// current response).
     pub close_connections: tokio::sync::watch::Sender<u64>,
+    /// Connections being served now.
+    pub open_connections: tokio::sync::watch::Sender<usize>,
     pub tick: AtomicU64,
     /// Item ids deleted the moment a GetItem/ExportItems request names them (the race of an
     /// item deleted between SyncFolderItems and GetItem).
