@@ -349,15 +349,19 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         selected.sort_by(|a, b| a.0.cmp(&b.0));
 
         // Folders are synced `folder_concurrency` at a time (a mailbox is often one big
-        // folder tree, and one folder alone leaves the EWS budget idle between round trips).
-        // Reconciliations keep the folders' order; a fatal error stops the others.
+        // folder tree, and one folder alone leaves the EWS budget idle between round trips),
+        // the biggest first: a big folder started last would otherwise run on alone at the end
+        // of the pass, one round trip at a time. A finished folder frees its slot at once,
+        // whatever is still running before it. Reconciliations keep the folders' order; a fatal
+        // error stops the others.
         let pass = Mutex::new(PassState::default());
         let (cp_key, trace, cp) = (&key, &trace, &cp);
         let pass = &pass;
         // Collected first: a stream holding the closure trips the compiler's `Send` check.
-        let folder_passes: Vec<_> = selected
+        let mut folder_passes: Vec<_> = selected
             .into_iter()
-            .map(|(path, folder)| {
+            .enumerate()
+            .map(|(i, (path, folder))| {
                 let ctx = FolderCtx {
                     mailbox,
                     kind,
@@ -378,24 +382,36 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
                     server_total_known: folder.total_count.is_some(),
                     ..Default::default()
                 };
-                async move {
+                // Unknown sizes go first: they may be the biggest.
+                let size = folder.total_count.unwrap_or(u64::MAX);
+                let pass = async move {
                     let span = info_span!("folder", folder = %folder.display_name);
                     let res = self
                         .sync_folder_with_recovery(&ctx, pass, &mut fr)
                         .instrument(span)
                         .await;
                     let fatal = self.settle_folder(&ctx, res, &mut fr).await;
-                    (fr, fatal)
-                }
+                    (i, fr, fatal)
+                };
+                (size, pass)
             })
             .collect();
-        let mut passes =
-            futures::stream::iter(folder_passes).buffered(self.opts.folder_concurrency.max(1));
-        while let Some((fr, fatal)) = passes.next().await {
-            rec.folders.push(fr);
-            fatal?;
+        folder_passes.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+        let folder_passes: Vec<_> = folder_passes.into_iter().map(|(_, p)| p).collect();
+        let mut passes = futures::stream::iter(folder_passes)
+            .buffer_unordered(self.opts.folder_concurrency.max(1));
+        let mut done = Vec::new();
+        let mut result = Ok(());
+        while let Some((i, fr, fatal)) = passes.next().await {
+            done.push((i, fr));
+            if fatal.is_err() {
+                result = fatal;
+                break;
+            }
         }
-        Ok(())
+        done.sort_by_key(|(i, _)| *i);
+        rec.folders.extend(done.into_iter().map(|(_, fr)| fr));
+        result
     }
 
     /// Records how a folder pass ended in its reconciliation; `Err` only for what must stop

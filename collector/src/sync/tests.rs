@@ -35,6 +35,8 @@ struct FakeEws {
     calls: AtomicUsize,
     /// Each GetItem call takes one of these and waits at it before answering.
     gates: Mutex<Vec<Arc<tokio::sync::Barrier>>>,
+    /// A GetItem call whose first item is a key here waits at its barrier before answering.
+    item_gates: Mutex<HashMap<String, Arc<tokio::sync::Barrier>>>,
 }
 
 fn folder(id: &str, parent: &str, name: &str) -> Folder {
@@ -270,6 +272,12 @@ impl Ews for FakeEws {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.get_item_ids.fetch_add(ids.len(), Ordering::Relaxed);
         let gate = lock(&self.gates).pop();
+        if let Some(g) = gate {
+            g.wait().await;
+        }
+        let gate = ids
+            .first()
+            .and_then(|i| lock(&self.item_gates).remove(&i.id));
         if let Some(g) = gate {
             g.wait().await;
         }
@@ -588,6 +596,92 @@ async fn folders_of_a_mailbox_are_synced_at_once() {
     );
     let got: Vec<String> = items(&take(&e)).into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(got, vec!["a1", "i1"]);
+}
+
+/// Sets the folder sizes the hierarchy reports (and adds folders under the root).
+fn sized_folders(e: &TestEngine, sizes: &[(&str, &str, u64)]) {
+    let mut mb = lock(&e.ews.mb);
+    for &(id, name, n) in sizes {
+        match mb.folders.iter_mut().find(|f| f.id == id) {
+            Some(f) => f.total_count = Some(n),
+            None => mb.folders.push(Folder {
+                total_count: Some(n),
+                ..folder(id, "root", name)
+            }),
+        }
+    }
+}
+
+#[tokio::test]
+async fn biggest_folders_are_synced_first() {
+    let e = engine(SyncOptions {
+        folder_concurrency: 1,
+        ..SyncOptions::default()
+    });
+    sized_folders(&e, &[("archive", "Archive", 1), ("inbox", "Inbox", 3)]);
+    for i in 0..3 {
+        e.ews.add("inbox", &format!("i{i}"), "Subject: in");
+    }
+    e.ews.add("archive", "a1", "Subject: archived");
+    let rec = e.sync_mailbox(&mailbox()).await;
+    assert!(rec.error.is_empty(), "{}", rec.error);
+    let order: Vec<String> = take(&e)
+        .iter()
+        .filter_map(|m| match &m.message.message {
+            Some(Message::Item(env)) => Some(env.item_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec!["i0", "i1", "i2", "a1"], "the big Inbox first");
+    let paths: Vec<String> = rec
+        .folders
+        .iter()
+        .map(|f| f.folder_path.join("/"))
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["Archive", "Inbox"],
+        "reconciliations keep folder order"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_folder_frees_its_slot_while_a_bigger_one_runs() {
+    let e = engine(SyncOptions {
+        folder_concurrency: 2,
+        ..SyncOptions::default()
+    });
+    // Archive comes first both by size and by path.
+    sized_folders(
+        &e,
+        &[
+            ("archive", "Archive", 3),
+            ("inbox", "Inbox", 2),
+            ("projects", "Projects", 1),
+        ],
+    );
+    e.ews.add("archive", "a1", "Subject: archived");
+    e.ews.add("inbox", "i1", "Subject: in");
+    e.ews.add("projects", "p1", "Subject: project");
+    // The Archive's GetItem answers only once the Projects folder's GetItem arrived: Projects
+    // must start in the slot the Inbox freed while the Archive is still running.
+    let gate = Arc::new(tokio::sync::Barrier::new(2));
+    *lock(&e.ews.item_gates) = HashMap::from([("a1".into(), gate.clone()), ("p1".into(), gate)]);
+    let rec = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        e.sync_mailbox(&mailbox()),
+    )
+    .await
+    .expect("Projects never started while the Archive was running");
+    assert!(rec.error.is_empty(), "{}", rec.error);
+    let got: Vec<String> = items(&take(&e)).into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(got, vec!["a1", "i1", "p1"]);
+    let paths: Vec<String> = rec
+        .folders
+        .iter()
+        .map(|f| f.folder_path.join("/"))
+        .collect();
+    assert_eq!(paths, vec!["Archive", "Inbox", "Projects"]);
 }
 
 #[tokio::test]
