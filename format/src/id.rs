@@ -56,6 +56,12 @@ pub mod names {
         format!("packs/{}/{}", &h[..2], h)
     }
 
+    /// The directories packs fan out into (`packs/00` … `packs/ff`), for stores with real
+    /// directories to create up front rather than on a backup's critical path.
+    pub fn pack_dirs() -> impl Iterator<Item = String> {
+        (0..=255u8).map(|b| format!("packs/{b:02x}"))
+    }
+
     pub fn index(id: &BlobId) -> String {
         format!("index/{}", id.to_hex())
     }

@@ -85,6 +85,33 @@ async fn dir_store_hides_temp_files_and_keeps_the_first_of_racing_writers() {
     assert_eq!(stored, Bytes::from(vec![created[0]; 4096]));
 }
 
+#[tokio::test]
+async fn dir_store_creates_the_pack_fan_out_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DirStore::open(dir.path()).expect("open");
+    store
+        .create_dirs(mailvault_format::id::names::pack_dirs())
+        .expect("create");
+    let fan_out: Vec<String> = std::fs::read_dir(dir.path().join("packs"))
+        .expect("list packs/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(fan_out.len(), 256);
+    // Again: nothing to do. Empty directories are no objects.
+    store
+        .create_dirs(mailvault_format::id::names::pack_dirs())
+        .expect("create again");
+    assert!(store.list("packs/").await.expect("list").is_empty());
+    let name = format!("packs/ab/{}", "ab".repeat(32));
+    store
+        .put(&name, Bytes::from_static(b"pack"))
+        .await
+        .expect("put");
+    assert_eq!(store.list("packs/").await.expect("list"), vec![name]);
+    // Names are checked like object names.
+    assert!(store.create_dirs(["../outside".to_owned()]).is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_meets_the_contract_on_garage() {
     let garage = garage().await;

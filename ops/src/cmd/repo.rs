@@ -128,6 +128,11 @@ pub enum KeyCommand {
 pub async fn create(repo: &RepoArgs) -> anyhow::Result<Repository> {
     let pass = repo.passphrase()?;
     let store = repo.store().await?;
+    if !repo.repo.starts_with("s3://") {
+        mailvault_runtime::storage::DirStore::open(&repo.repo)
+            .and_then(|d| d.create_dirs(mailvault_format::id::names::pack_dirs()))
+            .with_context(|| format!("creating the pack directories of {}", repo.repo))?;
+    }
     Repository::init(store, &pass, InitOptions::default())
         .await
         .with_context(|| format!("initialising repository {}", repo.repo))

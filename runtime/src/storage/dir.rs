@@ -35,6 +35,32 @@ impl DirStore {
         &self.root
     }
 
+    /// Creates the directories `dirs` (relative to the root) if missing, and makes them
+    /// durable. Used at repository creation for the pack fan-out: creating a directory on first
+    /// use put a directory inode allocation and two fsyncs on a backup's critical path (on ext4
+    /// a fifth of the aggregator's system time in a first backup).
+    pub fn create_dirs(&self, dirs: impl IntoIterator<Item = String>) -> Result<(), StoreError> {
+        let mut parents = std::collections::BTreeSet::new();
+        for d in dirs {
+            validate_name(&d)?;
+            let path = self.path(&d);
+            let err = |e| io_error("create_dirs", &d, e);
+            fs::create_dir_all(&path).map_err(err)?;
+            let mut p = path.as_path();
+            while let Some(parent) = p.parent() {
+                if !parent.starts_with(&self.root) {
+                    break;
+                }
+                parents.insert(parent.to_path_buf());
+                p = parent;
+            }
+        }
+        for p in parents {
+            sync_dir(&p).map_err(|e| io_error("create_dirs", &p.display().to_string(), e))?;
+        }
+        Ok(())
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         // validate_name guarantees no absolute path, no `..`, no empty segment.
         self.root.join(name)
