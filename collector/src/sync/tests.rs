@@ -486,6 +486,24 @@ fn changes(msgs: &[OutMessage]) -> Vec<(String, pb::ChangeKind, String)> {
     v
 }
 
+/// Reconciled folders' paths, in the order the reconciliation lists them.
+fn folder_paths(rec: &pb::MailboxReconciliation) -> Vec<String> {
+    rec.folders
+        .iter()
+        .map(|f| f.folder_path.join("/"))
+        .collect()
+}
+
+/// A mailbox pass that gates may hold up: `hung` says what never happened if it does not end.
+async fn sync_within_30s(e: &TestEngine, hung: &str) -> pb::MailboxReconciliation {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        e.sync_mailbox(&mailbox()),
+    )
+    .await
+    .expect(hung)
+}
+
 #[tokio::test]
 async fn first_run_everything_second_run_only_changes() {
     let e = engine(SyncOptions::default());
@@ -577,18 +595,9 @@ async fn folders_of_a_mailbox_are_synced_at_once() {
     // one folder after the other never gets there.
     let gate = Arc::new(tokio::sync::Barrier::new(2));
     *lock(&e.ews.gates) = vec![gate.clone(), gate];
-    let rec = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        e.sync_mailbox(&mailbox()),
-    )
-    .await
-    .expect("the two folders' GetItem calls never overlapped");
+    let rec = sync_within_30s(&e, "the two folders' GetItem calls never overlapped").await;
     assert!(rec.error.is_empty(), "{}", rec.error);
-    let paths: Vec<String> = rec
-        .folders
-        .iter()
-        .map(|f| f.folder_path.join("/"))
-        .collect();
+    let paths = folder_paths(&rec);
     assert_eq!(
         paths,
         vec!["Archive", "Inbox"],
@@ -633,11 +642,7 @@ async fn biggest_folders_are_synced_first() {
         })
         .collect();
     assert_eq!(order, vec!["i0", "i1", "i2", "a1"], "the big Inbox first");
-    let paths: Vec<String> = rec
-        .folders
-        .iter()
-        .map(|f| f.folder_path.join("/"))
-        .collect();
+    let paths = folder_paths(&rec);
     assert_eq!(
         paths,
         vec!["Archive", "Inbox"],
@@ -667,20 +672,11 @@ async fn a_finished_folder_frees_its_slot_while_a_bigger_one_runs() {
     // must start in the slot the Inbox freed while the Archive is still running.
     let gate = Arc::new(tokio::sync::Barrier::new(2));
     *lock(&e.ews.item_gates) = HashMap::from([("a1".into(), gate.clone()), ("p1".into(), gate)]);
-    let rec = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        e.sync_mailbox(&mailbox()),
-    )
-    .await
-    .expect("Projects never started while the Archive was running");
+    let rec = sync_within_30s(&e, "Projects never started while the Archive was running").await;
     assert!(rec.error.is_empty(), "{}", rec.error);
     let got: Vec<String> = items(&take(&e)).into_iter().map(|(id, _, _)| id).collect();
     assert_eq!(got, vec!["a1", "i1", "p1"]);
-    let paths: Vec<String> = rec
-        .folders
-        .iter()
-        .map(|f| f.folder_path.join("/"))
-        .collect();
+    let paths = folder_paths(&rec);
     assert_eq!(paths, vec!["Archive", "Inbox", "Projects"]);
 }
 
