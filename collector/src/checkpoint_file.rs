@@ -41,8 +41,13 @@ pub struct FileCheckpointStore {
     root: PathBuf,
     tmp_counter: Arc<AtomicU64>,
     versions: Arc<Mutex<Versions>>,
-    folders: Arc<Mutex<HashMap<String, FolderLog>>>,
+    /// Folder logs by mailbox key, each behind its own lock (`None` until read), so one
+    /// mailbox's fdatasync never holds up another's checkpoint.
+    folders: Arc<Mutex<HashMap<String, SharedFolderLog>>>,
 }
+
+/// One mailbox's folder log behind its own lock; `None` until first read.
+type SharedFolderLog = Arc<Mutex<Option<FolderLog>>>;
 
 /// A folder log is rewritten once it is this big and mostly superseded records.
 const FOLDER_LOG_COMPACT_BYTES: u64 = 256 * 1024;
@@ -248,20 +253,24 @@ impl FileCheckpointStore {
             mailbox_key(mailbox),
             self.tmp_counter.clone(),
         );
+        let poisoned = || CheckpointError("folder log lock poisoned".into());
+        let log = logs
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry(key)
+            .or_default()
+            .clone();
         tokio::task::spawn_blocking(move || {
-            let mut logs = logs
-                .lock()
-                .map_err(|_| CheckpointError("folder log lock poisoned".into()))?;
-            if !logs.contains_key(&key) {
-                let log = match std::fs::read(&path) {
+            let mut log = log.lock().map_err(|_| poisoned())?;
+            if log.is_none() {
+                *log = Some(match std::fs::read(&path) {
                     Ok(bytes) => FolderLog::parse(&bytes),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => FolderLog::default(),
                     Err(e) => return Err(io_err("reading", &path, e)),
-                };
-                logs.insert(key.clone(), log);
+                });
             }
-            let log = logs.get_mut(&key).ok_or_else(|| {
-                CheckpointError(format!("folder log {} vanished", path.display()))
+            let log = log.as_mut().ok_or_else(|| {
+                CheckpointError(format!("folder log {} was not read", path.display()))
             })?;
             f(log, &path, &counter)
         })
@@ -718,5 +727,43 @@ mod tests {
         s.delete_folder(mb, "F1").await.expect("delete");
         assert_eq!(s.get_folder(mb, "F1").await.expect("get"), None);
         assert!(!legacy.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mailboxes_checkpoint_folders_at_once_and_each_keeps_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = std::sync::Arc::new(FileCheckpointStore::open(dir.path()).expect("open"));
+        let mut tasks = Vec::new();
+        for m in 0..4 {
+            for f in 0..8 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    for n in 0..5 {
+                        s.put_folder(
+                            &format!("user{m}@b.c"),
+                            &format!("F{f}"),
+                            &format!("{m}-{f}-{n}"),
+                        )
+                        .await?;
+                    }
+                    Ok::<_, CheckpointError>(())
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("join").expect("put");
+        }
+        drop(s);
+        let s = FileCheckpointStore::open(dir.path()).expect("reopen");
+        for m in 0..4 {
+            for f in 0..8 {
+                assert_eq!(
+                    s.get_folder(&format!("user{m}@b.c"), &format!("F{f}"))
+                        .await
+                        .expect("get"),
+                    Some(format!("{m}-{f}-4"))
+                );
+            }
+        }
     }
 }
