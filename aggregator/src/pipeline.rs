@@ -22,7 +22,7 @@ use bytes::Bytes;
 use mailvault_format::{
     BlobId, ErrorKind, Flush, FormatError, ItemManifest, ItemReceipt, Repository, Writer,
 };
-use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored, Quarantined};
+use mailvault_proto::events::v1::{EventBatch, ItemChangeRecorded, ItemStored, Quarantined};
 use mailvault_proto::ingest::v1::{
     ChangeKind, IngestMessage, ItemChange, ItemEnvelope, ObjectRef, ingest_message, item_envelope,
 };
@@ -33,10 +33,14 @@ use tokio::io::AsyncReadExt as _;
 use crate::edge::{Bodies, BodyError, BodyReader, Delivery, EdgeError, Event, EventSink};
 use crate::metrics::Metrics;
 
-/// Subjects of the events the aggregator publishes (stream `MAILVAULT_EVENTS`).
-pub const SUBJECT_STORED: &str = "mailvault.events.stored";
-pub const SUBJECT_CHANGED: &str = "mailvault.events.changed";
+/// Subjects of the events the aggregator publishes (stream `MAILVAULT_EVENTS`): what a commit
+/// made durable, as [`EventBatch`]es, and quarantine records.
+pub const SUBJECT_BATCH: &str = "mailvault.events.batch";
 pub const SUBJECT_QUARANTINED: &str = "mailvault.events.quarantined";
+/// Entries per batch message, at most, and about this many payload bytes: a larger commit is
+/// announced in several messages, each far below NATS's default 1 MiB payload limit.
+const EVENTS_PER_MESSAGE: usize = 512;
+const EVENT_BYTES_PER_MESSAGE: usize = 256 << 10;
 
 /// `item_class` of item-history records (docs/wire.md).
 pub const HISTORY_ITEM_CLASS: &str = "MailVault.History.ItemChange";
@@ -350,28 +354,52 @@ enum Prepared {
     },
 }
 
-impl EventDraft {
-    /// The event to publish, stamped with the time its item became durable; `msg_id` (the
-    /// manifest or record id) de-duplicates a republished one downstream.
-    fn to_event(&self, msg_id: String, stored_unix_ms: i64) -> Event {
-        let (subject, payload) = match self {
+/// The messages announcing `items`, stamped with the time they became durable. A message's
+/// `Nats-Msg-Id` is a hash of the ids it announces, so a batch published again after a failed
+/// publish or ack is de-duplicated downstream (a redelivered item that lands in another batch
+/// is not; applying it again is idempotent by manifest id).
+fn batch_events(items: &[Pending], stored_unix_ms: i64) -> Vec<Event> {
+    fn seal(batch: &mut EventBatch, ids: &mut blake3::Hasher, out: &mut Vec<Event>) {
+        let b = std::mem::take(batch);
+        if b.stored.is_empty() && b.changed.is_empty() {
+            return;
+        }
+        let id = std::mem::take(ids).finalize();
+        out.push(Event {
+            subject: SUBJECT_BATCH.into(),
+            msg_id: format!("batch-{}", &id.to_hex()[..32]),
+            payload: b.encode_to_vec().into(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut batch = EventBatch::default();
+    let mut ids = blake3::Hasher::new();
+    let mut bytes = 0usize;
+    for p in items {
+        match &p.event {
             EventDraft::Stored(e) => {
                 let mut e = e.clone();
                 e.stored_unix_ms = stored_unix_ms;
-                (SUBJECT_STORED, e.encode_to_vec())
+                bytes += e.encoded_len();
+                batch.stored.push(e);
             }
             EventDraft::Changed(e) => {
                 let mut e = e.clone();
                 e.stored_unix_ms = stored_unix_ms;
-                (SUBJECT_CHANGED, e.encode_to_vec())
+                bytes += e.encoded_len();
+                batch.changed.push(e);
             }
-        };
-        Event {
-            subject: subject.into(),
-            msg_id,
-            payload: payload.into(),
+        }
+        ids.update(&p.manifest_id.0);
+        if batch.stored.len() + batch.changed.len() >= EVENTS_PER_MESSAGE
+            || bytes >= EVENT_BYTES_PER_MESSAGE
+        {
+            seal(&mut batch, &mut ids, &mut out);
+            bytes = 0;
         }
     }
+    seal(&mut batch, &mut ids, &mut out);
+    out
 }
 
 fn prepare(mut d: Delivery) -> Prepared {
@@ -554,13 +582,7 @@ async fn commit_batch(
         return Ok(Committed::default());
     }
     if !b.published {
-        let stored = now_ms();
-        let batch: Vec<Event> = b
-            .items
-            .iter()
-            .map(|p| p.event.to_event(p.manifest_id.to_hex(), stored))
-            .collect();
-        if let Err(e) = events.publish(batch).await {
+        if let Err(e) = events.publish(batch_events(&b.items, now_ms())).await {
             Metrics::add(&metrics.flush_errors_total, 1);
             return Err(e.into());
         }

@@ -1,7 +1,8 @@
 //! The JetStream edge: a durable pull consumer `mailvault-indexer` on `MAILVAULT_EVENTS`
-//! (subjects `mailvault.events.stored` and `mailvault.events.changed`). Per batch: apply every
-//! delivery to the index, commit the index, then ack — nothing is acked before it is durable in
-//! the index. Deliveries come through [`Source`] so an in-process bus can feed the same loop.
+//! (subject `mailvault.events.batch`, and the single-event subjects `mailvault.events.stored`
+//! and `mailvault.events.changed` of earlier aggregators). Per batch: apply every entry of
+//! every delivery to the index, commit the index, then ack — nothing is acked before it is
+//! durable in the index. Deliveries come through [`Source`] so an in-process bus can feed the same loop.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use mailvault_proto::events::v1::{ItemChangeRecorded, ItemStored};
+use mailvault_proto::events::v1::{EventBatch, ItemChangeRecorded, ItemStored};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,15 @@ use crate::stage::{Indexer, Work};
 
 pub const STREAM: &str = "MAILVAULT_EVENTS";
 pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
+/// What the aggregator publishes: an [`EventBatch`] per commit (or several, 512 entries each
+/// at most).
+pub const SUBJECT_BATCH: &str = "mailvault.events.batch";
+/// One event per message, as aggregators published before batches: still applied, so events
+/// already in the stream when the aggregators are upgraded are not lost.
 pub const SUBJECT_STORED: &str = "mailvault.events.stored";
 pub const SUBJECT_CHANGED: &str = "mailvault.events.changed";
+/// Every subject the indexer consumes.
+pub const SUBJECTS: [&str; 3] = [SUBJECT_BATCH, SUBJECT_STORED, SUBJECT_CHANGED];
 pub const CONSUMER: &str = "mailvault-indexer";
 /// Redelivery delay for a delivery that failed for a retryable reason.
 const NAK_DELAY: Duration = Duration::from_secs(5);
@@ -69,7 +77,8 @@ pub trait Source: Send {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, EdgeError>;
 }
 
-/// Counters of a consumer run.
+/// Counters of a consumer run: `stored`, `changed` and `skipped` count entries (a batch
+/// message holds many), `acked`, `nakked` and `terminated` count deliveries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConsumeReport {
     pub stored: u64,
@@ -78,11 +87,15 @@ pub struct ConsumeReport {
     pub nakked: u64,
     pub terminated: u64,
     pub commits: u64,
+    /// Entries of batch messages that can never be indexed: logged with their item and left
+    /// out, while the rest of their message is acked (`reindex` rebuilds from the repository).
+    pub skipped: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct ConsumeConfig {
-    /// Events per index commit at most.
+    /// Entries (events) per index commit, about: deliveries are fetched to fill it, so a
+    /// commit may exceed it by less than one batch message.
     pub batch: usize,
     /// How long events are gathered into one commit after the first one arrived.
     pub wait: Duration,
@@ -100,74 +113,114 @@ impl Default for ConsumeConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Applied,
     Retry,
     Poison,
 }
 
-/// Which counter of the report a delivery adds to.
+/// Which counter of the report an entry adds to.
+#[derive(Debug, Clone, Copy)]
 enum Counted {
     Stored,
     Changed,
-    Neither,
 }
 
-/// Decodes a delivery and loads what applying it takes (reading the repository if needed).
-/// `Err` is the outcome when there is nothing to apply.
-async fn load(ix: &Indexer, d: &Delivery) -> (Result<Work, Outcome>, Counted) {
-    match d.subject.as_str() {
-        SUBJECT_STORED => match ItemStored::decode(d.payload.clone()) {
-            Ok(e) => (
-                ix.load_stored(&e).await.map_err(|e| failed(d, e)),
-                Counted::Stored,
-            ),
-            Err(e) => {
-                tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
-                (Err(Outcome::Poison), Counted::Neither)
-            }
-        },
-        SUBJECT_CHANGED => match ItemChangeRecorded::decode(d.payload.clone()) {
-            Ok(e) => (
-                ChangeInput::from_event(&e)
-                    .map(Work::Change)
-                    .map_err(|e| failed(d, e)),
-                Counted::Changed,
-            ),
-            Err(e) => {
-                tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
-                (Err(Outcome::Poison), Counted::Neither)
-            }
-        },
+/// One thing to index: an entry of an [`EventBatch`], or a whole single-event delivery.
+enum Entry {
+    Stored(ItemStored),
+    Changed(ItemChangeRecorded),
+}
+
+/// The entries of a delivery; `None` if it can never be applied (undecodable, or on a subject
+/// this consumer does not know), which is logged here.
+fn entries(d: &Delivery) -> Option<Vec<Entry>> {
+    let decoded = match d.subject.as_str() {
+        SUBJECT_BATCH => EventBatch::decode(d.payload.clone()).map(|b| {
+            let mut out = Vec::with_capacity(b.stored.len() + b.changed.len());
+            out.extend(b.stored.into_iter().map(Entry::Stored));
+            out.extend(b.changed.into_iter().map(Entry::Changed));
+            out
+        }),
+        SUBJECT_STORED => ItemStored::decode(d.payload.clone()).map(|e| vec![Entry::Stored(e)]),
+        SUBJECT_CHANGED => {
+            ItemChangeRecorded::decode(d.payload.clone()).map(|e| vec![Entry::Changed(e)])
+        }
         other => {
             tracing::error!(subject = %other, "event on an unexpected subject; terminated");
-            (Err(Outcome::Poison), Counted::Neither)
+            return None;
+        }
+    };
+    match decoded {
+        Ok(es) => Some(es),
+        Err(e) => {
+            tracing::error!(subject = %d.subject, error = %e, "undecodable event; terminated");
+            None
         }
     }
 }
 
-/// Whether a delivery that failed is worth another attempt.
-fn failed(d: &Delivery, e: crate::IndexError) -> Outcome {
-    if e.is_retryable() && d.attempt < MAX_ATTEMPTS {
-        tracing::warn!(error = %e, attempt = d.attempt, "event not applied; redelivery");
+/// Loads what applying an entry takes (reading the repository if needed). `Err` is the
+/// outcome when there is nothing to apply.
+async fn load(ix: &Indexer, e: Entry, attempt: u64) -> (Result<Work, Outcome>, Counted) {
+    match e {
+        Entry::Stored(e) => (
+            ix.load_stored(&e)
+                .await
+                .map_err(|err| failed(attempt, Some((&e.mailbox, &e.item_id)), err)),
+            Counted::Stored,
+        ),
+        Entry::Changed(e) => (
+            ChangeInput::from_event(&e)
+                .map(Work::Change)
+                .map_err(|err| failed(attempt, Some((&e.mailbox, &e.item_id)), err)),
+            Counted::Changed,
+        ),
+    }
+}
+
+/// Whether an entry that failed is worth another attempt of its delivery. `who` is the
+/// entry's mailbox and item id where the error does not name them.
+fn failed(attempt: u64, who: Option<(&str, &str)>, e: crate::IndexError) -> Outcome {
+    let (mailbox, item_id) = who.unwrap_or_default();
+    if e.is_retryable() && attempt < MAX_ATTEMPTS {
+        tracing::warn!(error = %e, attempt, %mailbox, %item_id, "event not applied; redelivery");
         Outcome::Retry
     } else {
-        tracing::error!(error = %e, attempt = d.attempt, "event cannot be indexed; terminated");
+        tracing::error!(error = %e, attempt, %mailbox, %item_id, "event cannot be indexed");
         Outcome::Poison
     }
 }
 
-/// Deliveries loaded at once. Each reads its item from the repository first — over S3 a
-/// few round trips — and one at a time left the indexer waiting on the network. Applying is
+/// Entries loaded at once. Each reads its item from the repository first — over S3 a few
+/// round trips — and one at a time left the indexer waiting on the network. Applying is
 /// order-independent (an item's record is rebuilt from its whole event set under the writer
 /// lock), so overlapping them is safe.
 const LOAD_CONCURRENCY: usize = 16;
-/// Loaded deliveries applied per blocking call, and such calls at once. Parsing runs outside
+/// Loaded entries applied per blocking call, and such calls at once. Parsing runs outside
 /// the writer lock, so the calls overlap. With 2 at once (32 each) the single-process indexer
 /// got too small a share of the cores next to the collector and aggregator and lagged behind
 /// them (backup 3.1 s instead of 2.1 s on the dev corpus); 4 keeps it level.
 const APPLY_GROUP: usize = 16;
 const APPLY_GROUPS_AT_ONCE: usize = 4;
+/// Entries of one batch message, at most (the aggregator's limit, docs/wire.md): deliveries
+/// are fetched so that a commit holds about `ConsumeConfig::batch` entries.
+const ENTRIES_PER_DELIVERY: usize = 512;
+
+/// Deliveries to fetch for about `entries` more entries.
+fn deliveries_for(entries: usize) -> usize {
+    entries.div_ceil(ENTRIES_PER_DELIVERY).max(1)
+}
+
+/// A delivery and how applying its entries went.
+struct Slot {
+    d: Delivery,
+    outcome: Outcome,
+    /// A batch of entries: one that can never be indexed is skipped (logged) and the rest
+    /// acked; a single event that cannot be indexed is terminated, as before batches.
+    batch: bool,
+}
 
 /// Applies a batch, commits, then settles every delivery: applied ones are acked only after
 /// the commit succeeded; if the commit fails, everything is nakked.
@@ -176,60 +229,95 @@ pub async fn handle_batch(
     batch: Vec<Delivery>,
     report: &mut ConsumeReport,
 ) -> Result<(), crate::IndexError> {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    apply_all(ix, batch, report, &mut outcomes).await;
-    commit_and_settle(ix, outcomes, report).await
+    let mut slots = Vec::with_capacity(batch.len());
+    apply_all(ix, batch, report, &mut slots).await;
+    commit_and_settle(ix, slots, report).await
 }
 
+/// Applies every entry of `batch` and appends its deliveries to `slots`; returns the number
+/// of entries.
 async fn apply_all(
     ix: &Indexer,
     batch: Vec<Delivery>,
     report: &mut ConsumeReport,
-    outcomes: &mut Vec<(Delivery, Outcome)>,
-) {
+    slots: &mut Vec<Slot>,
+) -> usize {
     use futures::StreamExt as _;
-    let mut applied = futures::stream::iter(batch)
-        .map(|d| async move {
-            let (loaded, counted) = load(ix, &d).await;
-            (d, loaded, counted)
+    let base = slots.len();
+    let mut work = Vec::new();
+    for d in batch {
+        let idx = slots.len();
+        let batch = d.subject == SUBJECT_BATCH;
+        match entries(&d) {
+            Some(es) => {
+                work.extend(es.into_iter().map(|e| (idx, d.attempt, e)));
+                slots.push(Slot {
+                    d,
+                    outcome: Outcome::Applied,
+                    batch,
+                });
+            }
+            None => slots.push(Slot {
+                d,
+                outcome: Outcome::Poison,
+                batch,
+            }),
+        }
+    }
+    let n = work.len();
+    let mut applied = futures::stream::iter(work)
+        .map(|(idx, attempt, e)| async move {
+            let (loaded, counted) = load(ix, e, attempt).await;
+            (idx, attempt, loaded, counted)
         })
         .buffered(LOAD_CONCURRENCY)
         .chunks(APPLY_GROUP)
         .map(|group| async move {
             let mut work = Vec::with_capacity(group.len());
             let mut rest = Vec::with_capacity(group.len());
-            for (d, loaded, counted) in group {
+            for (idx, attempt, loaded, counted) in group {
                 match loaded {
                     Ok(w) => {
                         work.push(w);
-                        rest.push((d, None, counted));
+                        rest.push((idx, attempt, None, counted));
                     }
-                    Err(o) => rest.push((d, Some(o), counted)),
+                    Err(o) => rest.push((idx, attempt, Some(o), counted)),
                 }
             }
             let mut results = ix.apply_all(work).await.into_iter();
             rest.into_iter()
-                .map(|(d, o, counted)| {
+                .map(|(idx, attempt, o, counted)| {
                     let o = o.unwrap_or_else(|| match results.next() {
                         Some(Ok(())) => Outcome::Applied,
-                        Some(Err(e)) => failed(&d, e),
+                        Some(Err(e)) => failed(attempt, None, e),
                         None => Outcome::Retry,
                     });
-                    (d, o, counted)
+                    (idx, o, counted)
                 })
                 .collect::<Vec<_>>()
         })
         .buffered(APPLY_GROUPS_AT_ONCE);
     while let Some(group) = applied.next().await {
-        for (d, o, counted) in group {
+        for (idx, o, counted) in group {
             match counted {
                 Counted::Stored => report.stored += 1,
                 Counted::Changed => report.changed += 1,
-                Counted::Neither => {}
             }
-            outcomes.push((d, o));
+            let slot = &mut slots[idx];
+            debug_assert!(idx >= base);
+            match (o, slot.batch) {
+                (Outcome::Applied, _) => {}
+                (Outcome::Retry, _) => {
+                    if slot.outcome == Outcome::Applied {
+                        slot.outcome = Outcome::Retry;
+                    }
+                }
+                (Outcome::Poison, true) => report.skipped += 1,
+                (Outcome::Poison, false) => slot.outcome = Outcome::Poison,
+            }
         }
     }
+    n
 }
 
 /// Settles this many deliveries at once: each JetStream ack is a round trip.
@@ -237,14 +325,14 @@ const SETTLE_CONCURRENCY: usize = 64;
 
 async fn commit_and_settle(
     ix: &Indexer,
-    outcomes: Vec<(Delivery, Outcome)>,
+    slots: Vec<Slot>,
     report: &mut ConsumeReport,
 ) -> Result<(), crate::IndexError> {
     let committed = ix.commit().await;
     if committed.is_ok() {
         report.commits += 1;
     }
-    let settles = outcomes.into_iter().map(|(d, o)| {
+    let settles = slots.into_iter().map(|Slot { d, outcome: o, .. }| {
         let kind = match (&committed, o) {
             (Ok(()), Outcome::Applied) => Settle::Ack,
             (_, Outcome::Poison) => Settle::Term,
@@ -298,7 +386,7 @@ pub async fn run(
     while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             () = shutdown.cancelled() => break,
-            b = source.next_batch(cfg.batch, cfg.wait) => b,
+            b = source.next_batch(deliveries_for(cfg.batch), cfg.wait) => b,
         };
         let batch = match batch {
             Ok(b) => b,
@@ -315,19 +403,21 @@ pub async fn run(
             continue;
         }
         let until = tokio::time::Instant::now() + cfg.wait;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        apply_all(ix, batch, &mut report, &mut outcomes).await;
-        while outcomes.len() < cfg.batch && !shutdown.is_cancelled() {
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut entries = apply_all(ix, batch, &mut report, &mut slots).await;
+        while entries < cfg.batch && !shutdown.is_cancelled() {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
             }
             let more = tokio::select! {
                 () = shutdown.cancelled() => break,
-                b = source.next_batch(cfg.batch - outcomes.len(), left.min(cfg.idle)) => b,
+                b = source.next_batch(deliveries_for(cfg.batch - entries), left.min(cfg.idle)) => b,
             };
             match more {
-                Ok(b) if !b.is_empty() => apply_all(ix, b, &mut report, &mut outcomes).await,
+                Ok(b) if !b.is_empty() => {
+                    entries += apply_all(ix, b, &mut report, &mut slots).await
+                }
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "fetching events failed; committing what we have");
@@ -335,7 +425,7 @@ pub async fn run(
                 }
             }
         }
-        if let Err(e) = commit_and_settle(ix, outcomes, &mut report).await {
+        if let Err(e) = commit_and_settle(ix, slots, &mut report).await {
             tracing::error!(error = %e, "index commit failed; batch nakked");
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -394,21 +484,20 @@ impl JsSource {
             })
             .await
             .map_err(|e| EdgeError::new("events stream", e))?;
+        // Create or update: an indexer consumer made before event batches filtered only the
+        // single-event subjects, and would never receive a batch.
         let consumer = s
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.into()),
-                    description: Some("mailvault indexer".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(60),
-                    // Room for a whole commit batch (index.batch ≤ 10 000) in flight.
-                    max_ack_pending: 10_000,
-                    max_deliver: -1,
-                    filter_subjects: vec![SUBJECT_STORED.into(), SUBJECT_CHANGED.into()],
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                description: Some("mailvault indexer".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                // Room for a whole commit batch (index.batch ≤ 10 000) in flight.
+                max_ack_pending: 10_000,
+                max_deliver: -1,
+                filter_subjects: SUBJECTS.iter().map(|&s| s.into()).collect(),
+                ..Default::default()
+            })
             .await
             .map_err(|e| EdgeError::new("consumer", e))?;
         Ok(JsSource { consumer })

@@ -14,9 +14,10 @@ use mailvault_harness::NatsServer;
 use mailvault_indexer::Index;
 use mailvault_indexer::Indexer;
 use mailvault_indexer::consume::{
-    self, Acker, ConsumeConfig, ConsumeReport, Delivery, EdgeError, JsSource, SUBJECT_CHANGED,
-    SUBJECT_STORED, Source,
+    self, Acker, ConsumeConfig, ConsumeReport, Delivery, EdgeError, JsSource, SUBJECT_BATCH,
+    SUBJECT_CHANGED, SUBJECT_STORED, Source,
 };
+use mailvault_proto::events::v1::{EventBatch, ItemStored};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +120,135 @@ async fn jetstream_events_are_indexed_then_acked() {
     drop(ix);
     let again = Index::open(dir.path()).expect("reopen");
     assert_eq!(again.doc_count(), stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_event_batches_are_indexed_and_a_bad_entry_is_skipped() {
+    let nats = NatsServer::start().expect("nats-server");
+    let repo = repo().await;
+    let events = populate(&repo, 43, 25).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    let mut source = JsSource::new(&js).await.expect("consumer");
+    // The aggregator's shape: stored and changed entries of a commit in one message, here 10
+    // per message; the first also carries an entry that can never be indexed.
+    let mut batches: Vec<EventBatch> = events
+        .chunks(10)
+        .map(|group| {
+            let mut b = EventBatch::default();
+            for e in group {
+                match e {
+                    Event::Stored(s) => b.stored.push(s.clone()),
+                    Event::Changed(c) => b.changed.push(c.clone()),
+                }
+            }
+            b
+        })
+        .collect();
+    batches[0].stored.push(ItemStored {
+        manifest_id: "not a blob id".into(),
+        mailbox: "broken@contoso.com".into(),
+        item_id: "bad-entry".into(),
+        ..Default::default()
+    });
+    for (i, b) in batches.iter().enumerate() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", format!("batch-{i}").as_str());
+        js.publish_with_headers(SUBJECT_BATCH, h, b.encode_to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    js.publish(SUBJECT_BATCH, Bytes::from_static(b"\xff\xffnot protobuf"))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+    let (tx, mut rx) = watch::channel(ConsumeReport::default());
+    let stop = CancellationToken::new();
+    let task = {
+        let ix = ix.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let cfg = ConsumeConfig {
+                batch: 40,
+                wait: Duration::from_millis(200),
+                idle: Duration::from_millis(200),
+            };
+            consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
+        })
+    };
+    let messages = batches.len() as u64;
+    wait_for(&mut rx, |r| r.acked >= messages && r.terminated >= 1).await;
+    stop.cancel();
+    let report = task.await.expect("consumer task");
+    let stored = events
+        .iter()
+        .filter(|e| matches!(e, Event::Stored(_)))
+        .count() as u64;
+    let changed = events.len() as u64 - stored;
+    assert_eq!(
+        (report.acked, report.terminated, report.nakked),
+        (messages, 1, 0),
+        "every batch acked, the undecodable one terminated"
+    );
+    assert_eq!(report.skipped, 1, "only the bad entry is left out");
+    assert_eq!((report.stored, report.changed), (stored + 1, changed));
+    assert_eq!(ix.index.doc_count(), stored);
+    assert!(
+        ix.index
+            .search("is:deleted", &Default::default())
+            .expect("search")
+            .total
+            > 0,
+        "changes inside batches applied"
+    );
+    let stream = js.get_stream(consume::STREAM).await.expect("stream");
+    let mut c: jetstream::consumer::PullConsumer = stream
+        .get_consumer(consume::CONSUMER)
+        .await
+        .expect("consumer");
+    let info = c.info().await.expect("info");
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_before_event_batches_gets_the_batch_subject() {
+    let nats = NatsServer::start().expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    // What an earlier indexer created.
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: consume::STREAM.into(),
+            subjects: vec!["mailvault.events.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(consume::CONSUMER.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            filter_subjects: vec![SUBJECT_STORED.into(), SUBJECT_CHANGED.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("old consumer");
+    JsSource::new(&js).await.expect("consumer");
+    let mut c: jetstream::consumer::PullConsumer = stream
+        .get_consumer(consume::CONSUMER)
+        .await
+        .expect("consumer");
+    let filters = c.info().await.expect("info").config.filter_subjects.clone();
+    assert!(
+        filters.iter().any(|f| f == SUBJECT_BATCH),
+        "filter after start: {filters:?}"
+    );
 }
 
 /// Records the order of commits and acks: an ack must find its item already committed.

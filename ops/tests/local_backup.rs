@@ -8,8 +8,10 @@ use std::time::Duration;
 use mailvault_ews_sim::{ItemInfo, SimConfig, SimHandle, Simulator};
 use mailvault_format::{InitOptions, KdfParams, Repository};
 use mailvault_ops::local::{EVENTS_STREAM, LocalBackup, LocalEws, backup_once};
+use mailvault_proto::events::v1::EventBatch;
 use mailvault_runtime::bus::{Bus, ConsumerConfig};
 use mailvault_runtime::storage::DirStore;
+use prost::Message as _;
 
 const PASS: &[u8] = b"local test passphrase";
 
@@ -120,13 +122,21 @@ async fn full_then_incremental_backup_in_one_process() {
     assert_eq!(first.captured as usize, n);
     assert!(first.items >= n, "{} stored < {n}", first.items);
     assert!(first.bytes_logical > 0 && first.bytes_stored > 0);
-    // One `stored` event per item version, waiting for the indexer.
-    let ev = events.info();
-    assert!(
-        ev.num_pending >= n,
-        "{} events for {n} items",
-        ev.num_pending
-    );
+    // Every item version announced in the event batches, waiting for the indexer.
+    let pending = events.info().num_pending;
+    let announced: usize = events
+        .fetch(pending.max(1), usize::MAX, Duration::ZERO)
+        .await
+        .iter()
+        .filter(|d| d.message.subject == "mailvault.events.batch")
+        .map(|d| {
+            EventBatch::decode(d.message.payload.clone())
+                .expect("event batch")
+                .stored
+                .len()
+        })
+        .sum();
+    assert!(announced >= n, "{announced} stored entries for {n} items");
     // Bodies in transit were cleaned up.
     let left = std::fs::read_dir(dir.path().join("state/bodies/ingest-bodies"))
         .map(|d| d.count())

@@ -212,15 +212,19 @@ impl Fixture {
             .collect()
     }
 
-    fn stored_events(&self) -> Vec<ItemStored> {
+    fn batches(&self) -> Vec<EventBatch> {
         self.events
             .published
             .lock()
             .expect("events")
             .iter()
-            .filter(|e| e.subject == SUBJECT_STORED)
-            .map(|e| ItemStored::decode(e.payload.clone()).expect("event"))
+            .filter(|e| e.subject == SUBJECT_BATCH)
+            .map(|e| EventBatch::decode(e.payload.clone()).expect("event"))
             .collect()
+    }
+
+    fn stored_events(&self) -> Vec<ItemStored> {
+        self.batches().into_iter().flat_map(|b| b.stored).collect()
     }
 }
 
@@ -423,20 +427,13 @@ async fn changes_are_recorded_as_history() {
         change
     );
     assert_eq!(repo.manifests().len(), 2, "the item and one history record");
-    let changed: Vec<_> = f
-        .events
-        .published
-        .lock()
-        .expect("events")
-        .iter()
-        .filter(|e| e.subject == SUBJECT_CHANGED)
-        .cloned()
-        .collect();
+    let changed: Vec<_> = f.batches().into_iter().flat_map(|b| b.changed).collect();
     assert_eq!(changed.len(), 2);
     assert_eq!(
-        changed[0].msg_id, changed[1].msg_id,
-        "deduplicated downstream"
+        changed[0].record_id, changed[1].record_id,
+        "applied once downstream (idempotent by record id)"
     );
+    assert_eq!(changed[0].record_id, rid.to_hex());
 }
 
 #[tokio::test]
@@ -682,4 +679,35 @@ fn batch_policy_flushes_on_count_bytes_or_age() {
     assert!(p.due(3, 0, Some(t0), t0));
     assert!(p.due(1, 100, Some(t0), t0));
     assert!(p.due(1, 1, Some(t0), t0 + Duration::from_millis(50)));
+}
+
+#[tokio::test]
+async fn a_large_commit_is_announced_in_several_batches_each_with_its_own_id() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let n = EVENTS_PER_MESSAGE * 2 + 7;
+    for i in 0..n {
+        let mime = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
+        let (_, h) = f
+            .send(&inline(
+                "a@contoso.com",
+                &format!("item{i}"),
+                mime.as_bytes(),
+            ))
+            .await;
+        assert_eq!(h, Handled::Pending);
+    }
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!(c.items, n);
+    let published = f.events.published.lock().expect("events").clone();
+    assert_eq!(published.len(), 3, "512 + 512 + 7 entries");
+    let mut msg_ids: Vec<&str> = published.iter().map(|e| e.msg_id.as_str()).collect();
+    msg_ids.sort_unstable();
+    msg_ids.dedup();
+    assert_eq!(msg_ids.len(), 3, "each batch de-duplicated on its own");
+    let stored = f.stored_events();
+    assert_eq!(stored.len(), n);
+    let mut items: Vec<&str> = stored.iter().map(|e| e.item_id.as_str()).collect();
+    items.sort_unstable();
+    items.dedup();
+    assert_eq!(items.len(), n, "every item announced once");
 }

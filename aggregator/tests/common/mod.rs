@@ -13,6 +13,7 @@ use mailvault_aggregator::{Config, Metrics};
 use mailvault_format::{
     BlobStore, ChunkerParams, InitOptions, KdfParams, Repository, VerifyOptions, verify,
 };
+use mailvault_proto::events::v1::EventBatch;
 use mailvault_proto::ingest::v1::{
     ChangeKind, IngestMessage, ItemChange, ItemEnvelope, ObjectRef, ingest_message, item_envelope,
 };
@@ -227,13 +228,29 @@ impl Collector {
         n
     }
 
-    pub async fn event_count(&self) -> u64 {
+    /// The manifest and record ids announced by every event batch in the events stream, one
+    /// entry per announcement (an id announced twice appears twice).
+    pub async fn announced(&self) -> Vec<String> {
         let mut s = self
             .js
             .get_stream("MAILVAULT_EVENTS")
             .await
             .expect("events stream");
-        s.info().await.expect("info").state.messages
+        let (first, last) = {
+            let state = &s.info().await.expect("info").state;
+            (state.first_sequence, state.last_sequence)
+        };
+        let mut out = Vec::new();
+        for seq in first..=last {
+            let raw = s.get_raw_message(seq).await.expect("event message");
+            if raw.subject.as_str() != "mailvault.events.batch" {
+                continue;
+            }
+            let b = EventBatch::decode(raw.payload).expect("decode EventBatch");
+            out.extend(b.stored.into_iter().map(|e| e.manifest_id));
+            out.extend(b.changed.into_iter().map(|e| e.record_id));
+        }
+        out
     }
 }
 
