@@ -44,78 +44,125 @@ async fn wait_for(rx: &mut watch::Receiver<ConsumeReport>, done: impl Fn(&Consum
         .expect("consumer running");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_events_are_indexed_then_acked() {
-    let nats = NatsServer::start().expect("nats-server");
-    let repo = repo().await;
-    let events = populate(&repo, 41, 25).await;
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let js = jetstream::new(client);
-    let mut source = JsSource::new(&js).await.expect("consumer");
-    // Every event twice (a re-publish after the duplicate window), plus one poison message.
-    for round in 0..2 {
-        for e in &events {
-            let (subject, id, body) = payload(e);
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Nats-Msg-Id", format!("{id}-{round}").as_str());
-            js.publish_with_headers(subject, h, body)
-                .await
-                .expect("publish")
-                .await
-                .expect("stored");
-        }
+const NOT_PROTOBUF: &[u8] = b"\xff\xffnot protobuf";
+
+/// Publishes one event and waits until the stream has it.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &'static str,
+    msg_id: Option<&str>,
+    body: Bytes,
+) {
+    let mut h = async_nats::HeaderMap::new();
+    if let Some(id) = msg_id {
+        h.insert("Nats-Msg-Id", id);
     }
-    js.publish(SUBJECT_STORED, Bytes::from_static(b"\xff\xffnot protobuf"))
+    js.publish_with_headers(subject, h, body)
         .await
         .expect("publish")
         .await
         .expect("stored");
-    let total = events.len() as u64 * 2;
+}
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+/// The JetStream tests' commit settings.
+fn short_batches() -> ConsumeConfig {
+    ConsumeConfig {
+        batch: 40,
+        wait: Duration::from_millis(200),
+        idle: Duration::from_millis(200),
+    }
+}
+
+/// Runs the consumer loop over `source` until `done` holds for its report; returns the report.
+async fn consume_until(
+    ix: &Indexer,
+    mut source: impl Source + 'static,
+    cfg: ConsumeConfig,
+    done: impl Fn(&ConsumeReport) -> bool,
+) -> ConsumeReport {
     let (tx, mut rx) = watch::channel(ConsumeReport::default());
     let stop = CancellationToken::new();
     let task = {
         let ix = ix.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let cfg = ConsumeConfig {
-                batch: 40,
-                wait: Duration::from_millis(200),
-                idle: Duration::from_millis(200),
-            };
-            consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
-        })
+        tokio::spawn(async move { consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await })
     };
-    wait_for(&mut rx, |r| r.acked >= total && r.terminated >= 1).await;
+    wait_for(&mut rx, done).await;
     stop.cancel();
-    let report = task.await.expect("consumer task");
-    assert_eq!(report.acked, total);
-    assert_eq!(report.terminated, 1);
-    assert_eq!(report.nakked, 0);
+    task.await.expect("consumer task")
+}
 
-    let stored = events
+fn stored_count(events: &[Event]) -> u64 {
+    events
         .iter()
         .filter(|e| matches!(e, Event::Stored(_)))
-        .count() as u64;
+        .count() as u64
+}
+
+/// Every stored version is a document, and the deletes among the changes were applied.
+fn assert_indexed(ix: &Indexer, stored: u64) {
     assert_eq!(ix.index.doc_count(), stored);
-    assert!(
-        ix.index
-            .search("is:deleted", &Default::default())
-            .expect("search")
-            .total
-            > 0
-    );
-    // Nothing left pending or unacknowledged on the server.
+    let deleted = ix.index.search("is:deleted", &Default::default());
+    assert!(deleted.expect("search").total > 0, "changes applied");
+}
+
+/// Nothing left pending or unacknowledged on the server.
+async fn assert_nothing_pending(js: &jetstream::Context) {
     let stream = js.get_stream(consume::STREAM).await.expect("stream");
     let mut c: jetstream::consumer::PullConsumer = stream
         .get_consumer(consume::CONSUMER)
         .await
         .expect("consumer");
     let info = c.info().await.expect("info");
-    assert_eq!(info.num_pending, 0);
-    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+}
+
+/// A nats-server, a repository with the items and changes of 25 generated messages (and their
+/// events), and the indexer's consumer on the server.
+async fn jetstream_setup(
+    seed: u64,
+) -> (
+    NatsServer,
+    mailvault_format::Repository,
+    Vec<Event>,
+    jetstream::Context,
+    JsSource,
+) {
+    let nats = NatsServer::start().expect("nats-server");
+    let repo = repo().await;
+    let events = populate(&repo, seed, 25).await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    let source = JsSource::new(&js).await.expect("consumer");
+    (nats, repo, events, js, source)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_events_are_indexed_then_acked() {
+    let (_nats, repo, events, js, source) = jetstream_setup(41).await;
+    // Every event twice (a re-publish after the duplicate window), plus one poison message.
+    for round in 0..2 {
+        for e in &events {
+            let (subject, id, body) = payload(e);
+            publish(&js, subject, Some(&format!("{id}-{round}")), body).await;
+        }
+    }
+    publish(&js, SUBJECT_STORED, None, NOT_PROTOBUF.into()).await;
+    let total = events.len() as u64 * 2;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+    let report = consume_until(&ix, source, short_batches(), move |r| {
+        r.acked >= total && r.terminated >= 1
+    })
+    .await;
+    assert_eq!(report.acked, total);
+    assert_eq!(report.terminated, 1);
+    assert_eq!(report.nakked, 0);
+
+    let stored = stored_count(&events);
+    assert_indexed(&ix, stored);
+    assert_nothing_pending(&js).await;
     // A restarted indexer on the same index directory finds everything already there.
     drop(ix);
     let again = Index::open(dir.path()).expect("reopen");
@@ -124,12 +171,7 @@ async fn jetstream_events_are_indexed_then_acked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_event_batches_are_indexed_and_a_bad_entry_is_skipped() {
-    let nats = NatsServer::start().expect("nats-server");
-    let repo = repo().await;
-    let events = populate(&repo, 43, 25).await;
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let js = jetstream::new(client);
-    let mut source = JsSource::new(&js).await.expect("consumer");
+    let (_nats, repo, events, js, source) = jetstream_setup(43).await;
     // The aggregator's shape: stored and changed entries of a commit in one message, here 10
     // per message; the first also carries an entry that can never be indexed.
     let mut batches: Vec<EventBatch> = events
@@ -152,44 +194,19 @@ async fn jetstream_event_batches_are_indexed_and_a_bad_entry_is_skipped() {
         ..Default::default()
     });
     for (i, b) in batches.iter().enumerate() {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", format!("batch-{i}").as_str());
-        js.publish_with_headers(SUBJECT_BATCH, h, b.encode_to_vec().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+        let id = format!("batch-{i}");
+        publish(&js, SUBJECT_BATCH, Some(&id), b.encode_to_vec().into()).await;
     }
-    js.publish(SUBJECT_BATCH, Bytes::from_static(b"\xff\xffnot protobuf"))
-        .await
-        .expect("publish")
-        .await
-        .expect("stored");
+    publish(&js, SUBJECT_BATCH, None, NOT_PROTOBUF.into()).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
-    let (tx, mut rx) = watch::channel(ConsumeReport::default());
-    let stop = CancellationToken::new();
-    let task = {
-        let ix = ix.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let cfg = ConsumeConfig {
-                batch: 40,
-                wait: Duration::from_millis(200),
-                idle: Duration::from_millis(200),
-            };
-            consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
-        })
-    };
     let messages = batches.len() as u64;
-    wait_for(&mut rx, |r| r.acked >= messages && r.terminated >= 1).await;
-    stop.cancel();
-    let report = task.await.expect("consumer task");
-    let stored = events
-        .iter()
-        .filter(|e| matches!(e, Event::Stored(_)))
-        .count() as u64;
+    let report = consume_until(&ix, source, short_batches(), move |r| {
+        r.acked >= messages && r.terminated >= 1
+    })
+    .await;
+    let stored = stored_count(&events);
     let changed = events.len() as u64 - stored;
     assert_eq!(
         (report.acked, report.terminated, report.nakked),
@@ -198,22 +215,8 @@ async fn jetstream_event_batches_are_indexed_and_a_bad_entry_is_skipped() {
     );
     assert_eq!(report.skipped, 1, "only the bad entry is left out");
     assert_eq!((report.stored, report.changed), (stored + 1, changed));
-    assert_eq!(ix.index.doc_count(), stored);
-    assert!(
-        ix.index
-            .search("is:deleted", &Default::default())
-            .expect("search")
-            .total
-            > 0,
-        "changes inside batches applied"
-    );
-    let stream = js.get_stream(consume::STREAM).await.expect("stream");
-    let mut c: jetstream::consumer::PullConsumer = stream
-        .get_consumer(consume::CONSUMER)
-        .await
-        .expect("consumer");
-    let info = c.info().await.expect("info");
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    assert_indexed(&ix, stored);
+    assert_nothing_pending(&js).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,25 +327,13 @@ async fn in_process_source_acks_only_after_commit() {
         batches.push(it.by_ref().take(7).collect::<Vec<_>>());
     }
     let nb = batches.len() as u64;
-    let mut source = VecSource(batches);
-    let (tx, mut rx) = watch::channel(ConsumeReport::default());
-    let stop = CancellationToken::new();
-    let task = {
-        let ix = ix.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            // Two pulls of 7 fill one commit batch of 14.
-            let cfg = ConsumeConfig {
-                batch: 14,
-                wait: Duration::from_secs(30),
-                idle: Duration::from_secs(30),
-            };
-            consume::run(&ix, &mut source, &cfg, stop, Some(tx)).await
-        })
+    // Two pulls of 7 fill one commit batch of 14.
+    let cfg = ConsumeConfig {
+        batch: 14,
+        wait: Duration::from_secs(30),
+        idle: Duration::from_secs(30),
     };
-    wait_for(&mut rx, |r| r.acked >= n as u64).await;
-    stop.cancel();
-    let report = task.await.expect("task");
+    let report = consume_until(&ix, VecSource(batches), cfg, |r| r.acked >= n as u64).await;
     assert_eq!(report.commits, nb.div_ceil(2));
     assert_eq!(log.lock().expect("log").len(), n);
     assert!(log.lock().expect("log").iter().all(|s| s == "ack"));
