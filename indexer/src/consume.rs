@@ -2,7 +2,8 @@
 //! (subject `mailvault.events.batch`, and the single-event subjects `mailvault.events.stored`
 //! and `mailvault.events.changed` of earlier aggregators). Per batch: apply every entry of
 //! every delivery to the index, commit the index, then ack — nothing is acked before it is
-//! durable in the index. Deliveries come through [`Source`] so an in-process bus can feed the same loop.
+//! durable in the index. Deliveries come through [`Source`] so an in-process bus can feed the
+//! same loop.
 
 use std::time::Duration;
 
@@ -243,7 +244,6 @@ async fn apply_all(
     slots: &mut Vec<Slot>,
 ) -> usize {
     use futures::StreamExt as _;
-    let base = slots.len();
     let mut work = Vec::new();
     for d in batch {
         let idx = slots.len();
@@ -304,7 +304,6 @@ async fn apply_all(
                 Counted::Changed => report.changed += 1,
             }
             let slot = &mut slots[idx];
-            debug_assert!(idx >= base);
             match (o, slot.batch) {
                 (Outcome::Applied, _) => {}
                 (Outcome::Retry, _) => {
