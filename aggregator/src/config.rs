@@ -88,7 +88,7 @@ impl Default for NatsConfig {
                 "mailvault.ingest.item.>".into(),
                 "mailvault.ingest.change.>".into(),
             ],
-            events_stream: "MAILVAULT_EVENTS".into(),
+            events_stream: mailvault_proto::events_wire::STREAM.into(),
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 2000,
             delete_bodies: true,

@@ -25,7 +25,7 @@ use crate::worker::{Pull, Source, WorkerLimits, run_worker};
 
 /// Subjects of the ingest stream when the aggregator has to create it (same as the collector).
 pub const INGEST_SUBJECTS: &str = "mailvault.ingest.>";
-pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
+pub use mailvault_proto::events_wire::STREAM_SUBJECTS as EVENTS_SUBJECTS;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Most event publishes awaiting their ack at once.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 256;

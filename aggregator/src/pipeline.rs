@@ -33,13 +33,12 @@ use tokio::io::AsyncReadExt as _;
 use crate::edge::{Bodies, BodyError, BodyReader, Delivery, EdgeError, Event, EventSink};
 use crate::metrics::Metrics;
 
-/// Subjects of the events the aggregator publishes (stream `MAILVAULT_EVENTS`): what a commit
-/// made durable, as [`EventBatch`]es, and quarantine records.
-pub const SUBJECT_BATCH: &str = "mailvault.events.batch";
-pub const SUBJECT_QUARANTINED: &str = "mailvault.events.quarantined";
 /// Entries per batch message, at most, and about this many payload bytes: a larger commit is
 /// announced in several messages, each far below NATS's default 1 MiB payload limit.
-const EVENTS_PER_MESSAGE: usize = 512;
+use mailvault_proto::events_wire::MAX_BATCH_ENTRIES as EVENTS_PER_MESSAGE;
+/// Subjects of the events the aggregator publishes (stream `MAILVAULT_EVENTS`): what a commit
+/// made durable, as [`EventBatch`]es, and quarantine records.
+pub use mailvault_proto::events_wire::{SUBJECT_BATCH, SUBJECT_QUARANTINED};
 const EVENT_BYTES_PER_MESSAGE: usize = 256 << 10;
 
 /// `item_class` of item-history records (docs/wire.md).

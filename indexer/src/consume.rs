@@ -19,15 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::history::ChangeInput;
 use crate::stage::{Indexer, Work};
 
-pub const STREAM: &str = "MAILVAULT_EVENTS";
-pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
-/// What the aggregator publishes: an [`EventBatch`] per commit (or several, 512 entries each
-/// at most).
-pub const SUBJECT_BATCH: &str = "mailvault.events.batch";
-/// One event per message, as aggregators published before batches: still applied, so events
-/// already in the stream when the aggregators are upgraded are not lost.
-pub const SUBJECT_STORED: &str = "mailvault.events.stored";
-pub const SUBJECT_CHANGED: &str = "mailvault.events.changed";
+/// `SUBJECT_BATCH`: what the aggregator publishes, an `EventBatch` per commit (or several).
+/// `SUBJECT_STORED` / `SUBJECT_CHANGED`: one event per message, as aggregators published
+/// before batches; still applied, so events already in the stream when the aggregators are
+/// upgraded are not lost.
+pub use mailvault_proto::events_wire::{
+    STREAM, STREAM_SUBJECTS as EVENTS_SUBJECTS, SUBJECT_BATCH, SUBJECT_CHANGED, SUBJECT_STORED,
+};
 /// Every subject the indexer consumes.
 pub const SUBJECTS: [&str; 3] = [SUBJECT_BATCH, SUBJECT_STORED, SUBJECT_CHANGED];
 pub const CONSUMER: &str = "mailvault-indexer";
@@ -205,13 +203,12 @@ const LOAD_CONCURRENCY: usize = 16;
 /// them (backup 3.1 s instead of 2.1 s on the dev corpus); 4 keeps it level.
 const APPLY_GROUP: usize = 16;
 const APPLY_GROUPS_AT_ONCE: usize = 4;
-/// Entries of one batch message, at most (the aggregator's limit, docs/wire.md): deliveries
-/// are fetched so that a commit holds about `ConsumeConfig::batch` entries.
-const ENTRIES_PER_DELIVERY: usize = 512;
-
-/// Deliveries to fetch for about `entries` more entries.
+/// Deliveries to fetch for about `entries` more entries, so that a commit holds about
+/// `ConsumeConfig::batch` of them.
 fn deliveries_for(entries: usize) -> usize {
-    entries.div_ceil(ENTRIES_PER_DELIVERY).max(1)
+    entries
+        .div_ceil(mailvault_proto::events_wire::MAX_BATCH_ENTRIES)
+        .max(1)
 }
 
 /// A delivery and how applying its entries went.

@@ -41,8 +41,9 @@ use tokio_util::sync::CancellationToken;
 pub const INGEST_STREAM: &str = "MAILVAULT_INGEST";
 pub const INGEST_SUBJECTS: &str = "mailvault.ingest.>";
 /// The events stream the aggregator publishes to; attach the indexer's consumer here.
-pub const EVENTS_STREAM: &str = "MAILVAULT_EVENTS";
-pub const EVENTS_SUBJECTS: &str = "mailvault.events.>";
+pub use mailvault_proto::events_wire::{
+    STREAM as EVENTS_STREAM, STREAM_SUBJECTS as EVENTS_SUBJECTS,
+};
 /// The aggregator's durable consumer (items and changes).
 pub const AGGREGATOR_CONSUMER: &str = "mailvault-aggregator";
 /// Collector quarantine and reconciliation records: logged and counted.

@@ -9,6 +9,7 @@ use mailvault_ews_sim::{ItemInfo, SimConfig, SimHandle, Simulator};
 use mailvault_format::{InitOptions, KdfParams, Repository};
 use mailvault_ops::local::{EVENTS_STREAM, LocalBackup, LocalEws, backup_once};
 use mailvault_proto::events::v1::EventBatch;
+use mailvault_proto::events_wire;
 use mailvault_runtime::bus::{Bus, ConsumerConfig};
 use mailvault_runtime::storage::DirStore;
 use prost::Message as _;
@@ -128,7 +129,7 @@ async fn full_then_incremental_backup_in_one_process() {
         .fetch(pending.max(1), usize::MAX, Duration::ZERO)
         .await
         .iter()
-        .filter(|d| d.message.subject == "mailvault.events.batch")
+        .filter(|d| d.message.subject == events_wire::SUBJECT_BATCH)
         .map(|d| {
             EventBatch::decode(d.message.payload.clone())
                 .expect("event batch")

@@ -27,6 +27,26 @@ pub mod events {
     }
 }
 
+/// Names and limits of the events stream, shared by the aggregator that publishes and the
+/// indexer that consumes, so neither side depends on the other's crate (docs/wire.md, "Events").
+pub mod events_wire {
+    /// JetStream stream of the events.
+    pub const STREAM: &str = "MAILVAULT_EVENTS";
+    /// Subjects of [`STREAM`].
+    pub const STREAM_SUBJECTS: &str = "mailvault.events.>";
+    /// What one aggregator commit made durable, as `EventBatch` messages.
+    pub const SUBJECT_BATCH: &str = "mailvault.events.batch";
+    /// One `ItemStored` / `ItemChangeRecorded` per message, as aggregators published before
+    /// batches; indexers still apply them.
+    pub const SUBJECT_STORED: &str = "mailvault.events.stored";
+    pub const SUBJECT_CHANGED: &str = "mailvault.events.changed";
+    /// Quarantine records of poison deliveries.
+    pub const SUBJECT_QUARANTINED: &str = "mailvault.events.quarantined";
+    /// Entries of one `EventBatch` message, at most (a larger commit is split); the indexer
+    /// sizes its fetches by it.
+    pub const MAX_BATCH_ENTRIES: usize = 512;
+}
+
 /// Restore jobs: items to write back into Exchange, and their results (docs/wire.md).
 pub mod restore {
     pub mod v1 {

@@ -14,6 +14,7 @@ use mailvault_format::{
     BlobStore, ChunkerParams, InitOptions, KdfParams, Repository, VerifyOptions, verify,
 };
 use mailvault_proto::events::v1::EventBatch;
+use mailvault_proto::events_wire;
 use mailvault_proto::ingest::v1::{
     ChangeKind, IngestMessage, ItemChange, ItemEnvelope, ObjectRef, ingest_message, item_envelope,
 };
@@ -233,7 +234,7 @@ impl Collector {
     pub async fn announced(&self) -> Vec<String> {
         let mut s = self
             .js
-            .get_stream("MAILVAULT_EVENTS")
+            .get_stream(events_wire::STREAM)
             .await
             .expect("events stream");
         let (first, last) = {
@@ -243,7 +244,7 @@ impl Collector {
         let mut out = Vec::new();
         for seq in first..=last {
             let raw = s.get_raw_message(seq).await.expect("event message");
-            if raw.subject.as_str() != "mailvault.events.batch" {
+            if raw.subject.as_str() != events_wire::SUBJECT_BATCH {
                 continue;
             }
             let b = EventBatch::decode(raw.payload).expect("decode EventBatch");
