@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use mailvault_collector::checkpoint_file::FileCheckpointStore;
+use mailvault_collector::sync::CheckpointStore as _;
 use mailvault_ews_sim::{ItemInfo, SimConfig, SimHandle, Simulator};
 use mailvault_format::{InitOptions, KdfParams, Repository};
 use mailvault_ops::local::{EVENTS_STREAM, LocalBackup, LocalEws, backup_once};
@@ -181,6 +183,24 @@ async fn full_then_incremental_backup_in_one_process() {
     assert_eq!((third.captured, third.items, third.changes), (0, 0, 0));
 }
 
+/// Whether some folder that holds items has a checkpoint under `state`. Empty folders
+/// checkpoint at once; only a folder with items makes the next pass download less.
+async fn item_folder_checkpointed(sim: &SimHandle, state: &Path) -> bool {
+    let Ok(store) = FileCheckpointStore::open(state.join("checkpoints")) else {
+        return false;
+    };
+    for mb in sim.mailboxes() {
+        for f in sim.folders(&mb) {
+            if !sim.items(&f.id).is_empty()
+                && matches!(store.get_folder(&mb, &f.id).await, Ok(Some(_)))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_pass_then_new_pass_loses_nothing() {
     let sim = Simulator::start(SimConfig::generated(23))
@@ -190,11 +210,32 @@ async fn aborted_pass_then_new_pass_loses_nothing() {
     let opts = options(&sim, dir.path());
     let total = sim.total_items() as u64;
 
-    // Kill the pass part-way: once about a third of the items were downloaded.
+    // Kill the pass part-way: once about a third of the items were downloaded and some folder
+    // with items has checkpointed (which waits for its items to be durable, so on a loaded machine it can
+    // come well after the download). The simulator then holds every request, so the pass
+    // cannot finish before it is aborted.
     let run = tokio::spawn(backup_once(opts.clone()));
     sim.wait_for(|s| s.items_fetched >= total / 3).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !item_folder_checkpointed(&sim, &dir.path().join("state")).await {
+        assert!(
+            !run.is_finished(),
+            "the pass ended before any folder checkpoint was seen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no folder checkpoint within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sim.hold();
+    assert!(
+        !run.is_finished(),
+        "the pass ended before it could be aborted"
+    );
     run.abort();
     assert!(run.await.expect_err("aborted").is_cancelled());
+    sim.release();
 
     let repo = open_repo(dir.path()).await;
     let stored_before = repo.manifests().len();
