@@ -65,7 +65,7 @@ pub struct NatsConfig {
     pub stream: String,
     /// Durable pull consumer shared by every replica.
     pub consumer: String,
-    /// Subjects of the stream this consumer takes (items and changes).
+    /// Subjects of the stream this consumer takes (items, changes and item batches).
     pub filter_subjects: Vec<String>,
     /// Stream of `ItemStored` / `ItemChangeRecorded` / `Quarantined` events (created if missing).
     pub events_stream: String,
@@ -84,10 +84,9 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             stream: "MAILVAULT_INGEST".into(),
             consumer: "mailvault-aggregator".into(),
-            filter_subjects: vec![
-                "mailvault.ingest.item.>".into(),
-                "mailvault.ingest.change.>".into(),
-            ],
+            filter_subjects: mailvault_proto::ingest_wire::AGGREGATOR_FILTERS
+                .map(String::from)
+                .to_vec(),
             events_stream: mailvault_proto::events_wire::STREAM.into(),
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 2000,
@@ -259,6 +258,18 @@ impl Config {
         }
         if n.filter_subjects.is_empty() {
             p.push("nats.filter_subjects is empty".to_owned());
+        } else if !n.filter_subjects.iter().any(|f| {
+            [
+                ">",
+                "mailvault.ingest.>",
+                mailvault_proto::ingest_wire::FILTER_BATCH,
+            ]
+            .contains(&f.as_str())
+        }) {
+            p.push(format!(
+                "nats.filter_subjects must take item batches ({}): collectors pack small items",
+                mailvault_proto::ingest_wire::FILTER_BATCH
+            ));
         }
         if n.ack_wait < Duration::from_secs(5) {
             p.push("nats.ack_wait must be at least 5s".to_owned());

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// Configuration file (TOML, unknown keys rejected; sizes like "64 MiB", durations like "2s"):
 ///
 ///   [nats] url ("nats://127.0.0.1:4222"), stream ("MAILVAULT_INGEST"), consumer
-///   ("mailvault-aggregator"), filter_subjects (items and changes), events_stream
+///   ("mailvault-aggregator"), filter_subjects (items, changes, item batches), events_stream
 ///   ("MAILVAULT_EVENTS"), ack_wait ("60s"), max_ack_pending (2000), delete_bodies (true)
 ///
 ///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file

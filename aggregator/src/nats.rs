@@ -236,21 +236,20 @@ pub async fn ensure_consumer(
     })
     .await
     .map_err(|e| nats_err("events stream", e))?;
+    // Created or updated: a consumer made by an older aggregator must get today's filter
+    // (item batches arrive on a subject of their own).
     ingest
-        .get_or_create_consumer(
-            &n.consumer,
-            consumer::pull::Config {
-                durable_name: Some(n.consumer.clone()),
-                description: Some("mailvault aggregators (shared by every replica)".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: n.ack_wait,
-                max_ack_pending: n.max_ack_pending,
-                // Poison messages are terminated by the aggregator itself, with a record.
-                max_deliver: -1,
-                filter_subjects: n.filter_subjects.clone(),
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(n.consumer.clone()),
+            description: Some("mailvault aggregators (shared by every replica)".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: n.ack_wait,
+            max_ack_pending: n.max_ack_pending,
+            // Poison messages are terminated by the aggregator itself, with a record.
+            max_deliver: -1,
+            filter_subjects: n.filter_subjects.clone(),
+            ..Default::default()
+        })
         .await
         .map_err(|e| nats_err("consumer", e))
 }

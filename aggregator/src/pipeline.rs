@@ -177,7 +177,10 @@ impl std::ops::AddAssign for Committed {
 }
 
 struct Pending {
-    delivery: Delivery,
+    /// The delivery this entry came in, held by the last finished entry of it (a batch
+    /// delivery is acked once, when all its entries are durable); `None` for the others and
+    /// for entries of a delivery that was nakked after they were stored.
+    delivery: Option<Delivery>,
     manifest_id: BlobId,
     /// Encoded at publish time, when the stored time is known.
     event: EventDraft,
@@ -234,7 +237,10 @@ impl std::fmt::Debug for Pipeline {
 
 enum Failure {
     Retryable(String),
+    /// Quarantined at the last attempt (`poison_after_attempts`), retried before.
     Permanent(String),
+    /// No attempt can ever store it: quarantined at once.
+    Poison(String),
 }
 
 impl From<FormatError> for Failure {
@@ -325,12 +331,12 @@ enum EventDraft {
     Changed(ItemChangeRecorded),
 }
 
-/// A delivery decoded and checked: what the writer is to do with it.
-enum Prepared {
+/// One entry of a delivery, decoded and checked: what the writer is to do with it. A single
+/// item or change is one entry; an `ItemBatch` has one per item and change.
+enum Unit {
     /// The bytes are at hand (inline body, or the record of a change): written together with
-    /// the other such deliveries of a group in one blocking call.
+    /// the other such entries of a group in one blocking call.
     Write {
-        d: Delivery,
         subject: Subject,
         meta: ItemManifest,
         data: Bytes,
@@ -338,7 +344,6 @@ enum Prepared {
     },
     /// The body is in the Object Store: streamed in piece by piece.
     Object {
-        d: Delivery,
         subject: Subject,
         meta: ItemManifest,
         body: ObjectRef,
@@ -346,10 +351,25 @@ enum Prepared {
     },
     /// No attempt can ever store it: quarantined.
     Reject {
-        d: Delivery,
         stage: &'static str,
         subject: Subject,
         cause: String,
+    },
+}
+
+/// (index of the delivery in its group, index of the entry in its delivery)
+type EntryKey = (usize, usize);
+
+/// What became of one entry.
+// Nearly every outcome is `Finished`: boxing it would allocate once per item for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    /// Finished into the writer.
+    Finished(Pending),
+    Failed {
+        stage: &'static str,
+        subject: Subject,
+        failure: Failure,
     },
 }
 
@@ -401,53 +421,59 @@ fn batch_events(items: &[Pending], stored_unix_ms: i64) -> Vec<Event> {
     out
 }
 
-fn prepare(mut d: Delivery) -> Prepared {
+fn reject(stage: &'static str, cause: String) -> Vec<Unit> {
+    vec![Unit::Reject {
+        stage,
+        subject: Subject::default(),
+        cause,
+    }]
+}
+
+/// Decodes a delivery into its entries.
+fn prepare(d: &mut Delivery) -> Vec<Unit> {
     // Taken, not cloned: the delivery is held until its batch commits, and the inline body
     // sliced from this payload must be freed as soon as the writer has stored it.
     let payload = std::mem::take(&mut d.payload);
     let msg = match IngestMessage::decode(payload) {
         Ok(m) => m,
-        Err(e) => {
-            // Deterministic: no later attempt decodes it either.
-            return Prepared::Reject {
-                d,
-                stage: "decode",
-                subject: Subject::default(),
-                cause: format!("undecodable: {e}"),
-            };
-        }
+        // Deterministic: no later attempt decodes it either.
+        Err(e) => return reject("decode", format!("undecodable: {e}")),
     };
     match msg.message {
-        Some(ingest_message::Message::Item(env)) => prepare_item(d, env),
-        Some(ingest_message::Message::Change(c)) => prepare_change(d, c),
+        Some(ingest_message::Message::Item(env)) => vec![prepare_item(env)],
+        Some(ingest_message::Message::Change(c)) => vec![prepare_change(c)],
+        Some(ingest_message::Message::Batch(b)) if b.items.is_empty() && b.changes.is_empty() => {
+            reject("decode", "item batch without entries".into())
+        }
+        Some(ingest_message::Message::Batch(b)) => b
+            .items
+            .into_iter()
+            .map(prepare_item)
+            .chain(b.changes.into_iter().map(prepare_change))
+            .collect(),
         // The consumer's subject filter leaves these to their own consumers; one arriving
         // here means the filter is misconfigured, which must be visible, not swallowed.
         Some(
             ingest_message::Message::Quarantine(_) | ingest_message::Message::Reconciliation(_),
-        ) => Prepared::Reject {
-            d,
-            stage: "route",
-            subject: Subject::default(),
-            cause: "collector quarantine/reconciliation record reached the aggregator: check the consumer's subject filter".into(),
-        },
-        None => Prepared::Reject {
-            d,
-            stage: "decode",
-            subject: Subject::default(),
-            cause: "message carries no item and no change (empty or unknown kind)".into(),
-        },
+        ) => reject(
+            "route",
+            "collector quarantine/reconciliation record reached the aggregator: check the consumer's subject filter".into(),
+        ),
+        None => reject(
+            "decode",
+            "message carries no item and no change (empty or unknown kind)".into(),
+        ),
     }
 }
 
-fn prepare_item(d: Delivery, env: ItemEnvelope) -> Prepared {
+fn prepare_item(env: ItemEnvelope) -> Unit {
     let subject = Subject {
         mailbox: env.mailbox.clone(),
         folder: env.folder_path.join("/"),
         item_id: env.item_id.clone(),
     };
     if env.mailbox.is_empty() || env.item_id.is_empty() {
-        return Prepared::Reject {
-            d,
+        return Unit::Reject {
             stage: "validate",
             subject,
             cause: "envelope without mailbox or item id".into(),
@@ -465,22 +491,19 @@ fn prepare_item(d: Delivery, env: ItemEnvelope) -> Prepared {
         stored_unix_ms: 0,
     };
     match env.body {
-        Some(item_envelope::Body::Object(body)) => Prepared::Object {
-            d,
+        Some(item_envelope::Body::Object(body)) => Unit::Object {
             subject,
             meta,
             body,
             event,
         },
-        Some(item_envelope::Body::Inline(data)) => Prepared::Write {
-            d,
+        Some(item_envelope::Body::Inline(data)) => Unit::Write {
             subject,
             meta,
             data,
             event: EventDraft::Stored(event),
         },
-        None => Prepared::Write {
-            d,
+        None => Unit::Write {
             subject,
             meta,
             data: Bytes::new(),
@@ -489,15 +512,14 @@ fn prepare_item(d: Delivery, env: ItemEnvelope) -> Prepared {
     }
 }
 
-fn prepare_change(d: Delivery, c: ItemChange) -> Prepared {
+fn prepare_change(c: ItemChange) -> Unit {
     let subject = Subject {
         mailbox: c.mailbox.clone(),
         folder: c.folder_path.join("/"),
         item_id: c.item_id.clone(),
     };
     if c.mailbox.is_empty() || c.item_id.is_empty() {
-        return Prepared::Reject {
-            d,
+        return Unit::Reject {
             stage: "validate",
             subject,
             cause: "change without mailbox or item id".into(),
@@ -516,12 +538,39 @@ fn prepare_change(d: Delivery, c: ItemChange) -> Prepared {
         observed_unix_ms: c.observed_unix_ms,
         stored_unix_ms: 0,
     };
-    Prepared::Write {
-        d,
+    Unit::Write {
         subject,
         meta,
         data: content.into(),
         event: EventDraft::Changed(event),
+    }
+}
+
+/// The quarantine record of entry `entry` of `d` (`None`: the delivery's only entry), named
+/// so that a redelivery publishes the same record again, which the stream de-duplicates.
+fn quarantine_event(
+    d: &Delivery,
+    entry: Option<usize>,
+    stage: &str,
+    s: Subject,
+    cause: String,
+) -> Event {
+    tracing::error!(stage, mailbox = %s.mailbox, item = %s.item_id, %cause, "quarantined");
+    let q = Quarantined {
+        stage: format!("aggregator.{stage}"),
+        mailbox: s.mailbox,
+        folder: s.folder,
+        item_id: s.item_id,
+        cause,
+        unix_ms: now_ms(),
+    };
+    Event {
+        subject: SUBJECT_QUARANTINED.into(),
+        msg_id: match entry {
+            None => format!("aggregator-quarantine-{}", d.id),
+            Some(k) => format!("aggregator-quarantine-{}-{k}", d.id),
+        },
+        payload: q.encode_to_vec().into(),
     }
 }
 
@@ -590,9 +639,11 @@ async fn commit_batch(
     let mut c = Committed::default();
     let mut objects = BTreeMap::new();
     for p in std::mem::take(&mut b.items) {
-        if let Err(e) = p.delivery.acker.ack().await {
+        if let Some(d) = &p.delivery
+            && let Err(e) = d.acker.ack().await
+        {
             // Durable and announced; a redelivery is a cheap duplicate.
-            tracing::warn!(error = %e, id = %p.delivery.id, "ack failed");
+            tracing::warn!(error = %e, id = %d.id, "ack failed");
         }
         if p.is_change {
             c.changes += 1;
@@ -759,52 +810,100 @@ impl Pipeline {
     }
 
     /// Takes a group of deliveries as far as the writer, in order; returns one [`Handled`]
-    /// each. Consecutive deliveries whose bytes are at hand go to the writer in one blocking
-    /// call: a hand-off to the blocking pool and back costs two thread wake-ups, which per
-    /// small message cost more than storing it.
-    pub async fn handle_many(&mut self, ds: Vec<Delivery>) -> Result<Vec<Handled>, PipelineError> {
-        let mut out = Vec::with_capacity(ds.len());
+    /// each. Consecutive entries whose bytes are at hand (across deliveries, and the entries
+    /// of an item batch) go to the writer in one blocking call: a hand-off to the blocking
+    /// pool and back costs two thread wake-ups, which per small item cost more than storing it.
+    pub async fn handle_many(
+        &mut self,
+        mut ds: Vec<Delivery>,
+    ) -> Result<Vec<Handled>, PipelineError> {
+        // Outcomes by delivery, each with its entry's index in the delivery (entries that need
+        // no writer come out before those waiting in `run`).
+        let mut outcomes: Vec<Vec<(usize, Outcome)>> = Vec::with_capacity(ds.len());
+        let mut units = Vec::with_capacity(ds.len());
+        for (i, d) in ds.iter_mut().enumerate() {
+            let us = prepare(d);
+            outcomes.push(Vec::with_capacity(us.len()));
+            units.extend(us.into_iter().enumerate().map(|(k, u)| ((i, k), u)));
+        }
         let mut run = Vec::new();
-        for d in ds {
-            match prepare(d) {
-                Prepared::Write {
-                    d,
+        for ((i, k), u) in units {
+            match u {
+                Unit::Write {
                     subject,
                     meta,
                     data,
                     event,
-                } => run.push((d, subject, meta, data, event)),
-                other => {
-                    out.extend(self.write_run(std::mem::take(&mut run)).await?);
-                    out.push(self.handle_prepared(other).await?);
+                } => run.push(((i, k), subject, meta, data, event)),
+                Unit::Object {
+                    subject,
+                    meta,
+                    body,
+                    event,
+                } => {
+                    for ((j, kj), o) in self.write_run(std::mem::take(&mut run)).await? {
+                        outcomes[j].push((kj, o));
+                    }
+                    let o = match self.item_from_object(&ds[i], meta, &body).await? {
+                        Ok(receipt) => Outcome::Finished(self.finished(
+                            EventDraft::Stored(event),
+                            &receipt,
+                            Some(body),
+                        )),
+                        Err(failure) => Outcome::Failed {
+                            stage: "body",
+                            subject,
+                            failure,
+                        },
+                    };
+                    outcomes[i].push((k, o));
                 }
+                Unit::Reject {
+                    stage,
+                    subject,
+                    cause,
+                } => outcomes[i].push((
+                    k,
+                    Outcome::Failed {
+                        stage,
+                        subject,
+                        failure: Failure::Poison(cause),
+                    },
+                )),
             }
         }
-        out.extend(self.write_run(run).await?);
+        for ((j, kj), o) in self.write_run(run).await? {
+            outcomes[j].push((kj, o));
+        }
         if let Err(e) = self.upload_if_needed().await {
             // The items are finished in the writer; the upload is retried by the next commit.
             tracing::warn!(error = %e, "uploading sealed packs failed; retried at commit");
         }
+        let mut out = Vec::with_capacity(ds.len());
+        for (d, os) in ds.into_iter().zip(outcomes) {
+            out.push(self.settle(d, os).await);
+        }
         Ok(out)
     }
 
-    /// Writes deliveries whose bytes are at hand, all in one blocking call.
+    /// Writes entries whose bytes are at hand, all in one blocking call; returns each one's
+    /// outcome with its key (delivery index, entry index).
     async fn write_run(
         &mut self,
-        run: Vec<(Delivery, Subject, ItemManifest, Bytes, EventDraft)>,
-    ) -> Result<Vec<Handled>, PipelineError> {
+        run: Vec<(EntryKey, Subject, ItemManifest, Bytes, EventDraft)>,
+    ) -> Result<Vec<(EntryKey, Outcome)>, PipelineError> {
         if run.is_empty() {
             return Ok(Vec::new());
         }
         let piece = self.cfg.piece_bytes.max(1);
         let mut rest = Vec::with_capacity(run.len());
         let mut jobs = Vec::with_capacity(run.len());
-        for (d, subject, meta, data, event) in run {
+        for (i, subject, meta, data, event) in run {
             // Stored items only: a change record is small and the indexer wants its manifest's
             // properties, which only the repository's copy has.
             let offer = (self.handoff.is_some() && matches!(event, EventDraft::Stored(_)))
                 .then(|| (meta.clone(), data.clone()));
-            rest.push((d, subject, event, offer));
+            rest.push((i, subject, event, offer));
             jobs.push((meta, data));
         }
         let results = self
@@ -815,69 +914,37 @@ impl Pipeline {
             })
             .await?;
         let mut out = Vec::with_capacity(rest.len());
-        for ((d, subject, event, offer), r) in rest.into_iter().zip(results) {
-            out.push(match r {
-                Ok(receipt) => {
-                    if let (Some(h), Some((mut meta, data))) = (&self.handoff, offer) {
-                        // The writer fills in the size; the rest is what the manifest holds
-                        // apart from the chunk list, which the indexer does not read.
-                        meta.size = receipt.size;
-                        h.put(receipt.manifest_id, meta, data);
+        for ((i, subject, event, offer), r) in rest.into_iter().zip(results) {
+            out.push((
+                i,
+                match r {
+                    Ok(receipt) => {
+                        if let (Some(h), Some((mut meta, data))) = (&self.handoff, offer) {
+                            // The writer fills in the size; the rest is what the manifest holds
+                            // apart from the chunk list, which the indexer does not read.
+                            meta.size = receipt.size;
+                            h.put(receipt.manifest_id, meta, data);
+                        }
+                        Outcome::Finished(self.finished(event, &receipt, None))
                     }
-                    self.finished(d, event, &receipt, None);
-                    Handled::Pending
-                }
-                Err(e) => self.fail(d, "write", subject, e.into()).await?,
-            });
+                    Err(e) => Outcome::Failed {
+                        stage: "write",
+                        subject,
+                        failure: e.into(),
+                    },
+                },
+            ));
         }
         Ok(out)
     }
 
-    async fn handle_prepared(&mut self, p: Prepared) -> Result<Handled, PipelineError> {
-        match p {
-            Prepared::Write {
-                d,
-                subject,
-                meta,
-                data,
-                event,
-            } => {
-                let mut h = self
-                    .write_run(vec![(d, subject, meta, data, event)])
-                    .await?;
-                h.pop()
-                    .ok_or_else(|| PipelineError::WriterLost("no outcome for a delivery".into()))
-            }
-            Prepared::Object {
-                d,
-                subject,
-                meta,
-                body,
-                event,
-            } => match self.item_from_object(&d, meta, &body).await? {
-                Ok(receipt) => {
-                    self.finished(d, EventDraft::Stored(event), &receipt, Some(body));
-                    Ok(Handled::Pending)
-                }
-                Err(f) => self.fail(d, "body", subject, f).await,
-            },
-            Prepared::Reject {
-                d,
-                stage,
-                subject,
-                cause,
-            } => self.quarantine(d, stage, subject, cause).await,
-        }
-    }
-
-    /// Records a delivery finished into the writer: settled after the next commit.
+    /// An entry finished into the writer, to be settled after the next commit.
     fn finished(
         &mut self,
-        d: Delivery,
         event: EventDraft,
         receipt: &ItemReceipt,
         body: Option<ObjectRef>,
-    ) {
+    ) -> Pending {
         let id = receipt.manifest_id.to_hex();
         let (event, is_change) = match event {
             EventDraft::Stored(mut e) => {
@@ -895,15 +962,86 @@ impl Pipeline {
                 (EventDraft::Changed(e), true)
             }
         };
-        self.push_pending(Pending {
+        Pending {
             event,
-            delivery: d,
+            delivery: None,
             manifest_id: receipt.manifest_id,
             body,
             is_change,
             duplicate: receipt.already_stored,
             bytes: receipt.size,
-        });
+        }
+    }
+
+    /// Decides a delivery's fate from its entries' outcomes.
+    /// - Any entry worth another attempt: nak the delivery (entries already stored stay
+    ///   stored and are committed; the redelivery finds them stored).
+    /// - Entries that will never store: a quarantine record each, then the rest is settled
+    ///   as usual; a delivery with nothing stored is terminated. A record that cannot be
+    ///   published naks the delivery instead: nothing is dropped silently (guarantee 7).
+    /// - Otherwise the delivery is acked once every entry is durable (it rides on the last).
+    async fn settle(&mut self, d: Delivery, mut outcomes: Vec<(usize, Outcome)>) -> Handled {
+        outcomes.sort_by_key(|(k, _)| *k);
+        let several = outcomes.len() > 1;
+        let mut finished = Vec::with_capacity(outcomes.len());
+        let mut poison = Vec::new();
+        let mut retry = false;
+        for (k, o) in outcomes {
+            let (stage, s, failure) = match o {
+                Outcome::Finished(p) => {
+                    finished.push(p);
+                    continue;
+                }
+                Outcome::Failed {
+                    stage,
+                    subject,
+                    failure,
+                } => (stage, subject, failure),
+            };
+            match failure {
+                Failure::Retryable(cause) => {
+                    tracing::warn!(stage, mailbox = %s.mailbox, item = %s.item_id, %cause, "retryable; nak");
+                    retry = true;
+                }
+                Failure::Permanent(cause) if d.attempt < self.cfg.poison_after_attempts => {
+                    tracing::warn!(stage, attempt = d.attempt, mailbox = %s.mailbox, item = %s.item_id, %cause, "failed; will retry before quarantining");
+                    retry = true;
+                }
+                Failure::Permanent(cause) | Failure::Poison(cause) => {
+                    poison.push(quarantine_event(&d, several.then_some(k), stage, s, cause));
+                }
+            }
+        }
+        if !retry && !poison.is_empty() {
+            let n = poison.len() as u64;
+            match self.events.publish(poison).await {
+                Ok(()) => Metrics::add(&self.metrics.quarantined_total, n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing quarantine record failed; nak");
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            self.nak(&d).await;
+            for p in finished {
+                self.push_pending(p);
+            }
+            return Handled::Nakked;
+        }
+        match finished.last_mut() {
+            Some(last) => last.delivery = Some(d),
+            None => {
+                if let Err(e) = d.acker.term().await {
+                    tracing::warn!(error = %e, "term failed; the message will come back and be quarantined again");
+                }
+                return Handled::Quarantined;
+            }
+        }
+        for p in finished {
+            self.push_pending(p);
+        }
+        Handled::Pending
     }
 
     /// Streams an Object Store body into the writer, one piece at a time.
@@ -1023,69 +1161,12 @@ impl Pipeline {
         self.pending.push(p);
     }
 
-    async fn fail(
-        &mut self,
-        d: Delivery,
-        stage: &str,
-        subject: Subject,
-        f: Failure,
-    ) -> Result<Handled, PipelineError> {
-        match f {
-            Failure::Retryable(cause) => {
-                tracing::warn!(stage, mailbox = %subject.mailbox, item = %subject.item_id, %cause, "retryable; nak");
-                self.nak(&d).await;
-                Ok(Handled::Nakked)
-            }
-            Failure::Permanent(cause) if d.attempt < self.cfg.poison_after_attempts => {
-                tracing::warn!(stage, attempt = d.attempt, mailbox = %subject.mailbox, item = %subject.item_id, %cause, "failed; will retry before quarantining");
-                self.nak(&d).await;
-                Ok(Handled::Nakked)
-            }
-            Failure::Permanent(cause) => self.quarantine(d, stage, subject, cause).await,
-        }
-    }
-
     async fn nak(&self, d: &Delivery) {
         Metrics::add(&self.metrics.naks_total, 1);
         if let Err(e) = d.acker.nak(self.cfg.nak_delay).await {
             // The ack deadline redelivers it anyway.
             tracing::warn!(error = %e, "nak failed");
         }
-    }
-
-    /// Publishes a quarantine record, then terminates the message. If the record cannot be
-    /// published, the message is nakked instead: nothing is dropped silently (guarantee 7).
-    async fn quarantine(
-        &mut self,
-        d: Delivery,
-        stage: &str,
-        s: Subject,
-        cause: String,
-    ) -> Result<Handled, PipelineError> {
-        tracing::error!(stage, mailbox = %s.mailbox, item = %s.item_id, %cause, "quarantined");
-        let q = Quarantined {
-            stage: format!("aggregator.{stage}"),
-            mailbox: s.mailbox,
-            folder: s.folder,
-            item_id: s.item_id,
-            cause,
-            unix_ms: now_ms(),
-        };
-        let ev = Event {
-            subject: SUBJECT_QUARANTINED.into(),
-            msg_id: format!("aggregator-quarantine-{}", d.id),
-            payload: q.encode_to_vec().into(),
-        };
-        if let Err(e) = self.events.publish(vec![ev]).await {
-            tracing::warn!(error = %e, "publishing quarantine record failed; nak");
-            self.nak(&d).await;
-            return Ok(Handled::Nakked);
-        }
-        if let Err(e) = d.acker.term().await {
-            tracing::warn!(error = %e, "term failed; the message will come back and be quarantined again");
-        }
-        Metrics::add(&self.metrics.quarantined_total, 1);
-        Ok(Handled::Quarantined)
     }
 
     /// Seals the open pack if it is old enough and uploads what is sealed beyond the bound.
@@ -1111,8 +1192,8 @@ impl Pipeline {
             // Cannot happen (every finished item gets a receipt). Never ack what has none:
             // hand it back so that a redelivery stores it.
             tracing::error!(count = orphans.len(), "items without receipt at cut; nak");
-            for p in &orphans {
-                self.nak(&p.delivery).await;
+            for d in orphans.iter().filter_map(|p| p.delivery.as_ref()) {
+                self.nak(d).await;
             }
         }
         Ok(Some(Batch {
@@ -1199,8 +1280,9 @@ impl Pipeline {
     /// Extends the ack deadline of every held delivery (while a commit is being retried).
     pub async fn keep_alive(&self) {
         let stalled = self.stalled.iter().flat_map(|b| &b.items);
-        for p in self.pending.iter().chain(stalled) {
-            if let Err(e) = p.delivery.acker.progress().await {
+        let held = self.pending.iter().chain(stalled);
+        for d in held.filter_map(|p| p.delivery.as_ref()) {
+            if let Err(e) = d.acker.progress().await {
                 tracing::debug!(error = %e, "progress failed");
             }
         }

@@ -6,8 +6,10 @@
 //! Environment: `MAILVAULT_BENCH_MESSAGES` (distinct messages generated, default 2000 — items
 //! are more because of fan-out), `MAILVAULT_BENCH_WORKERS` (aggregator pipelines, default 1),
 //! `MAILVAULT_BENCH_MAX_DELAY_MS` (batch delay, default 200: once the stream has run dry the last
-//! batch waits a quarter of it, which counts in the drain time), `MAILVAULT_BENCH_GARAGE=1` to
-//! also run both write paths against a real S3 store (Garage).
+//! batch waits a quarter of it, which counts in the drain time), `MAILVAULT_BENCH_PACK_ENTRIES`
+//! (items per packed message as the collector publishes them, default the collector's 64; 1 sends
+//! every item alone), `MAILVAULT_BENCH_GARAGE=1` to also run both write paths against a real S3
+//! store (Garage).
 //!
 //! Two kinds of ratio are printed, because this machine is shared:
 //! - wall: MB/s while draining the stream, over MB/s of the other path (both one writer);
@@ -167,7 +169,15 @@ async fn aggregator_path(
     others: &[u32],
 ) -> Phase {
     let collector = Collector::connect(&nats.url()).await;
-    collector.publish_items(items).await;
+    // MAILVAULT_BENCH_PACK_ENTRIES=1: one message per item, as before collectors packed.
+    let limits = PackLimits {
+        max_entries: env_usize(
+            "MAILVAULT_BENCH_PACK_ENTRIES",
+            PackLimits::default().max_entries,
+        ),
+        ..PackLimits::default()
+    };
+    collector.publish_items_packed(items, limits).await;
     init_repo(store.clone()).await;
     let mut cfg = config(&nats.url());
     cfg.limits.fetch_messages = 256;

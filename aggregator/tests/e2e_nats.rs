@@ -37,10 +37,15 @@ async fn one_then_two_replicas_store_every_item_once() {
 
     // Two replicas, plus read-flag changes for the first items.
     let b = Replica::start(config(&nats.url()), dyn_store.clone());
-    collector.publish_items(&items[half..]).await;
+    // One message per item, as older collectors publish (the first half went in packs).
+    collector.publish_items_one_by_one(&items[half..]).await;
     let changes = collector.publish_read_flags(&items[..10]).await;
-    // Redeliveries of items already stored (a collector resync): no new manifest.
-    collector.publish_items(&items[..5]).await;
+    // A collector publishing the same again (a retried page): the stream de-duplicates the
+    // packs by their ids, so nothing is delivered twice.
+    collector.publish_items(&items[..half]).await;
+    collector
+        .publish_items_one_by_one(&items[half..half + 5])
+        .await;
     collector.wait_drained(Duration::from_secs(120)).await;
     let (ma, mb) = (a.metrics.clone(), b.metrics.clone());
     let ra = a.stop().await;

@@ -147,6 +147,11 @@ pub struct Limits {
     pub inline_limit_bytes: usize,
     /// Publishes awaiting their JetStream ack at once.
     pub max_in_flight_publishes: usize,
+    /// Items (inline bodies) and changes of one mailbox packed into one message, at most;
+    /// 1 publishes every item as a message of its own.
+    pub pack_max_entries: usize,
+    /// Encoded bytes of one packed message, at most (≤ 900 KiB, below NATS's 1 MiB payload).
+    pub pack_max_bytes: usize,
 }
 
 impl Default for Limits {
@@ -164,6 +169,8 @@ impl Default for Limits {
             backoff_max_ms: 120_000,
             inline_limit_bytes: 512 * 1024,
             max_in_flight_publishes: 256,
+            pack_max_entries: 64,
+            pack_max_bytes: 512 * 1024,
         }
     }
 }
@@ -272,6 +279,7 @@ impl Config {
             ("limits.folder_concurrency", l.folder_concurrency),
             ("limits.get_item_batch", l.get_item_batch),
             ("limits.max_in_flight_publishes", l.max_in_flight_publishes),
+            ("limits.pack_max_entries", l.pack_max_entries),
         ] {
             if v == 0 {
                 p.push(format!("{name} must be at least 1"));
@@ -287,6 +295,11 @@ impl Config {
             p.push(
                 "limits.inline_limit_bytes must stay below NATS's 1 MiB max payload (≤ 900 KiB)"
                     .into(),
+            );
+        }
+        if l.pack_max_bytes > 900 * 1024 {
+            p.push(
+                "limits.pack_max_bytes must stay below NATS's 1 MiB max payload (≤ 900 KiB)".into(),
             );
         }
         if l.backoff_base_ms == 0 || l.backoff_max_ms < l.backoff_base_ms {

@@ -25,7 +25,7 @@ struct Cli {
     /// (per_server_concurrency, per_account_concurrency, mailbox_concurrency, folder_concurrency,
     /// max_changes,
     /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
-    /// max_in_flight_publishes), `[nats]` (url, creds_file, ca_file, stream, kv_bucket,
+    /// max_in_flight_publishes, pack_max_entries, pack_max_bytes), `[nats]` (url, creds_file, ca_file, stream, kv_bucket,
     /// object_bucket).
     #[arg(short, long, env = "MAILVAULT_COLLECTOR_CONFIG")]
     config: PathBuf,

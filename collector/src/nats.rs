@@ -15,16 +15,17 @@ use std::sync::Arc;
 
 use crate::ews::ItemId;
 use crate::metrics::Metrics;
+use crate::pack::{PackLimits, pack};
 use crate::sync::{
     CheckpointError, CheckpointStore, MailboxCheckpoint, OutMessage, PublishError, Publisher,
-    mailbox_key,
+    kind_of, mailbox_key,
 };
 
 pub const STREAM: &str = "MAILVAULT_INGEST";
 pub const SUBJECTS: &str = "mailvault.ingest.>";
 pub const OBJECT_BUCKET: &str = "mailvault-ingest-bodies";
 pub const KV_BUCKET: &str = "mailvault-checkpoints";
-/// Header naming the message kind (`item`, `change`, `quarantine`, `reconcile`).
+/// Header naming the message kind (`item`, `change`, `quarantine`, `reconcile`, `items`).
 pub const KIND_HEADER: &str = "Mailvault-Kind";
 
 /// Publisher settings.
@@ -37,6 +38,8 @@ pub struct PublisherConfig {
     /// Most publishes awaiting their ack at once.
     pub max_in_flight: usize,
     pub duplicate_window: Duration,
+    /// How small items and changes are packed into `ItemBatch` messages.
+    pub pack: PackLimits,
 }
 
 impl Default for PublisherConfig {
@@ -47,6 +50,7 @@ impl Default for PublisherConfig {
             inline_limit: 512 * 1024,
             max_in_flight: 256,
             duplicate_window: Duration::from_secs(120),
+            pack: PackLimits::default(),
         }
     }
 }
@@ -131,22 +135,10 @@ impl JetStreamPublisher {
     }
 }
 
-fn kind_of(m: &pb::IngestMessage) -> &'static str {
-    use pb::ingest_message::Message;
-    match &m.message {
-        Some(Message::Item(_)) => "item",
-        Some(Message::Change(_)) => "change",
-        Some(Message::Quarantine(_)) => "quarantine",
-        Some(Message::Reconciliation(_)) => "reconcile",
-        None => "unknown",
-    }
-}
-
 #[async_trait]
 impl Publisher for JetStreamPublisher {
-    async fn publish_batch(&self, msgs: Vec<OutMessage>) -> Result<(), PublishError> {
-        let mut in_flight = FuturesUnordered::new();
-        for mut m in msgs {
+    async fn publish_batch(&self, mut msgs: Vec<OutMessage>) -> Result<(), PublishError> {
+        for m in &mut msgs {
             if let Some(pb::ingest_message::Message::Item(env)) = &mut m.message.message
                 && let Some(pb::item_envelope::Body::Inline(body)) = &env.body
                 && body.len() > self.cfg.inline_limit
@@ -154,6 +146,9 @@ impl Publisher for JetStreamPublisher {
                 let r = self.offload(&m.msg_id, body).await?;
                 env.body = Some(pb::item_envelope::Body::Object(r));
             }
+        }
+        let mut in_flight = FuturesUnordered::new();
+        for m in pack(msgs, self.cfg.pack) {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", m.msg_id.as_str());
             headers.insert(KIND_HEADER, kind_of(&m.message));

@@ -15,6 +15,7 @@ use crate::ews::client::{HttpEws, HttpEwsConfig};
 use crate::ews::{Mailbox, MailboxKind};
 use crate::metrics::Metrics;
 use crate::nats::{JetStreamPublisher, KvCheckpointStore, PublisherConfig};
+use crate::pack::PackLimits;
 use crate::restore::Restorer;
 use crate::restore_nats::{RestoreEdgeConfig, RestoreService};
 use crate::secret::Secret;
@@ -147,6 +148,10 @@ pub async fn run(
             object_bucket: config.nats.object_bucket.clone(),
             inline_limit: l.inline_limit_bytes,
             max_in_flight: l.max_in_flight_publishes,
+            pack: PackLimits {
+                max_entries: l.pack_max_entries,
+                max_bytes: l.pack_max_bytes,
+            },
             ..PublisherConfig::default()
         },
         metrics.clone(),

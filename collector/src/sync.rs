@@ -190,9 +190,22 @@ pub fn item_msg_id(mailbox: &str, id: &ItemId) -> String {
     msg_id(&["item", &mailbox.to_lowercase(), &id.id, &id.change_key])
 }
 
-/// Subject for a message kind (`item`, `change`, `quarantine`, `reconcile`).
+/// Subject for a message kind (`item`, `change`, `quarantine`, `reconcile`, `items`).
 pub fn subject(kind: &str, mailbox: &str) -> String {
     format!("mailvault.ingest.{kind}.{}", mailbox_key(mailbox))
+}
+
+/// Kind of a message, as in its subject and `Mailvault-Kind` header.
+pub fn kind_of(m: &pb::IngestMessage) -> &'static str {
+    use pb::ingest_message::Message;
+    match &m.message {
+        Some(Message::Item(_)) => "item",
+        Some(Message::Change(_)) => "change",
+        Some(Message::Quarantine(_)) => "quarantine",
+        Some(Message::Reconciliation(_)) => "reconcile",
+        Some(Message::Batch(_)) => mailvault_proto::ingest_wire::KIND_BATCH,
+        None => "unknown",
+    }
 }
 
 fn now_ms() -> i64 {

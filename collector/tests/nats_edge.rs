@@ -74,7 +74,10 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
     let js = jetstream::new(client.clone());
     let mut stream = js.get_stream(STREAM).await.expect("stream");
     let info = stream.info().await.expect("info");
-    assert_eq!(info.state.messages, 11, "duplicates dropped");
+    assert_eq!(
+        info.state.messages, 2,
+        "ten small items in one pack, the large one alone; duplicates dropped"
+    );
     assert_eq!(
         Metrics::get(&metrics.object_store_uploads),
         1,
@@ -82,29 +85,49 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
     );
 
     let mut found_big = false;
-    for seq in 1..=11 {
+    let mut items = Vec::new();
+    for seq in 1..=2 {
         let raw = stream.get_raw_message(seq).await.expect("get");
-        assert!(raw.headers.get("Nats-Msg-Id").is_some());
+        let id = raw
+            .headers
+            .get("Nats-Msg-Id")
+            .expect("Nats-Msg-Id")
+            .as_str()
+            .to_owned();
         assert!(raw.headers.get("traceparent").is_some());
         let msg = pb::IngestMessage::decode(raw.payload).expect("decode");
-        let Some(pb::ingest_message::Message::Item(env)) = msg.message else {
-            panic!("item expected");
+        let envs = match msg.message {
+            Some(pb::ingest_message::Message::Item(env)) => vec![env],
+            Some(pb::ingest_message::Message::Batch(b)) => {
+                assert!(id.starts_with("pack-"), "{id}");
+                assert_eq!(raw.subject.as_str(), subject("items", "alice@example.com"));
+                b.items
+            }
+            other => panic!("item or batch expected: {other:?}"),
         };
-        if env.item_id == "big" {
-            let Some(pb::item_envelope::Body::Object(r)) = env.body else {
-                panic!("large body must be an object reference");
-            };
-            assert_eq!(r.size, big.len() as u64);
-            let store = js.get_object_store(&r.bucket).await.expect("bucket");
-            let mut obj = store.get(&r.name).await.expect("object");
-            let mut got = Vec::new();
-            obj.read_to_end(&mut got).await.expect("read object");
-            assert_eq!(got, big);
-            found_big = true;
-        } else {
-            assert!(matches!(env.body, Some(pb::item_envelope::Body::Inline(_))));
+        for env in envs {
+            items.push(env.item_id.clone());
+            if env.item_id == "big" {
+                let Some(pb::item_envelope::Body::Object(r)) = env.body else {
+                    panic!("large body must be an object reference");
+                };
+                assert_eq!(r.size, big.len() as u64);
+                let store = js.get_object_store(&r.bucket).await.expect("bucket");
+                let mut obj = store.get(&r.name).await.expect("object");
+                let mut got = Vec::new();
+                obj.read_to_end(&mut got).await.expect("read object");
+                assert_eq!(got, big);
+                found_big = true;
+            } else {
+                assert!(matches!(env.body, Some(pb::item_envelope::Body::Inline(_))));
+            }
         }
     }
+    items.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    want.push("big".into());
+    want.sort();
+    assert_eq!(items, want, "every item once, in a pack or alone");
     assert!(found_big);
 }
 

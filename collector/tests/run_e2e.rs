@@ -15,6 +15,8 @@ use mailvault_collector::config::Config;
 use mailvault_collector::nats::STREAM;
 use mailvault_collector::{RunMode, run};
 use mailvault_proto::ingest::v1 as pb;
+
+mod common;
 use prost::Message as _;
 use support::http::{Request, Response, serve};
 use tokio::io::AsyncReadExt as _;
@@ -128,7 +130,9 @@ async fn stream_contents(js: &jetstream::Context) -> Vec<pb::IngestMessage> {
     let mut out = Vec::new();
     for seq in 1..=n {
         let raw = stream.get_raw_message(seq).await.expect("message");
-        out.push(pb::IngestMessage::decode(raw.payload).expect("decode"));
+        out.extend(common::unpack(
+            pb::IngestMessage::decode(raw.payload).expect("decode"),
+        ));
     }
     out
 }

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::{config, write_config_file};
-use mailvault_collector::ews::ItemId;
-use mailvault_collector::sync::item_msg_id;
 use mailvault_ews_sim::{Faults, SimConfig, Simulator};
 use mailvault_mailgen::GenConfig;
 use rand::{Rng as _, SeedableRng as _};
@@ -67,7 +65,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     // duplicates inside its window — to check what a restart re-publishes.
     let watcher = async_nats::connect(nats.url()).await.expect("connect");
     let mut sub = watcher
-        .subscribe("mailvault.ingest.item.>")
+        .subscribe("mailvault.ingest.>")
         .await
         .expect("subscribe");
     watcher.flush().await.expect("flush");
@@ -87,9 +85,13 @@ async fn sigkill_at_random_points_loses_nothing() {
                 .unwrap_or_default();
             let im = mailvault_proto::ingest::v1::IngestMessage::decode(m.payload)
                 .expect("decode published message");
-            if let Some(mailvault_proto::ingest::v1::ingest_message::Message::Item(e)) = im.message
-            {
-                out.push((msg_id, (e.mailbox.to_lowercase(), e.item_id, e.change_key)));
+            for im in common::unpack(im) {
+                if let Some(mailvault_proto::ingest::v1::ingest_message::Message::Item(e)) =
+                    im.message
+                {
+                    let v = (e.mailbox.to_lowercase(), e.item_id, e.change_key);
+                    out.push((msg_id.clone(), v));
+                }
             }
         }
         out
@@ -193,15 +195,10 @@ async fn sigkill_at_random_points_loses_nothing() {
     );
     let mut duplicates = 0usize;
     for ((mb, id, ck), ids) in &versions {
-        let expect = item_msg_id(
-            mb,
-            &ItemId {
-                id: id.clone(),
-                change_key: ck.clone(),
-            },
-        );
+        // Its own id, or the id of the pack it travelled in.
         assert!(
-            ids.iter().all(|m| *m == expect),
+            ids.iter()
+                .all(|m| common::is_item_or_pack_id(m, mb, id, ck)),
             "{id}: Nats-Msg-Ids {ids:?}"
         );
         duplicates += ids.len() - 1;

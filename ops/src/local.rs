@@ -26,11 +26,15 @@ use mailvault_collector::RunSummary;
 use mailvault_collector::checkpoint_file::FileCheckpointStore;
 use mailvault_collector::ews::client::{HttpEws, HttpEwsConfig};
 use mailvault_collector::ews::{Mailbox, MailboxKind};
+use mailvault_collector::pack::{PackLimits, pack};
 use mailvault_collector::secret::Secret;
-use mailvault_collector::sync::{Engine, OutMessage, PublishError, Publisher, SyncOptions};
+use mailvault_collector::sync::{
+    Engine, OutMessage, PublishError, Publisher, SyncOptions, kind_of,
+};
 use mailvault_collector::throttle::Backoff;
 use mailvault_format::{InitOptions, Repository};
 use mailvault_proto::ingest::v1 as pb;
+use mailvault_proto::ingest_wire::AGGREGATOR_FILTERS;
 use mailvault_runtime::bus::{Bus, ConsumerConfig, Headers, MSG_ID_HEADER, StreamConfig};
 use mailvault_runtime::handoff::Handoff;
 use mailvault_runtime::storage::DirStore;
@@ -203,6 +207,8 @@ pub struct BusPublisher {
     pub bus: Bus,
     pub bodies: DirBodies,
     pub inline_limit: usize,
+    /// How small items and changes are packed into one message.
+    pub pack: PackLimits,
     tmp: Arc<AtomicU64>,
 }
 
@@ -212,6 +218,7 @@ impl BusPublisher {
             bus,
             bodies,
             inline_limit,
+            pack: PackLimits::default(),
             tmp: Arc::default(),
         }
     }
@@ -249,22 +256,10 @@ fn write_file(path: &Path, data: &[u8], n: u64) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn kind_of(m: &pb::IngestMessage) -> &'static str {
-    use pb::ingest_message::Message;
-    match &m.message {
-        Some(Message::Item(_)) => "item",
-        Some(Message::Change(_)) => "change",
-        Some(Message::Quarantine(_)) => "quarantine",
-        Some(Message::Reconciliation(_)) => "reconcile",
-        None => "unknown",
-    }
-}
-
 #[async_trait]
 impl Publisher for BusPublisher {
-    async fn publish_batch(&self, msgs: Vec<OutMessage>) -> Result<(), PublishError> {
-        let mut seqs = Vec::with_capacity(msgs.len());
-        for mut m in msgs {
+    async fn publish_batch(&self, mut msgs: Vec<OutMessage>) -> Result<(), PublishError> {
+        for m in &mut msgs {
             if let Some(pb::ingest_message::Message::Item(env)) = &mut m.message.message
                 && let Some(pb::item_envelope::Body::Inline(body)) = &env.body
                 && body.len() > self.inline_limit
@@ -272,6 +267,10 @@ impl Publisher for BusPublisher {
                 let r = self.offload(&m.msg_id, body).await?;
                 env.body = Some(pb::item_envelope::Body::Object(r));
             }
+        }
+        let msgs = pack(msgs, self.pack);
+        let mut seqs = Vec::with_capacity(msgs.len());
+        for m in msgs {
             let mut h = Headers::new();
             h.insert(MSG_ID_HEADER.into(), m.msg_id.clone());
             h.insert("Mailvault-Kind".into(), kind_of(&m.message).into());
@@ -376,10 +375,7 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
     let started = Instant::now();
     let bus = opts.bus.clone().unwrap_or_default();
     ensure_streams(&bus, opts.max_in_bus)?;
-    let mut cc = ConsumerConfig::new(
-        AGGREGATOR_CONSUMER,
-        &["mailvault.ingest.item.>", "mailvault.ingest.change.>"],
-    );
+    let mut cc = ConsumerConfig::new(AGGREGATOR_CONSUMER, &AGGREGATOR_FILTERS);
     cc.max_ack_pending = opts.max_in_bus.max(1);
     let consumer = bus.get_or_create_consumer(INGEST_STREAM, cc)?;
     let records = bus.get_or_create_consumer(

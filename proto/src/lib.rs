@@ -20,6 +20,22 @@ pub mod ingest {
     }
 }
 
+/// Subjects of the ingest stream that the collector and the aggregator must agree on, kept
+/// here so that neither depends on the other's crate (docs/wire.md, "Ingest").
+pub mod ingest_wire {
+    /// Kind of an `ItemBatch` message: its subject is `mailvault.ingest.items.<mailbox key>`.
+    pub const KIND_BATCH: &str = "items";
+    /// Subjects of item batches.
+    pub const FILTER_BATCH: &str = "mailvault.ingest.items.>";
+    /// What the aggregators' consumer takes: single items, single changes, item batches.
+    /// (Quarantine and reconciliation records are for other consumers.)
+    pub const AGGREGATOR_FILTERS: [&str; 3] = [
+        "mailvault.ingest.item.>",
+        "mailvault.ingest.change.>",
+        FILTER_BATCH,
+    ];
+}
+
 /// Events the aggregator publishes after an item is durable.
 pub mod events {
     pub mod v1 {

@@ -12,6 +12,7 @@ use mailvault_format::{
 
 use super::*;
 use crate::edge::{Acker, BodyReader};
+use mailvault_proto::ingest::v1::ItemBatch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
@@ -710,4 +711,144 @@ async fn a_large_commit_is_announced_in_several_batches_each_with_its_own_id() {
     items.sort_unstable();
     items.dedup();
     assert_eq!(items.len(), n, "every item announced once");
+}
+
+fn batch_of(items: Vec<IngestMessage>, changes: Vec<ItemChange>) -> IngestMessage {
+    let items = items
+        .into_iter()
+        .map(|m| match m.message {
+            Some(ingest_message::Message::Item(e)) => e,
+            _ => panic!("not an item"),
+        })
+        .collect();
+    IngestMessage {
+        message: Some(ingest_message::Message::Batch(ItemBatch { items, changes })),
+    }
+}
+
+fn read_flag(mailbox: &str, item: &str) -> ItemChange {
+    ItemChange {
+        mailbox: mailbox.into(),
+        item_id: item.into(),
+        change_key: "CK2".into(),
+        kind: ChangeKind::ReadFlag as i32,
+        is_read: true,
+        observed_unix_ms: 9,
+        ..Default::default()
+    }
+}
+
+fn quarantined(f: &Fixture) -> Vec<(String, Quarantined)> {
+    f.events
+        .published
+        .lock()
+        .expect("events")
+        .iter()
+        .filter(|e| e.subject == SUBJECT_QUARANTINED)
+        .map(|e| {
+            let q = Quarantined::decode(e.payload.clone()).expect("q");
+            (e.msg_id.clone(), q)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_item_batch_is_stored_entry_by_entry_and_acked_once_after_commit() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
+        messages: 6,
+        ..Default::default()
+    });
+    let items: Vec<IngestMessage> = corpus
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| inline("a@x", &format!("b{i}"), &it.mime))
+        .collect();
+    let changes = vec![read_flag("a@x", "b0"), read_flag("a@x", "b1")];
+    let (id, h) = f.send(&batch_of(items, changes)).await;
+    assert_eq!(h, Handled::Pending);
+    assert!(f.settled(&id).is_empty(), "nothing acked before the commit");
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!((c.items, c.changes), (corpus.items.len(), 2));
+    assert_eq!(f.settled(&id), vec![Settled::Ack], "acked once");
+    let stored = f.stored_events();
+    assert_eq!(stored.len(), corpus.items.len());
+    for (ev, it) in stored.iter().zip(&corpus.items) {
+        assert_eq!(read_back(&f.pipeline, ev).await, it.mime, "{}", ev.item_id);
+    }
+    assert_eq!(
+        f.batches().iter().map(|b| b.changed.len()).sum::<usize>(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_bad_entry_of_a_batch_is_quarantined_and_the_rest_stored() {
+    let mut f = fixture(PipelineConfig::default()).await;
+    let items = vec![
+        inline("a@x", "ok1", b"Subject: 1\r\n\r\none\r\n"),
+        inline("a@x", "", b"no item id"),
+        inline("a@x", "ok2", b"Subject: 2\r\n\r\ntwo\r\n"),
+    ];
+    let (id, h) = f.send(&batch_of(items, Vec::new())).await;
+    assert_eq!(h, Handled::Pending);
+    let q = quarantined(&f);
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        q[0].0,
+        format!("aggregator-quarantine-{id}-1"),
+        "named by entry"
+    );
+    assert!(q[0].1.cause.contains("item id"), "{}", q[0].1.cause);
+    assert_eq!(Metrics::get(&f.pipeline.metrics.quarantined_total), 1);
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!(c.items, 2);
+    assert_eq!(f.settled(&id), vec![Settled::Ack]);
+    // A batch that carries nothing is poison as a whole.
+    let (empty, h) = f.send(&batch_of(Vec::new(), Vec::new())).await;
+    assert_eq!(h, Handled::Quarantined);
+    assert_eq!(f.settled(&empty), vec![Settled::Term]);
+}
+
+/// One entry that may store later holds back the whole delivery: it is nakked, what was
+/// stored stays stored, and the redelivery acks it (the entry quarantined at the last attempt).
+#[tokio::test]
+async fn a_batch_with_a_failing_entry_is_nakked_and_settled_on_redelivery() {
+    let mut f = fixture(PipelineConfig {
+        poison_after_attempts: 2,
+        ..PipelineConfig::default()
+    })
+    .await;
+    let gone = ObjectRef {
+        bucket: "b".into(),
+        name: "gone".into(),
+        size: 10,
+    };
+    let msg = batch_of(
+        vec![
+            inline("a@x", "r1", b"Subject: 1\r\n\r\none\r\n"),
+            envelope("a@x", "big", Some(item_envelope::Body::Object(gone))),
+            inline("a@x", "r2", b"Subject: 2\r\n\r\ntwo\r\n"),
+        ],
+        Vec::new(),
+    );
+    let (first, d) = f.delivery(&msg, 1);
+    assert_eq!(f.pipeline.handle(d).await.expect("handle"), Handled::Nakked);
+    assert_eq!(f.settled(&first), vec![Settled::Nak]);
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!(c.items, 2, "the good entries are stored meanwhile");
+    assert_eq!(f.settled(&first), vec![Settled::Nak], "and not acked");
+    let (second, d) = f.delivery(&msg, 2);
+    assert_eq!(
+        f.pipeline.handle(d).await.expect("handle"),
+        Handled::Pending
+    );
+    let c = f.pipeline.commit().await.expect("commit");
+    assert_eq!((c.items, c.duplicates), (2, 2));
+    assert_eq!(f.settled(&second), vec![Settled::Ack]);
+    let q = quarantined(&f);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].1.item_id, "big");
+    assert_eq!(f.pipeline.repo().manifests().len(), 2);
 }

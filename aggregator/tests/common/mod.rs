@@ -1,5 +1,5 @@
 //! Shared pieces of the end-to-end tests: a collector stand-in that publishes envelopes the way
-//! `mailvault-collector` does (docs/wire.md), aggregator configs, and drain polling.
+//! `mailvault-collector` does (docs/wire.md; packed by its own packer), aggregator configs, and drain polling.
 
 #![allow(dead_code)]
 
@@ -10,6 +10,9 @@ use async_nats::jetstream::{self, consumer, object_store, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use mailvault_aggregator::{Config, Metrics};
+pub use mailvault_collector::pack::PackLimits;
+use mailvault_collector::pack::pack;
+use mailvault_collector::sync::OutMessage;
 use mailvault_format::{
     BlobStore, ChunkerParams, InitOptions, KdfParams, Repository, VerifyOptions, verify,
 };
@@ -23,6 +26,8 @@ use prost::Message as _;
 pub const PASS: &[u8] = b"e2e passphrase";
 pub const BUCKET: &str = "mailvault-ingest-bodies";
 pub const INLINE_LIMIT: usize = 512 * 1024;
+/// Items per GetItem call, as the collector's default.
+const GET_ITEM_BATCH: usize = 32;
 
 /// One item version as published.
 #[derive(Debug, Clone)]
@@ -118,24 +123,63 @@ impl Collector {
             .expect("publish ack");
     }
 
-    pub async fn publish_items(&self, items: &[Item]) {
+    /// Publishes `items` the way the collector does: in GetItem-sized groups, small items
+    /// packed into `ItemBatch` messages by the collector's own packer, every publish awaited.
+    /// Returns how many messages that made.
+    pub async fn publish_items(&self, items: &[Item]) -> usize {
+        self.publish_items_packed(items, PackLimits::default())
+            .await
+    }
+
+    /// [`Collector::publish_items`] with other pack limits (1 entry: one message per item).
+    pub async fn publish_items_packed(&self, items: &[Item], limits: PackLimits) -> usize {
+        let mut sent = 0;
+        for group in items.chunks(GET_ITEM_BATCH) {
+            let mut msgs = Vec::with_capacity(group.len());
+            for it in group {
+                msgs.push(self.envelope(it).await);
+            }
+            for m in pack(msgs, limits) {
+                self.publish(m.subject, m.msg_id, &m.message).await;
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Publishes every item as a message of its own (as collectors did before packing).
+    pub async fn publish_items_one_by_one(&self, items: &[Item]) {
         for it in items {
-            let body = if it.mime.len() > INLINE_LIMIT {
-                let name = blake3::hash(&it.mime).to_hex().to_string();
-                let mut r: &[u8] = &it.mime;
-                self.objects
-                    .put(name.as_str(), &mut r)
-                    .await
-                    .expect("object put");
-                item_envelope::Body::Object(ObjectRef {
-                    bucket: BUCKET.into(),
-                    name,
-                    size: it.mime.len() as u64,
-                })
-            } else {
-                item_envelope::Body::Inline(Bytes::from(it.mime.clone()))
-            };
-            let m = IngestMessage {
+            let m = self.envelope(it).await;
+            self.publish(m.subject, m.msg_id, &m.message).await;
+        }
+    }
+
+    /// The message of one item; a body over the inline limit goes to the Object Store first.
+    async fn envelope(&self, it: &Item) -> OutMessage {
+        let body = if it.mime.len() > INLINE_LIMIT {
+            let name = blake3::hash(&it.mime).to_hex().to_string();
+            let mut r: &[u8] = &it.mime;
+            self.objects
+                .put(name.as_str(), &mut r)
+                .await
+                .expect("object put");
+            item_envelope::Body::Object(ObjectRef {
+                bucket: BUCKET.into(),
+                name,
+                size: it.mime.len() as u64,
+            })
+        } else {
+            item_envelope::Body::Inline(Bytes::from(it.mime.clone()))
+        };
+        OutMessage {
+            subject: format!("mailvault.ingest.item.{}", key(&it.mailbox)),
+            msg_id: key(&format!(
+                "item|{}|{}|{}",
+                it.mailbox, it.item_id, it.change_key
+            )),
+            traceparent: None,
+            message: IngestMessage {
                 message: Some(ingest_message::Message::Item(ItemEnvelope {
                     source: "ex1".into(),
                     mailbox: it.mailbox.clone(),
@@ -152,17 +196,7 @@ impl Collector {
                     is_read: false,
                     properties: Default::default(),
                 })),
-            };
-            let id = key(&format!(
-                "item|{}|{}|{}",
-                it.mailbox, it.item_id, it.change_key
-            ));
-            self.publish(
-                format!("mailvault.ingest.item.{}", key(&it.mailbox)),
-                id,
-                &m,
-            )
-            .await;
+            },
         }
     }
 

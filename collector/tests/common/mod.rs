@@ -152,7 +152,8 @@ impl Published {
     }
 }
 
-/// Every message of the ingest stream with sequence > `after`, in stream order.
+/// Every message of the ingest stream with sequence > `after`, in stream order. An item batch
+/// is unpacked: each of its entries is one `Published` (kind `items`, the pack's id and seq).
 pub async fn stream_messages(js: &jetstream::Context, after: u64) -> Vec<Published> {
     let mut stream = js.get_stream(STREAM).await.expect("ingest stream exists");
     let info = stream.info().await.expect("stream info");
@@ -166,14 +167,48 @@ pub async fn stream_messages(js: &jetstream::Context, after: u64) -> Vec<Publish
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default()
         };
-        out.push(Published {
+        let (msg_id, kind) = (header("Nats-Msg-Id"), header("Mailvault-Kind"));
+        let message = pb::IngestMessage::decode(raw.payload).expect("decode IngestMessage");
+        out.extend(unpack(message).into_iter().map(|message| Published {
             seq,
-            msg_id: header("Nats-Msg-Id"),
-            kind: header("Mailvault-Kind"),
-            message: pb::IngestMessage::decode(raw.payload).expect("decode IngestMessage"),
-        });
+            msg_id: msg_id.clone(),
+            kind: kind.clone(),
+            message,
+        }));
     }
     out
+}
+
+/// The entries of a message: an item batch's items and changes, each as a message of its own;
+/// any other message as it is.
+pub fn unpack(m: pb::IngestMessage) -> Vec<pb::IngestMessage> {
+    use pb::ingest_message::Message;
+    let one = |message| pb::IngestMessage {
+        message: Some(message),
+    };
+    match m.message {
+        Some(Message::Batch(b)) => {
+            assert!(
+                b.items.len() + b.changes.len() > 1,
+                "a pack holds several entries"
+            );
+            b.items
+                .into_iter()
+                .map(|e| one(Message::Item(e)))
+                .chain(b.changes.into_iter().map(|c| one(Message::Change(c))))
+                .collect()
+        }
+        _ => vec![m],
+    }
+}
+
+/// Whether `msg_id` is the id an item version or a pack holding it may carry.
+pub fn is_item_or_pack_id(msg_id: &str, mailbox: &str, item_id: &str, change_key: &str) -> bool {
+    let id = mailvault_collector::ews::ItemId {
+        id: item_id.into(),
+        change_key: change_key.into(),
+    };
+    msg_id == mailvault_collector::sync::item_msg_id(mailbox, &id) || msg_id.starts_with("pack-")
 }
 
 /// Last sequence number of the ingest stream (0 when empty).
