@@ -647,15 +647,7 @@ async fn poison_messages_are_quarantined() {
             assert_eq!(f.settled(&id), vec![Settled::Term]);
         }
     }
-    let q: Vec<Quarantined> = f
-        .events
-        .published
-        .lock()
-        .expect("events")
-        .iter()
-        .filter(|e| e.subject == SUBJECT_QUARANTINED)
-        .map(|e| Quarantined::decode(e.payload.clone()).expect("q"))
-        .collect();
+    let q: Vec<Quarantined> = quarantined(&f).into_iter().map(|(_, q)| q).collect();
     assert_eq!(q.len(), 2);
     assert_eq!(q[1].item_id, "i9");
     assert!(q[1].cause.contains("not found"), "{}", q[1].cause);
