@@ -177,7 +177,12 @@ async fn aggregator_path(
         ),
         ..PackLimits::default()
     };
-    collector.publish_items_packed(items, limits).await;
+    let sent = collector.publish_items_packed(items, limits).await;
+    println!(
+        "stream pre-filled: {sent} messages for {} items (up to {} per pack)",
+        items.len(),
+        limits.max_entries
+    );
     init_repo(store.clone()).await;
     let mut cfg = config(&nats.url());
     cfg.limits.fetch_messages = 256;
@@ -235,7 +240,9 @@ async fn aggregator_throughput_against_the_format_write_path() {
         messages: env_usize("MAILVAULT_BENCH_MESSAGES", 2000),
         ..Default::default()
     });
-    let items = items_from(&corpus.items, "b");
+    let mut items = items_from(&corpus.items, "b");
+    // In the order a collector reads them (mailbox by mailbox), for every path alike.
+    items.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
     let bytes: usize = items.iter().map(|i| i.mime.len()).sum();
     let big: Vec<&Item> = items
         .iter()

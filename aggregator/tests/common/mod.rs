@@ -123,7 +123,7 @@ impl Collector {
             .expect("publish ack");
     }
 
-    /// Publishes `items` the way the collector does: in GetItem-sized groups, small items
+    /// Publishes `items` the way the collector does: by mailbox, in GetItem-sized groups, small items
     /// packed into `ItemBatch` messages by the collector's own packer, every publish awaited.
     /// Returns how many messages that made.
     pub async fn publish_items(&self, items: &[Item]) -> usize {
@@ -133,6 +133,10 @@ impl Collector {
 
     /// [`Collector::publish_items`] with other pack limits (1 entry: one message per item).
     pub async fn publish_items_packed(&self, items: &[Item], limits: PackLimits) -> usize {
+        // The collector reads mailbox by mailbox (a generated corpus interleaves mailboxes, and
+        // a pack never spans two).
+        let mut items: Vec<&Item> = items.iter().collect();
+        items.sort_by(|a, b| a.mailbox.cmp(&b.mailbox));
         let mut sent = 0;
         for group in items.chunks(GET_ITEM_BATCH) {
             let mut msgs = Vec::with_capacity(group.len());
