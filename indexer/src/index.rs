@@ -17,7 +17,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message as _;
-use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
@@ -31,6 +30,7 @@ use crate::extract::{self, Extracted};
 use crate::history::{
     ChangeInput, ChangeRecord, ItemRecord, ItemStoredInput, Segment, VersionRecord,
 };
+use crate::order::{self, NewestFirst};
 use crate::query::{self, Builder};
 
 const SEP: char = '\u{1f}';
@@ -628,21 +628,14 @@ impl Index {
         offset: usize,
         limit: usize,
     ) -> Result<SearchPage, IndexError> {
-        let sort = (
-            (SortByStaticFastValue::<i64>::for_field("date"), Order::Desc),
-            (SortByString::for_field("manifest_id"), Order::Asc),
-        );
-        let top = TopDocs::with_limit(limit.max(1))
-            .and_offset(offset)
-            .order_by(sort);
-        let (docs, total) = searcher
+        let top = NewestFirst::new(offset.saturating_add(limit), "date", "manifest_id");
+        let (candidates, total) = searcher
             .search(q, &(top, Count))
             .map_err(IndexError::tantivy("searching"))?;
+        let docs = order::page(searcher, "manifest_id", candidates, offset, limit)?;
         let mut hits = Vec::with_capacity(docs.len());
-        if limit > 0 {
-            for (_, addr) in docs {
-                hits.push(self.hit(searcher, addr)?);
-            }
+        for addr in docs {
+            hits.push(self.hit(searcher, addr)?);
         }
         Ok(SearchPage { hits, total })
     }

@@ -8,6 +8,7 @@
 //! * [`history`] — an item's versions and changes over time → validity segments.
 //! * [`index`] — the tantivy index: [`Index`] (open, apply, commit, search, browse).
 //! * [`query`] — the search language → tantivy queries.
+//! * [`order`] — the search order (newest first, ties by manifest id) as a collector.
 //! * [`stage`] — [`Indexer`] (events + repository → index) and [`reindex`].
 //! * [`config`] — the service configuration of the `mailvault-indexer` binary.
 //! * [`consume`] — the JetStream edge (durable pull consumer, ack after commit).
@@ -24,6 +25,7 @@ pub mod extract;
 pub mod history;
 pub mod index;
 pub mod journal;
+pub(crate) mod order;
 pub mod query;
 pub mod service;
 pub mod stage;

@@ -471,3 +471,65 @@ fn query_errors_are_reported() {
         .expect_err("bad query");
     assert!(e.to_string().contains("position 13"), "{e}");
 }
+
+#[test]
+fn results_are_newest_first_then_by_manifest_id_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Index::open(dir.path()).expect("open");
+    // Few distinct dates, many items each (mail sent to many mailboxes shares its date), and
+    // a commit every 7 items: equal dates spread over many index segments.
+    let days = ["01", "02", "03"];
+    for n in 0..60 {
+        let day = days[n * 7 % days.len()];
+        let raw = format!(
+            "From: bob@contoso.com\r\nTo: alice@contoso.com\r\nSubject: s{n}\r\n\
+Date: Tue, {day} Jan 2024 10:00:00 +0000\r\n\r\nbody\r\n"
+        );
+        let item = format!("I{n}");
+        ix.add_version(
+            &stored(&item, "ck1", &["Inbox"], "inbox", 1000),
+            raw.as_bytes(),
+        )
+        .expect("add");
+        if n % 7 == 6 {
+            ix.commit().expect("commit");
+        }
+    }
+    ix.commit().expect("commit");
+    let page = |offset, limit| {
+        ix.search(
+            "",
+            &SearchOptions {
+                offset,
+                limit,
+                ..Default::default()
+            },
+        )
+        .expect("search")
+    };
+    let full = page(0, 1000);
+    assert_eq!(full.total, 60);
+    let got: Vec<(i64, String)> = full
+        .hits
+        .iter()
+        .map(|h| (h.date_unix_ms, h.manifest_id.clone()))
+        .collect();
+    let mut want = got.clone();
+    want.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    assert_eq!(got, want, "newest first, ties by manifest id");
+    assert_eq!(got.iter().map(|g| g.0).collect::<BTreeSet<_>>().len(), 3);
+    // Pages of any size concatenate to the full list; a page past the end is empty.
+    for size in [1, 5, 13, 20] {
+        let mut paged = Vec::new();
+        for p in 0..60usize.div_ceil(size) {
+            let pg = page(p * size, size);
+            assert_eq!(pg.total, 60);
+            paged.extend(pg.hits);
+        }
+        assert_eq!(paged, full.hits, "pages of {size}");
+    }
+    assert!(page(60, 10).hits.is_empty());
+    let none = page(3, 0);
+    assert!(none.hits.is_empty());
+    assert_eq!(none.total, 60);
+}
