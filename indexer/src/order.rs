@@ -53,6 +53,8 @@ pub struct NewestFirstSegment {
     ids: Option<StrColumn>,
     /// The best `k` so far; the worst on top, to be pushed out.
     top: BinaryHeap<Candidate>,
+    /// Dates of one block of documents.
+    dates: Vec<Option<i64>>,
 }
 
 impl Collector for NewestFirst {
@@ -71,6 +73,7 @@ impl Collector for NewestFirst {
             date: ff.i64(self.date_field)?,
             ids: ff.str(self.id_field)?,
             top: BinaryHeap::with_capacity(self.k.min(4096) + 1),
+            dates: Vec::new(),
         })
     }
 
@@ -87,24 +90,48 @@ impl SegmentCollector for NewestFirstSegment {
     type Fruit = Vec<Candidate>;
 
     fn collect(&mut self, doc: DocId, _score: Score) {
+        let date = self.date.first(doc);
+        self.offer(doc, date);
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        // Column reads by block are cheaper than one by one (most of a broad search).
+        let mut dates = std::mem::take(&mut self.dates);
+        dates.resize(docs.len(), None);
+        self.date.first_vals(docs, &mut dates);
+        for (&doc, &date) in docs.iter().zip(&dates) {
+            self.offer(doc, date);
+        }
+        self.dates = dates;
+    }
+
+    fn harvest(self) -> Vec<Candidate> {
+        self.top.into_sorted_vec()
+    }
+}
+
+impl NewestFirstSegment {
+    fn offer(&mut self, doc: DocId, date: Option<i64>) {
         if self.k == 0 {
             return;
         }
+        let date = Reverse(date);
+        let full = self.top.len() >= self.k;
+        // Older than the worst kept: out without reading its id.
+        if full && self.top.peek().is_some_and(|worst| date > worst.date) {
+            return;
+        }
         let c = Candidate {
-            date: Reverse(self.date.first(doc)),
+            date,
             ord: self.ids.as_ref().and_then(|ids| ids.term_ords(doc).next()),
             addr: DocAddress::new(self.segment, doc),
         };
-        if self.top.len() < self.k {
+        if !full {
             self.top.push(c);
         } else if self.top.peek().is_some_and(|worst| c < *worst) {
             self.top.pop();
             self.top.push(c);
         }
-    }
-
-    fn harvest(self) -> Vec<Candidate> {
-        self.top.into_sorted_vec()
     }
 }
 
