@@ -63,11 +63,18 @@ struct Inner {
     key_name: String,
     index: RwLock<Index>,
     dicts: RwLock<Dictionaries>,
-    /// The last few decoded groups: an item's chunks usually share one.
-    groups: std::sync::Mutex<std::collections::VecDeque<(GroupLoc, Arc<Vec<u8>>)>>,
+    /// Recently decoded groups, least recently used first: an item's chunks usually share one,
+    /// and so do neighbouring items (the indexer reads many at once, in the order they were
+    /// stored). A slot is filled by the first reader; the others wait for it instead of
+    /// fetching the same group again.
+    groups: std::sync::Mutex<std::collections::VecDeque<(GroupLoc, GroupSlot)>>,
 }
 
-const GROUP_CACHE: usize = 4;
+type GroupSlot = Arc<futures::lock::Mutex<Option<Arc<Vec<u8>>>>>;
+
+/// Groups kept decoded (a group is about `group_target_bytes`, 128 KiB by default). With 4 the
+/// indexer's 16 concurrent item reads on S3 fetched each group about ten times.
+const GROUP_CACHE: usize = 64;
 
 /// Groups an item read fetches at once.
 const READ_AHEAD: usize = 4;
@@ -427,13 +434,25 @@ impl Repository {
     }
 
     async fn group_plain(&self, g: &GroupLoc) -> Result<Arc<Vec<u8>>> {
-        let cached = {
-            let c = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
-            c.iter().find(|(k, _)| k == g).map(|(_, v)| v.clone())
+        let slot = {
+            let mut c = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = match c.iter().position(|(k, _)| k == g) {
+                Some(i) => c.remove(i),
+                None => None,
+            };
+            let entry = entry.unwrap_or_else(|| (*g, GroupSlot::default()));
+            let slot = entry.1.clone();
+            if c.len() >= GROUP_CACHE {
+                c.pop_front();
+            }
+            c.push_back(entry);
+            slot
         };
-        if let Some(v) = cached {
-            return Ok(v);
+        let mut held = slot.lock().await;
+        if let Some(plain) = held.as_ref() {
+            return Ok(plain.clone());
         }
+        // On failure the slot stays empty and the next reader tries again.
         let name = names::pack(&g.pack);
         let sealed = self
             .inner
@@ -441,11 +460,7 @@ impl Repository {
             .get_range(&name, g.offset, u64::from(g.stored_len))
             .await?;
         let plain = Arc::new(self.decode_group(&name, g, &sealed)?);
-        let mut c = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if c.len() >= GROUP_CACHE {
-            c.pop_front();
-        }
-        c.push_back((*g, plain.clone()));
+        *held = Some(plain.clone());
         Ok(plain)
     }
 

@@ -137,11 +137,31 @@ fn a_cut_flush_completes_while_the_writer_goes_on() {
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
-/// A memory store whose puts fail while `down` is set.
+/// A memory store whose puts fail while `down` is set; it counts ranged reads, each of which
+/// yields once (as a network read would), so concurrent readers really interleave.
 #[derive(Debug, Default)]
 struct Flaky {
     inner: MemoryStore,
     down: std::sync::atomic::AtomicBool,
+    ranges: std::sync::atomic::AtomicUsize,
+}
+
+/// Pending once, then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 #[async_trait::async_trait]
@@ -169,6 +189,9 @@ impl BlobStore for Flaky {
         offset: u64,
         len: u64,
     ) -> Result<bytes::Bytes, mailvault_format::StoreError> {
+        self.ranges
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        YieldOnce(false).await;
         self.inner.get_range(name, offset, len).await
     }
     async fn size(&self, name: &str) -> Result<Option<u64>, mailvault_format::StoreError> {
@@ -200,6 +223,57 @@ fn a_cut_flush_is_retried_after_a_store_failure() {
     block_on(cut.run()).expect("run after the outage");
     assert_eq!(cut.into_receipts(), Some(vec![r.clone()]));
     assert!(block_on(repo.read_item(&r.manifest_id)).is_ok());
+}
+
+/// Readers of neighbouring items share decoded groups: many reading at once fetch each group
+/// once, as one reader going item by item does, and a second pass fetches nothing.
+#[test]
+fn concurrent_reads_fetch_each_group_once() {
+    let store = Arc::new(Flaky::default());
+    let repo = block_on(Repository::init(store.clone(), PASS, opts())).expect("init");
+    let mut w = repo.writer().expect("writer");
+    let items: Vec<(mailvault_format::BlobId, Vec<u8>)> = (0..40)
+        .map(|i| {
+            let data = noise(30_000 + 1_000 * i, i as u64);
+            let r = w
+                .add_item(meta("a@x", &i.to_string(), "c1"), &data)
+                .expect("add");
+            (r.manifest_id, data)
+        })
+        .collect();
+    block_on(w.flush()).expect("flush");
+    let ranges = || store.ranges.load(std::sync::atomic::Ordering::SeqCst);
+
+    let one_by_one = block_on(Repository::open(store.clone(), PASS)).expect("open");
+    let before = ranges();
+    for (id, data) in &items {
+        assert_eq!(&block_on(one_by_one.read_item(id)).expect("read"), data);
+    }
+    let sequential = ranges() - before;
+    assert!(
+        sequential < items.len(),
+        "{sequential} reads for {} items",
+        items.len()
+    );
+
+    let at_once = block_on(Repository::open(store.clone(), PASS)).expect("open");
+    let read_all = || {
+        block_on(futures::future::join_all(
+            items.iter().map(|(id, _)| at_once.read_item(id)),
+        ))
+    };
+    let before = ranges();
+    for (got, (_, data)) in read_all().into_iter().zip(&items) {
+        assert_eq!(&got.expect("read"), data);
+    }
+    assert_eq!(ranges() - before, sequential, "each group fetched once");
+    let before = ranges();
+    assert!(read_all().into_iter().all(|r| r.is_ok()));
+    assert_eq!(
+        ranges() - before,
+        0,
+        "a second pass is served from the cache"
+    );
 }
 
 #[test]
