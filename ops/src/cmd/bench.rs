@@ -104,6 +104,8 @@ pub struct Run {
     pub get: Latency,
     /// Peak RSS (MiB) of every process of the run, by name.
     pub processes: std::collections::BTreeMap<String, f64>,
+    /// CPU seconds of every process during the full backup, by name (distributed runs).
+    pub backup_cpu: std::collections::BTreeMap<String, f64>,
     /// This run / restic.
     pub speed_ratio: Option<f64>,
     pub stored_ratio: Option<f64>,
@@ -223,6 +225,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<()> {
             search: d.search,
             get: d.get,
             processes: d.processes,
+            backup_cpu: d.backup_cpu,
             ..Default::default()
         });
     }
@@ -457,6 +460,14 @@ fn print_table(r: &Report) {
             .collect();
         if !peaks.is_empty() {
             println!("  peak RSS MiB: {}", peaks.join(", "));
+        }
+        let cpu: Vec<String> = run
+            .backup_cpu
+            .iter()
+            .map(|(n, c)| format!("{n} {c:.1}"))
+            .collect();
+        if !cpu.is_empty() {
+            println!("  backup CPU s: {}", cpu.join(", "));
         }
     }
 }

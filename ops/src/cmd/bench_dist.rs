@@ -28,6 +28,8 @@ pub struct DistRun {
     pub get: Latency,
     /// Peak resident memory of every process, by name.
     pub processes: BTreeMap<String, f64>,
+    /// CPU seconds of every process during the full backup, by name.
+    pub backup_cpu: BTreeMap<String, f64>,
 }
 
 /// Child processes, killed on drop; a sampler thread records each one's peak RSS while it runs.
@@ -106,16 +108,23 @@ impl Procs {
     /// CPU seconds used so far by every watched process, running or exited (those that exited
     /// count up to the sampler's last reading, at most 50 ms before they ended).
     fn cpu_total(&self) -> f64 {
+        self.cpu_by_name().values().sum()
+    }
+
+    /// [`Procs::cpu_total`] by process name (runs of one name add up).
+    fn cpu_by_name(&self) -> BTreeMap<String, f64> {
         let list = self.pids.lock().map(|l| l.clone()).unwrap_or_default();
         let Ok(mut all) = self.cpu.lock() else {
-            return 0.0;
+            return BTreeMap::new();
         };
-        for (_, pid) in list {
+        let mut by_name = BTreeMap::new();
+        for (name, pid) in list {
             if let Some(c) = super::bench::cpu_seconds_of(&pid.to_string()) {
                 all.insert(pid, c);
             }
+            *by_name.entry(name).or_insert(0.0) += all.get(&pid).copied().unwrap_or(0.0);
         }
-        all.values().sum()
+        by_name
     }
 
     fn peaks(&self) -> BTreeMap<String, f64> {
@@ -328,7 +337,7 @@ pub async fn run(
     };
 
     progress("full backup (collector → NATS → 2 aggregators → Garage → indexer)");
-    let cpu_before = procs.cpu_total();
+    let cpu_before = procs.cpu_by_name();
     let t = Instant::now();
     let captured = collect_once(
         &mut procs,
@@ -349,7 +358,15 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let full_s = t.elapsed().as_secs_f64();
-    let cpu = procs.cpu_total() - cpu_before;
+    let backup_cpu: BTreeMap<String, f64> = procs
+        .cpu_by_name()
+        .into_iter()
+        .map(|(name, c)| {
+            let before = cpu_before.get(&name).copied().unwrap_or(0.0);
+            (name, c - before)
+        })
+        .collect();
+    let cpu = backup_cpu.values().sum();
 
     progress("no-change incremental");
     let t = Instant::now();
@@ -392,5 +409,6 @@ pub async fn run(
         search,
         get,
         processes,
+        backup_cpu,
     })
 }
