@@ -453,23 +453,25 @@ fn print_table(r: &Report) {
             run.get.p99_ms,
             run.search.n
         );
-        let peaks: Vec<String> = run
-            .processes
-            .iter()
-            .map(|(n, m)| format!("{n} {m:.0}"))
-            .collect();
-        if !peaks.is_empty() {
-            println!("  peak RSS MiB: {}", peaks.join(", "));
-        }
-        let cpu: Vec<String> = run
-            .backup_cpu
-            .iter()
-            .map(|(n, c)| format!("{n} {c:.1}"))
-            .collect();
-        if !cpu.is_empty() {
-            println!("  backup CPU s: {}", cpu.join(", "));
-        }
+        print_by_process("peak RSS MiB", &run.processes, 0);
+        print_by_process("backup CPU s", &run.backup_cpu, 1);
     }
+}
+
+/// One line `label: name value, …`, nothing when there is no process.
+fn print_by_process(
+    label: &str,
+    values: &std::collections::BTreeMap<String, f64>,
+    decimals: usize,
+) {
+    if values.is_empty() {
+        return;
+    }
+    let parts: Vec<String> = values
+        .iter()
+        .map(|(n, v)| format!("{n} {v:.decimals$}"))
+        .collect();
+    println!("  {label}: {}", parts.join(", "));
 }
 
 /// Installs Debian's restic when it is missing.
