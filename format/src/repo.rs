@@ -436,11 +436,11 @@ impl Repository {
     async fn group_plain(&self, g: &GroupLoc) -> Result<Arc<Vec<u8>>> {
         let slot = {
             let mut c = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = match c.iter().position(|(k, _)| k == g) {
-                Some(i) => c.remove(i),
-                None => None,
-            };
-            let entry = entry.unwrap_or_else(|| (*g, GroupSlot::default()));
+            let entry = c
+                .iter()
+                .position(|(k, _)| k == g)
+                .and_then(|i| c.remove(i))
+                .unwrap_or_else(|| (*g, GroupSlot::default()));
             let slot = entry.1.clone();
             if c.len() >= GROUP_CACHE {
                 c.pop_front();

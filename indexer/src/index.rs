@@ -30,7 +30,7 @@ use crate::extract::{self, Extracted};
 use crate::history::{
     ChangeInput, ChangeRecord, ItemRecord, ItemStoredInput, Segment, VersionRecord,
 };
-use crate::order::{self, NewestFirst};
+use crate::order::NewestFirst;
 use crate::query::{self, Builder};
 
 const SEP: char = '\u{1f}';
@@ -632,7 +632,7 @@ impl Index {
         let (candidates, total) = searcher
             .search(q, &(top, Count))
             .map_err(IndexError::tantivy("searching"))?;
-        let docs = order::page(searcher, "manifest_id", candidates, offset, limit)?;
+        let docs = top.page(searcher, candidates, offset)?;
         let mut hits = Vec::with_capacity(docs.len());
         for addr in docs {
             hits.push(self.hit(searcher, addr)?);

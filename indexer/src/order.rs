@@ -30,6 +30,7 @@ pub struct Candidate {
 }
 
 /// Collects the `k` first documents in search order.
+#[derive(Debug, Clone, Copy)]
 pub struct NewestFirst {
     k: usize,
     date_field: &'static str,
@@ -135,21 +136,32 @@ impl NewestFirstSegment {
     }
 }
 
-/// Puts every segment's candidates in search order and returns the addresses of
-/// `[offset, offset + limit)`. Only runs of equal date drawn from more than one segment read
-/// their manifest ids.
-pub fn page(
+impl NewestFirst {
+    /// Puts every segment's candidates (what this collector found) in search order and returns
+    /// the addresses from `offset` to the `k`-th. Only runs of equal date drawn from more than
+    /// one segment read their manifest ids.
+    pub fn page(
+        &self,
+        searcher: &Searcher,
+        all: Vec<Candidate>,
+        offset: usize,
+    ) -> Result<Vec<DocAddress>, IndexError> {
+        page(searcher, self.id_field, all, offset, self.k)
+    }
+}
+
+fn page(
     searcher: &Searcher,
     id_field: &str,
     mut all: Vec<Candidate>,
     offset: usize,
-    limit: usize,
+    k: usize,
 ) -> Result<Vec<DocAddress>, IndexError> {
     // By date; within one segment by ordinal; segments apart for now.
     all.sort_unstable_by(|a, b| {
         (a.date, a.addr.segment_ord, a.ord).cmp(&(b.date, b.addr.segment_ord, b.ord))
     });
-    let end = offset.saturating_add(limit).min(all.len());
+    let end = k.min(all.len());
     let mut ids = Ids {
         searcher,
         field: id_field,
