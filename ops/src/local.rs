@@ -24,7 +24,7 @@ use mailvault_aggregator::edge::{Bodies, EventSink};
 use mailvault_aggregator::{BatchPolicy, Pipeline, PipelineConfig, WorkerLimits, run_worker};
 use mailvault_collector::RunSummary;
 use mailvault_collector::checkpoint_file::FileCheckpointStore;
-use mailvault_collector::ews::client::{HttpEws, HttpEwsConfig};
+use mailvault_collector::ews::client::{EwsAuth, HttpEws, HttpEwsConfig};
 use mailvault_collector::ews::{Mailbox, MailboxKind};
 use mailvault_collector::pack::{PackLimits, pack};
 use mailvault_collector::secret::Secret;
@@ -62,6 +62,8 @@ pub struct LocalEws {
     pub url: String,
     pub username: String,
     pub password: String,
+    /// NTLM (Exchange's default on the EWS virtual directory) or Basic.
+    pub auth: EwsAuth,
     /// Send `ExchangeImpersonation` (account with the ApplicationImpersonation role).
     pub impersonation: bool,
     pub server_version: String,
@@ -75,6 +77,7 @@ impl std::fmt::Debug for LocalEws {
             .field("url", &self.url)
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("auth", &self.auth)
             .field("impersonation", &self.impersonation)
             .finish_non_exhaustive()
     }
@@ -86,6 +89,7 @@ impl LocalEws {
             url: url.to_owned(),
             username: username.to_owned(),
             password: password.to_owned(),
+            auth: EwsAuth::default(),
             impersonation: true,
             server_version: "Exchange2013_SP1".into(),
             insecure_skip_verify: false,
@@ -445,7 +449,7 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
             url: opts.ews.url.clone(),
             username: opts.ews.username.clone(),
             password: Secret::new(opts.ews.password.clone()),
-            auth: mailvault_collector::ews::client::EwsAuth::Basic,
+            auth: opts.ews.auth,
             server_version: opts.ews.server_version.clone(),
             impersonation: opts.ews.impersonation,
             ca_file: opts.ews.ca_file.clone(),

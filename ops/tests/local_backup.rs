@@ -310,3 +310,51 @@ async fn items_handed_to_the_indexer_match_the_repository() {
         "nothing handed over that the repository lacks"
     );
 }
+
+/// Exchange's EWS virtual directory has Windows authentication on and Basic usually off: the
+/// single-process backup logs on with NTLM by default, and Basic against such a server fails
+/// with an error that names the cause instead of storing nothing quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_logs_on_with_ntlm_where_basic_is_off() {
+    let mut cfg = SimConfig::generated(13);
+    cfg.basic_auth = false;
+    let sim = Simulator::start(cfg).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let basic_dir = dir.path().join("basic");
+    let mut basic = options(&sim, &basic_dir);
+    basic.ews.auth = mailvault_collector::ews::client::EwsAuth::Basic;
+    let refused = backup_once(basic).await;
+    let text = match &refused {
+        Ok(r) => {
+            assert!(
+                !r.summary.is_clean(),
+                "Basic accepted by an NTLM-only server"
+            );
+            assert_eq!(r.items, 0);
+            r.summary
+                .mailboxes
+                .iter()
+                .map(|m| m.error.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("Basic against an NTLM-only server: {text}");
+    assert!(
+        text.to_lowercase().contains("denied") || text.contains("401"),
+        "the error names the refused logon: {text}"
+    );
+
+    let opts = options(&sim, dir.path());
+    assert_eq!(
+        opts.ews.auth,
+        mailvault_collector::ews::client::EwsAuth::Ntlm
+    );
+    let report = backup_once(opts).await.expect("NTLM pass");
+    assert!(report.summary.is_clean(), "{:?}", report.summary);
+    let n = assert_all_stored(&sim, dir.path(), &[]).await;
+    assert!(n > 0);
+    assert!(sim.stats().ntlm_logons > 0, "{:?}", sim.stats());
+}

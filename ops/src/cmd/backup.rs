@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
 use clap::Args;
-use mailvault_collector::ews::client::{HttpEws, HttpEwsConfig};
+use mailvault_collector::ews::client::{EwsAuth, HttpEws, HttpEwsConfig};
 use mailvault_collector::restore::Restorer;
 use mailvault_collector::secret::Secret;
 use mailvault_collector::throttle::Backoff;
@@ -41,6 +41,10 @@ pub struct EwsArgs {
     /// File holding the service account's password (first line).
     #[arg(long, env = "MAILVAULT_EWS_PASSWORD_FILE")]
     pub password_file: PathBuf,
+    /// How to log on: `ntlm` (Windows authentication, on by default on Exchange's EWS virtual
+    /// directory) or `basic` (must be enabled there; use it only over HTTPS).
+    #[arg(long, env = "MAILVAULT_EWS_AUTH", value_enum, default_value_t = AuthArg::Ntlm)]
+    pub auth: AuthArg,
     /// Extra PEM CA certificate(s) to trust for the EWS endpoint.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
@@ -50,6 +54,21 @@ pub struct EwsArgs {
     /// Log on as each mailbox's owner would (no ExchangeImpersonation header).
     #[arg(long)]
     pub no_impersonation: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    Ntlm,
+    Basic,
+}
+
+impl From<AuthArg> for EwsAuth {
+    fn from(a: AuthArg) -> Self {
+        match a {
+            AuthArg::Ntlm => EwsAuth::Ntlm,
+            AuthArg::Basic => EwsAuth::Basic,
+        }
+    }
 }
 
 impl EwsArgs {
@@ -62,6 +81,7 @@ impl EwsArgs {
 
     pub fn local(&self) -> anyhow::Result<LocalEws> {
         let mut e = LocalEws::new(&self.ews, &self.user, &self.password()?);
+        e.auth = self.auth.into();
         e.impersonation = !self.no_impersonation;
         e.ca_file = self.ca_file.clone();
         e.insecure_skip_verify = self.insecure_skip_verify;
@@ -74,7 +94,7 @@ impl EwsArgs {
                 url: self.ews.clone(),
                 username: self.user.clone(),
                 password: Secret::new(self.password()?),
-                auth: mailvault_collector::ews::client::EwsAuth::Basic,
+                auth: self.auth.into(),
                 server_version: "Exchange2013_SP1".into(),
                 impersonation: !self.no_impersonation,
                 ca_file: self.ca_file.clone(),

@@ -84,6 +84,7 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         ews: sim.url(),
         user: "svc-mailvault".into(),
         password_file: pw_file.clone(),
+        auth: super::backup::AuthArg::Ntlm,
         ca_file: None,
         insecure_skip_verify: false,
         no_impersonation: false,
