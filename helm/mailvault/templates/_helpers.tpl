@@ -1,0 +1,208 @@
+{{- define "mailvault.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "mailvault.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels; call with (dict "root" $ "component" "aggregator"). */}}
+{{- define "mailvault.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: mailvault
+{{ include "mailvault.selectorLabels" . }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mailvault.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- with .collector }}
+mailvault.io/collector: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mailvault.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.image" -}}
+{{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The Secret the chart creates for secrets given as values. */}}
+{{- define "mailvault.secretName" -}}
+{{ include "mailvault.fullname" . }}-secrets
+{{- end }}
+
+{{/*
+TOML from a map, the way the binaries' serde structs read it: plain keys first, then one
+[table] per nested map. Helm reads every YAML number as a float, and the binaries refuse
+`500.0` where they expect an integer, so whole numbers are printed as integers. A null value
+leaves the key out (the binary's default applies).
+Call with (dict "data" MAP "prefix" "").
+*/}}
+{{- define "mailvault.toml" -}}
+{{- $tables := list }}
+{{- range $k, $v := .data }}
+{{- if kindIs "map" $v }}
+{{- $tables = append $tables $k }}
+{{- else if not (kindIs "invalid" $v) }}
+{{ $k }} = {{ include "mailvault.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- range $tables }}
+{{- $name := ternary . (printf "%s.%s" $.prefix .) (eq $.prefix "") }}
+
+[{{ $name }}]
+{{- include "mailvault.toml" (dict "data" (get $.data .) "prefix" $name) }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ ternary "true" "false" . }}
+{{- else if kindIs "float64" . }}{{ if eq (floor .) . }}{{ printf "%d" (int64 .) }}{{ else }}{{ printf "%v" . }}{{ end }}
+{{- else if or (kindIs "int" .) (kindIs "int64" .) }}{{ printf "%d" . }}
+{{- else if kindIs "slice" . }}[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ include "mailvault.tomlValue" $e }}{{ end }}]
+{{- else }}{{ fail (printf "cannot write %v (%s) as TOML" . (kindOf .)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A secret file as a volume: the key of an existing Secret, or of the chart's own Secret when
+the value was given in values.yaml. Call with (dict "root" $ "volume" NAME "existing" NAME
+"key" KEY "chartKey" KEY "path" FILE).
+*/}}
+{{- define "mailvault.secretVolume" -}}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ default (include "mailvault.secretName" .root) .existing }}
+    defaultMode: 0440
+    items:
+      - key: {{ ternary .key .chartKey (ne .existing "") }}
+        path: {{ .path }}
+{{- end }}
+
+{{/*
+The Secret of a file the service cannot start without: existingSecret; else "" (the chart's
+own Secret) when the value was given; else <fullname>-<suffix>, which the administrator
+creates before the install (NOTES.txt says how), so that the chart renders without secrets in
+values.yaml.
+*/}}
+{{- define "mailvault.expectedSecret" -}}
+{{- if .existing }}{{ .existing }}
+{{- else if not .value }}{{ include "mailvault.fullname" .root }}-{{ .suffix }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.natsUrl" -}}
+{{ required "nats.url is required" .Values.nats.url }}
+{{- end }}
+
+{{- define "mailvault.hasNatsCa" -}}
+{{- if or .Values.nats.tls.ca.existingSecret .Values.nats.tls.ca.pem }}true{{ end }}
+{{- end }}
+
+{{- define "mailvault.hasS3Secret" -}}
+{{- if or .Values.s3.secretAccessKey.existingSecret .Values.s3.secretAccessKey.value }}true{{ end }}
+{{- end }}
+
+{{/* The repository URL and [s3] section shared by the aggregator and the indexer. */}}
+{{- define "mailvault.repositoryUrl" -}}
+{{- $bucket := required "s3.bucket is required" .Values.s3.bucket }}
+{{- if .Values.s3.prefix }}
+{{- printf "s3://%s/%s" $bucket (trimAll "/" .Values.s3.prefix) }}
+{{- else }}
+{{- printf "s3://%s" $bucket }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.s3Section" -}}
+{{- $s3 := dict "region" .Values.s3.region }}
+{{- with .Values.s3.endpoint }}{{ $_ := set $s3 "endpoint" . }}{{ end }}
+{{- if or .Values.s3.accessKeyId (include "mailvault.hasS3Secret" .) }}
+{{- $_ := set $s3 "access_key_id" (required "s3.accessKeyId is required with s3.secretAccessKey" .Values.s3.accessKeyId) }}
+{{- if not (include "mailvault.hasS3Secret" .) }}{{ fail "s3.accessKeyId needs s3.secretAccessKey.existingSecret or .value" }}{{ end }}
+{{- $_ := set $s3 "secret_access_key_file" "/etc/mailvault/secrets/s3/secret-access-key" }}
+{{- end }}
+{{- toJson (mergeOverwrite (deepCopy (default (dict) .Values.s3.config)) $s3) }}
+{{- end }}
+
+{{/* Volumes and mounts for the repository passphrase, S3 key and NATS CA (aggregator, indexer). */}}
+{{- define "mailvault.repositoryVolumes" -}}
+{{- $p := .Values.repository.passphrase }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "passphrase" "existing" (include "mailvault.expectedSecret" (dict "root" . "existing" $p.existingSecret "value" $p.value "suffix" "passphrase")) "key" $p.key "chartKey" "passphrase" "path" "passphrase") }}
+{{- if include "mailvault.hasS3Secret" . }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "s3" "existing" .Values.s3.secretAccessKey.existingSecret "key" .Values.s3.secretAccessKey.key "chartKey" "s3-secret-access-key" "path" "secret-access-key") }}
+{{- end }}
+{{- if include "mailvault.hasNatsCa" . }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "nats-ca" "existing" .Values.nats.tls.ca.existingSecret "key" .Values.nats.tls.ca.key "chartKey" "nats-ca.crt" "path" "ca.crt") }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.repositoryMounts" -}}
+- name: passphrase
+  mountPath: /etc/mailvault/secrets/passphrase
+  readOnly: true
+{{- if include "mailvault.hasS3Secret" . }}
+- name: s3
+  mountPath: /etc/mailvault/secrets/s3
+  readOnly: true
+{{- end }}
+{{- if include "mailvault.hasNatsCa" . }}
+- name: nats-ca
+  mountPath: /etc/mailvault/secrets/nats-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Environment every container gets; `component` names the OTel service. */}}
+{{- define "mailvault.env" -}}
+- name: RUST_LOG
+  value: {{ .root.Values.logLevel | quote }}
+{{- with .root.Values.telemetry.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "mailvault-%s" $.component | quote }}
+{{- end }}
+{{- if and .natsCaDir (include "mailvault.hasNatsCa" .root) }}
+{{- /* async-nats (and the S3 client) trust rustls-native-certs' roots: with these set, the
+  image's CA bundle plus the NATS CA, instead of the bundle alone. */}}
+- name: SSL_CERT_FILE
+  value: /etc/ssl/certs/ca-certificates.crt
+- name: SSL_CERT_DIR
+  value: /etc/mailvault/secrets/nats-ca
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.podSpecCommon" -}}
+serviceAccountName: {{ include "mailvault.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
