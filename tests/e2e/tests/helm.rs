@@ -1,0 +1,847 @@
+//! The Helm chart (`helm/mailvault`), checked the way an install would see it, without a
+//! cluster: Helm's own lint (`--strict`) and render through its Go SDK (PyPI
+//! `helm-python-sdk`), every manifest validated with `kubernetes-validate` against
+//! [`KUBE_VERSION`], and every rendered TOML config loaded by the real binaries' `--check`
+//! paths (and by the crates' config types, which are always current).
+//!
+//! The Python tools come from `ops/scripts/install-tools.sh` (venv `$MAILVAULT_TOOLS/helm-venv`);
+//! when missing, the test runs the script itself. The binaries are the ones `cargo test
+//! --workspace` builds next to this test; run alone, the test builds them when they are
+//! missing (a stale one from an older build is used as is — the in-process checks still see
+//! the current code).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// Kubernetes version the manifests are validated against: the chart's oldest supported one
+/// (Chart.yaml `kubeVersion`) and a current one.
+const KUBE_VERSIONS: [&str; 2] = ["1.27.0", "1.33.0"];
+const RELEASE: &str = "mv";
+const NAMESPACE: &str = "backup";
+const FULLNAME: &str = "mv-mailvault";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/e2e is two levels below the root")
+        .to_path_buf()
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("helm/mailvault")
+}
+
+/// The helm venv's python, installing it with `install-tools.sh helm` when it is missing (once
+/// per process: the tests run in parallel).
+fn helm_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(find_or_install_helm_python).clone()
+}
+
+fn find_or_install_helm_python() -> PathBuf {
+    let python = mailvault_harness::tools_dir()
+        .parent()
+        .map(|t| t.join("helm-venv/bin/python"))
+        .expect("tools dir has a parent");
+    let usable = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import helm_python, kubernetes_validate"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if usable(&python) {
+        return python;
+    }
+    let script = repo_root().join("ops/scripts/install-tools.sh");
+    eprintln!(
+        "helm test: {} is missing, running {} helm",
+        python.display(),
+        script.display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg("helm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("running install-tools.sh");
+    assert!(
+        status.success() && usable(&python),
+        "the Helm SDK and kubernetes-validate are missing: run `bash ops/scripts/install-tools.sh helm` \
+         (with the same MAILVAULT_TOOLS as this test)"
+    );
+    python
+}
+
+#[derive(Debug)]
+struct Rendered {
+    /// (template path, document)
+    docs: Vec<(String, Value)>,
+}
+
+impl Rendered {
+    fn of_kind(&self, kind: &str) -> impl Iterator<Item = &Value> {
+        let kind = kind.to_owned();
+        self.docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(move |d| d["kind"] == kind.as_str())
+    }
+
+    fn named(&self, kind: &str, name: &str) -> &Value {
+        self.of_kind(kind)
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+    }
+
+    fn config_map_data(&self, name: &str) -> BTreeMap<String, String> {
+        serde_json::from_value(self.named("ConfigMap", name)["data"].clone())
+            .expect("ConfigMap data is strings")
+    }
+
+    /// Pod specs of every workload, by `Kind/name`.
+    fn pod_specs(&self) -> Vec<(String, &Value)> {
+        self.docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| {
+                ["Deployment", "StatefulSet", "DaemonSet", "Job"]
+                    .contains(&d["kind"].as_str().unwrap_or(""))
+            })
+            .map(|d| {
+                (
+                    format!(
+                        "{}/{}",
+                        d["kind"].as_str().unwrap_or(""),
+                        d["metadata"]["name"].as_str().unwrap_or("")
+                    ),
+                    &d["spec"]["template"]["spec"],
+                )
+            })
+            .collect()
+    }
+
+    /// Every value of every rendered Secret, decoded.
+    fn secret_values(&self) -> Vec<String> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut out = Vec::new();
+        for s in self.of_kind("Secret") {
+            for v in s["data"].as_object().into_iter().flat_map(|m| m.values()) {
+                let bytes = b64
+                    .decode(v.as_str().expect("base64 string"))
+                    .expect("base64");
+                out.push(String::from_utf8(bytes).expect("utf-8 secret"));
+            }
+            for v in s["stringData"]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                out.push(v.as_str().expect("string").to_owned());
+            }
+        }
+        out
+    }
+}
+
+/// Lints, renders and validates with `values` (None: the chart's defaults); panics on any lint
+/// warning, schema or render error, or invalid manifest.
+fn render(values: Option<&Path>) -> Rendered {
+    let python = helm_python();
+    let mut first: Option<Vec<(String, Value)>> = None;
+    for kube in KUBE_VERSIONS {
+        let out = run_render(&python, values, kube);
+        let label = format!("{values:?} on Kubernetes {kube}");
+        let lint = &out["lint"];
+        assert_eq!(
+            lint["errors"],
+            json!([]),
+            "helm lint --strict {label}: {lint}"
+        );
+        // Severity 1 is information (`icon is recommended`); strict fails on warnings (2) and
+        // errors (3).
+        let serious: Vec<&Value> = lint["messages"]
+            .as_array()
+            .expect("lint messages")
+            .iter()
+            .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(
+            serious.is_empty(),
+            "helm lint --strict {label}: {serious:?}"
+        );
+        assert_eq!(
+            out["schema_error"],
+            Value::Null,
+            "values.schema.json {label}"
+        );
+        assert_eq!(out["render_error"], Value::Null, "helm template {label}");
+        assert_eq!(out["invalid"], json!([]), "kubernetes-validate {label}");
+        let docs: Vec<(String, Value)> = out["documents"]
+            .as_array()
+            .expect("documents")
+            .iter()
+            .map(|d| {
+                (
+                    d["source"].as_str().expect("source").to_owned(),
+                    d["doc"].clone(),
+                )
+            })
+            .collect();
+        assert!(!docs.is_empty(), "nothing rendered {label}");
+        match &first {
+            None => first = Some(docs),
+            Some(f) => assert_eq!(f, &docs, "rendering differs between Kubernetes versions"),
+        }
+    }
+    Rendered {
+        docs: first.expect("rendered"),
+    }
+}
+
+fn run_render(python: &Path, values: Option<&Path>, kube: &str) -> Value {
+    let values_arg = values.map_or_else(|| "-".into(), |v| v.display().to_string());
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/e2e/helm/render.py"))
+        .arg(chart_dir())
+        .arg(values_arg)
+        .args([kube, RELEASE, NAMESPACE])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running render.py");
+    assert!(
+        out.status.success(),
+        "render.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("render.py prints JSON")
+}
+
+/// Renders with `values` and returns what the schema or the templates refused.
+fn render_refusal(values: &Value) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("values.yaml");
+    std::fs::write(&path, values.to_string()).expect("write values");
+    let out = run_render(&helm_python(), Some(&path), KUBE_VERSIONS[1]);
+    [&out["schema_error"], &out["render_error"]]
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn full_values() -> PathBuf {
+    chart_dir().join("ci/full-values.yaml")
+}
+
+// ---- the binaries ----------------------------------------------------------------------------
+
+/// `target/<profile>` of this test executable, where cargo puts the workspace's binaries.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target/<profile>/deps/<test>")
+}
+
+fn binary(name: &str, package: &str) -> PathBuf {
+    let path = profile_dir().join(name);
+    if path.is_file() {
+        return path;
+    }
+    let profile = profile_dir();
+    let target_dir = profile.parent().expect("target dir");
+    let profile_name = profile
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("profile name");
+    let profile_arg = if profile_name == "debug" {
+        "dev"
+    } else {
+        profile_name
+    };
+    eprintln!("helm test: building {name} (cargo build -p {package} --bin {name})");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "--quiet", "-p", package, "--bin", name])
+        .args(["--profile", profile_arg])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(repo_root())
+        .status()
+        .expect("running cargo build");
+    assert!(status.success() && path.is_file(), "building {name} failed");
+    path
+}
+
+/// What a container's mounts provide: single files (path → content, "secret" for a Secret's)
+/// and whole directories (path, volume kind).
+#[derive(Debug, Default)]
+struct Mounted {
+    files: BTreeMap<String, String>,
+    dirs: Vec<(String, String)>,
+}
+
+fn mounted(r: &Rendered, pod: &Value, container: &Value) -> Mounted {
+    let mut m = Mounted::default();
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    for vm in container["volumeMounts"].as_array().expect("volumeMounts") {
+        let at = vm["mountPath"].as_str().expect("mountPath");
+        let v = volumes
+            .iter()
+            .find(|v| v["name"] == vm["name"])
+            .cloned()
+            .unwrap_or_else(|| json!({"persistentVolumeClaim": {}}));
+        if let Some(items) = v["secret"]["items"].as_array() {
+            for i in items {
+                m.files.insert(
+                    format!("{at}/{}", i["path"].as_str().expect("path")),
+                    "secret".into(),
+                );
+            }
+        } else if v["secret"].is_object() {
+            m.dirs.push((at.into(), "secret".into()));
+        } else if let Some(cm) = v["configMap"]["name"].as_str() {
+            for (k, text) in r.config_map_data(cm) {
+                m.files.insert(format!("{at}/{k}"), text);
+            }
+        } else if v["emptyDir"].is_object() {
+            m.dirs.push((at.into(), "emptyDir".into()));
+        } else {
+            m.dirs.push((at.into(), "volume".into()));
+        }
+    }
+    m
+}
+
+/// Every path a config names (`*_file`, `mailboxes_csv`, `dir`), with its key.
+fn config_paths(t: &toml::Table, prefix: &str, out: &mut Vec<(String, String)>) {
+    for (k, v) in t {
+        let key = format!("{prefix}{k}");
+        match v {
+            toml::Value::Table(sub) => config_paths(sub, &format!("{key}."), out),
+            toml::Value::String(s)
+                if k.ends_with("_file")
+                    || k == "mailboxes_csv"
+                    || k == "dir"
+                    || k.starts_with("tls_") =>
+            {
+                out.push((key, s.clone()))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The containers of `r` that read a config, the config file, and its text.
+fn configs(r: &Rendered) -> Vec<(String, Value, Value, String, String)> {
+    let mut out = Vec::new();
+    for d in r.docs.iter().map(|(_, d)| d) {
+        if !["Deployment", "StatefulSet"].contains(&d["kind"].as_str().unwrap_or("")) {
+            continue;
+        }
+        let pod = &d["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().expect("containers") {
+            let args: Vec<&str> = c["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(|a| a.as_str())
+                .collect();
+            let at = args
+                .iter()
+                .position(|a| *a == "--config")
+                .expect("--config")
+                + 1;
+            let path = args[at].to_owned();
+            let m = mounted(r, pod, c);
+            let text = m
+                .files
+                .get(&path)
+                .unwrap_or_else(|| panic!("{path} is not mounted in {}", d["metadata"]["name"]))
+                .clone();
+            out.push((
+                d["metadata"]["name"].as_str().expect("name").to_owned(),
+                pod.clone(),
+                c.clone(),
+                path,
+                text,
+            ));
+        }
+    }
+    out
+}
+
+/// Checks every rendered config: each path it names is mounted, the crate's config type accepts
+/// it, and the binary's own check accepts it with those files in place.
+fn check_configs(r: &Rendered) -> usize {
+    let mut checked = 0;
+    for (workload, pod, container, _, text) in configs(r) {
+        let table: toml::Table = toml::from_str(&text)
+            .unwrap_or_else(|e| panic!("{workload}: rendered config is not TOML: {e}\n{text}"));
+        let m = mounted(r, &pod, &container);
+        let mut paths = Vec::new();
+        config_paths(&table, "", &mut paths);
+        for (key, p) in &paths {
+            let as_file = m.files.contains_key(p);
+            let in_dir = m
+                .dirs
+                .iter()
+                .any(|(d, kind)| p.starts_with(&format!("{d}/")) && kind != "secret");
+            assert!(
+                as_file || in_dir,
+                "{workload}: {key} = {p:?} is not provided by any volume mount: {m:?}"
+            );
+        }
+        let command = container["command"][0].as_str().expect("command");
+        // Files laid out under a temp root, the config pointing there.
+        let root = tempfile::tempdir().expect("tempdir");
+        let rooted = |p: &str| root.path().join(p.trim_start_matches('/'));
+        for (path, content) in &m.files {
+            let f = rooted(path);
+            std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+            std::fs::write(
+                &f,
+                if content == "secret" {
+                    "not a secret\n"
+                } else {
+                    content
+                },
+            )
+            .expect("write");
+        }
+        let mut local = text.clone();
+        for prefix in ["/etc/mailvault/", "/var/lib/mailvault/"] {
+            local = local.replace(
+                &format!("\"{prefix}"),
+                &format!(
+                    "\"{}/{}",
+                    root.path().display(),
+                    prefix.trim_start_matches('/')
+                ),
+            );
+        }
+        let config = root.path().join("config.toml");
+        std::fs::write(&config, &local).expect("write config");
+
+        in_process_check(command, &workload, &local, &config);
+        let (bin, check) = match command {
+            "mailvault-collector" => (binary(command, "mailvault-collector"), "--check-config"),
+            "mailvault-aggregator" => (binary(command, "mailvault-aggregator"), "--check"),
+            "mailvault-indexer" => (binary(command, "mailvault-indexer"), "--check"),
+            other => panic!("{workload}: unexpected command {other}"),
+        };
+        let run = |config: &Path| {
+            Command::new(&bin)
+                .arg("--config")
+                .arg(config)
+                .arg(check)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .stdin(Stdio::null())
+                .output()
+                .expect("running the binary")
+        };
+        let out = run(&config);
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("configuration OK"),
+            "{workload}: {} {check} refused the rendered config:\n{}{}\n{local}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The check really reads the file: an unknown key fails it.
+        let bad = root.path().join("bad.toml");
+        std::fs::write(&bad, format!("colour = \"blue\"\n{local}")).expect("write");
+        let out = run(&bad);
+        assert!(
+            !out.status.success(),
+            "{workload}: {check} accepted an unknown key"
+        );
+        checked += 1;
+    }
+    checked
+}
+
+/// The same config through the crate's own types (what `--check` calls in each `main.rs`).
+fn in_process_check(command: &str, workload: &str, text: &str, path: &Path) {
+    let result = match command {
+        "mailvault-collector" => mailvault_collector::config::Config::load(path)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        "mailvault-aggregator" => mailvault_aggregator::Config::parse(text, path)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        "mailvault-indexer" => {
+            mailvault_indexer::config::Config::parse(text, std::iter::empty::<(String, String)>())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        other => Err(format!("unexpected command {other}")),
+    };
+    if let Err(e) = result {
+        panic!("{workload}: the config type refused the rendered config: {e}\n{text}");
+    }
+}
+
+// ---- invariants every render must keep ------------------------------------------------------
+
+fn check_pods_least_privilege(r: &Rendered) {
+    let pods = r.pod_specs();
+    assert!(!pods.is_empty());
+    for (name, pod) in pods {
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"], true, "{name}: {psc}");
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        let uid = psc["runAsUser"].as_u64().expect("runAsUser");
+        assert!(uid > 0, "{name}: runs as root");
+        let containers = pod["containers"]
+            .as_array()
+            .into_iter()
+            .chain(pod["initContainers"].as_array())
+            .flatten();
+        for c in containers {
+            let sc = &c["securityContext"];
+            let who = format!("{name} container {}", c["name"]);
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{who}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{who}");
+            assert_eq!(sc["runAsNonRoot"], true, "{who}");
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{who}");
+            assert!(sc["capabilities"]["add"].is_null(), "{who}");
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{who}");
+            for k in ["requests", "limits"] {
+                for res in ["cpu", "memory"] {
+                    assert!(
+                        c["resources"][k][res].is_string(),
+                        "{who}: resources.{k}.{res} missing"
+                    );
+                }
+            }
+            // Secrets reach the binaries as files only.
+            assert!(c["envFrom"].is_null(), "{who}: envFrom");
+            for e in c["env"].as_array().into_iter().flatten() {
+                assert!(
+                    e["valueFrom"].is_null(),
+                    "{who}: env {} from a reference",
+                    e["name"]
+                );
+            }
+        }
+    }
+}
+
+fn check_no_secret_in_config_maps(r: &Rendered, also: &[&str]) {
+    let mut secrets: Vec<String> = r.secret_values();
+    secrets.extend(also.iter().map(|s| s.to_string()));
+    secrets.retain(|s| s.trim().len() >= 6);
+    for cm in r.of_kind("ConfigMap") {
+        for (k, v) in cm["data"].as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap_or("");
+            for s in &secrets {
+                for line in s.lines().filter(|l| l.trim().len() >= 6) {
+                    assert!(
+                        !v.contains(line.trim()),
+                        "ConfigMap {} key {k} holds a secret value",
+                        cm["metadata"]["name"]
+                    );
+                }
+            }
+        }
+    }
+    // Nor in any container's environment.
+    for (name, pod) in r.pod_specs() {
+        for c in pod["containers"].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                let v = e["value"].as_str().unwrap_or("");
+                for s in &secrets {
+                    assert!(
+                        !v.contains(s.trim()),
+                        "{name}: env {} holds a secret",
+                        e["name"]
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_workloads(r: &Rendered, aggregators: u64, tls: bool) {
+    let agg = r.named("Deployment", &format!("{FULLNAME}-aggregator"));
+    assert_eq!(agg["spec"]["replicas"].as_u64(), Some(aggregators));
+    let pdb = r.named("PodDisruptionBudget", &format!("{FULLNAME}-aggregator"));
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], agg["spec"]["selector"]["matchLabels"],
+        "the PDB covers the aggregators"
+    );
+    for (k, v) in agg["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("labels")
+    {
+        assert_eq!(&agg["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+
+    let sts = r.named("StatefulSet", &format!("{FULLNAME}-indexer"));
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let index_mount = c["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == claim["metadata"]["name"])
+        .expect("the index claim is mounted");
+    let cfg: toml::Table =
+        toml::from_str(&r.config_map_data(&format!("{FULLNAME}-indexer"))["indexer.toml"])
+            .expect("indexer toml");
+    let dir = cfg["index"]["dir"].as_str().expect("index.dir");
+    assert!(
+        dir.starts_with(&format!(
+            "{}/",
+            index_mount["mountPath"].as_str().expect("path")
+        )),
+        "index.dir {dir} is on the claim"
+    );
+    let listen = cfg["api"]["listen"].as_str().expect("api.listen");
+    let port: u64 = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(
+        listen.starts_with("0.0.0.0:"),
+        "the API listens beyond loopback: {listen}"
+    );
+    let svc = r.named("Service", &format!("{FULLNAME}-indexer"));
+    assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(port));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "grpc");
+    assert_eq!(c["ports"][0]["name"], "grpc");
+    assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(port));
+    for (k, v) in svc["spec"]["selector"].as_object().expect("selector") {
+        assert_eq!(&pod_labels(sts)[k], v, "the Service selects the indexer");
+    }
+    assert_eq!(cfg["api"].get("tls_cert").is_some(), tls);
+    if tls {
+        assert!(
+            c["readinessProbe"]["tcpSocket"].is_object(),
+            "gRPC probes cannot do TLS"
+        );
+    } else {
+        assert_eq!(c["readinessProbe"]["grpc"]["port"].as_u64(), Some(port));
+    }
+    // The aggregators and collectors serve nothing, so nothing probes them.
+    for (name, pod) in r.pod_specs() {
+        if !name.contains("-indexer") {
+            assert!(pod["containers"][0]["readinessProbe"].is_null(), "{name}");
+            assert!(pod["containers"][0]["livenessProbe"].is_null(), "{name}");
+        }
+    }
+}
+
+fn pod_labels(workload: &Value) -> &Value {
+    &workload["spec"]["template"]["metadata"]["labels"]
+}
+
+#[test]
+fn chart_defaults_lint_render_validate_and_load() {
+    let r = render(None);
+    check_pods_least_privilege(&r);
+    check_no_secret_in_config_maps(&r, &[]);
+    check_workloads(&r, 2, false);
+    assert_eq!(
+        r.of_kind("Secret").count(),
+        0,
+        "no secret values by default"
+    );
+    assert_eq!(r.of_kind("NetworkPolicy").count(), 0);
+    assert!(
+        r.of_kind("Deployment").all(|d| !d["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .contains("collector")),
+        "no collectors by default"
+    );
+    // The passphrase and token Secrets the NOTES tell the administrator to create.
+    let sts = r.named("StatefulSet", &format!("{FULLNAME}-indexer"));
+    let secrets: BTreeSet<&str> = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(
+        secrets,
+        BTreeSet::from(["mv-mailvault-passphrase", "mv-mailvault-tokens"])
+    );
+    assert_eq!(check_configs(&r), 2, "the aggregator and the indexer");
+}
+
+#[test]
+fn chart_full_values_two_collectors_tls_existing_secrets() {
+    let r = render(Some(&full_values()));
+    check_pods_least_privilege(&r);
+    check_no_secret_in_config_maps(&r, &[]);
+    check_workloads(&r, 3, true);
+    assert_eq!(
+        r.of_kind("Secret").count(),
+        0,
+        "existing Secrets are only referenced"
+    );
+    assert_eq!(r.of_kind("NetworkPolicy").count(), 2);
+
+    // One Deployment and one config per collector, each with its own server and source.
+    let mut urls = BTreeSet::new();
+    for (name, url) in [
+        ("exch01", "https://exch01.contoso.com/EWS/Exchange.asmx"),
+        ("exch02", "https://exch02.contoso.com/EWS/Exchange.asmx"),
+    ] {
+        let d = r.named("Deployment", &format!("{FULLNAME}-collector-{name}"));
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+        let cm = d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find_map(|v| v["configMap"]["name"].as_str())
+            .expect("config volume");
+        let cfg: toml::Table =
+            toml::from_str(&r.config_map_data(cm)["collector.toml"]).expect("toml");
+        assert_eq!(cfg["source"].as_str(), Some(name));
+        assert_eq!(cfg["ews"]["url"].as_str(), Some(url));
+        assert_eq!(
+            cfg["ews"]["username"].as_str(),
+            Some("CONTOSO\\svc-mailvault")
+        );
+        assert_eq!(
+            cfg["nats"]["creds_file"].as_str(),
+            Some("/etc/mailvault/secrets/nats/nats.creds")
+        );
+        urls.insert(url);
+        let secrets: BTreeSet<&str> = d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert_eq!(
+            secrets,
+            BTreeSet::from([
+                "mailvault-ews",
+                "contoso-root-ca",
+                "nats-ca",
+                "mailvault-nats-creds"
+            ])
+        );
+    }
+    assert_eq!(urls.len(), 2);
+    let csv = &r.config_map_data(&format!("{FULLNAME}-collector-exch02"))["mailboxes.csv"];
+    assert!(csv.contains("journal@contoso.com"));
+
+    // The aggregators and the indexer trust the NATS CA through rustls-native-certs.
+    for name in [
+        format!("Deployment/{FULLNAME}-aggregator"),
+        format!("StatefulSet/{FULLNAME}-indexer"),
+    ] {
+        let (_, pod) = r
+            .pod_specs()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("workload");
+        let c = &pod["containers"][0];
+        let env: BTreeMap<&str, &str> = c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or(""),
+                    e["value"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        let dir = env["SSL_CERT_DIR"];
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["mountPath"] == dir),
+            "{name}: SSL_CERT_DIR {dir} is mounted"
+        );
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            "http://otel-collector.monitoring.svc:4317"
+        );
+    }
+    assert_eq!(check_configs(&r), 4);
+}
+
+#[test]
+fn chart_secrets_from_values_stay_out_of_config_maps() {
+    let passphrase = "correct horse battery staple";
+    let s3_secret = "s3-SECRET-wJalrXUtnFEMI";
+    let ews_password = "ews-P4ssw0rd-exch01";
+    let tokens = "[[token]]\nname = \"admin\"\nrole = \"admin\"\nhash = \"0f1e2d3c4b5a69788796a5b4c3d2e1f0\"\n";
+    let values = json!({
+        "s3": {"endpoint": "http://garage:3900", "region": "garage", "accessKeyId": "GKabc123",
+               "secretAccessKey": {"value": s3_secret}},
+        "repository": {"passphrase": {"value": passphrase}},
+        "indexer": {"tokens": {"content": tokens}},
+        "collectors": [{"name": "exch01",
+                        "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
+                                "password": ews_password},
+                        "mailboxes": ["alice@contoso.com"]}]
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("values.yaml");
+    std::fs::write(&path, values.to_string()).expect("write");
+    let r = render(Some(&path));
+    let stored = r.secret_values();
+    for s in [passphrase, s3_secret, ews_password, tokens] {
+        assert!(
+            stored.iter().any(|v| v == s),
+            "the chart's Secret holds {s:?}"
+        );
+    }
+    check_no_secret_in_config_maps(&r, &[passphrase, s3_secret, ews_password, tokens]);
+    check_pods_least_privilege(&r);
+    assert_eq!(check_configs(&r), 3);
+}
+
+#[test]
+fn chart_refuses_bad_values() {
+    for (values, expect) in [
+        (json!({"aggregator": {"replica": 3}}), "replica"),
+        (json!({"collectors": [{"name": "exch01.corp"}]}), "name"),
+        (
+            json!({"collectors": [{"name": "exch01", "ews": {"url": "https://x/EWS/Exchange.asmx", "username": "u", "password": "p"}}]}),
+            "mailboxes",
+        ),
+        (
+            json!({"collectors": [
+                {"name": "a", "ews": {"url": "https://a/EWS", "username": "u", "password": "p"}, "mailboxes": ["x@y"]},
+                {"name": "a", "ews": {"url": "https://b/EWS", "username": "u", "password": "p"}, "mailboxes": ["x@y"]}]}),
+            "twice",
+        ),
+        (
+            json!({"nats": {"url": "nats://a:4222,nats://b:4222"}}),
+            "url",
+        ),
+    ] {
+        let refusal = render_refusal(&values);
+        assert!(
+            refusal.contains(expect),
+            "values {values} were not refused for {expect:?}: {refusal:?}"
+        );
+    }
+}
