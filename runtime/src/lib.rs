@@ -4,5 +4,6 @@
 pub mod bus;
 pub mod config;
 pub mod handoff;
+pub mod metrics;
 pub mod storage;
 pub mod telemetry;
