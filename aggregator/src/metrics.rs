@@ -1,6 +1,7 @@
 //! The aggregator's metrics, declared once. Names follow
 //! `mailvault_aggregator_<what>_<unit>[_total]`; no label carries a mailbox or user id.
-//! Counters are plain atomics for now; the exporter reads [`Metrics::snapshot`].
+//! Counters are plain atomics; [`Metrics::render`] is what the binary serves at `/metrics`
+//! (`mailvault_runtime::metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,17 +55,67 @@ impl Metrics {
         Self::add(&self.flush_seconds_sum, d.as_micros() as u64);
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, help, v) in self.snapshot() {
-            let value = if name == "mailvault_aggregator_flush_seconds_sum" {
-                format!("{:.6}", v as f64 / 1e6)
-            } else {
-                v.to_string()
-            };
-            out.push_str(&format!("# HELP {name} {help}\n{name} {value}\n"));
+        use mailvault_runtime::metrics::{Sample, Value, encode};
+        let samples: Vec<Sample> = self
+            .snapshot()
+            .into_iter()
+            .map(|(name, help, v)| {
+                // Kept in microseconds (see observe_flush), exported in seconds.
+                let value = if name == "mailvault_aggregator_flush_seconds_sum" {
+                    Value::Float(v as f64 / 1e6)
+                } else {
+                    Value::Int(v)
+                };
+                Sample::new(name, help, value)
+            })
+            .collect();
+        encode(&samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_is_prometheus_text_with_one_family_each() {
+        let m = Metrics::default();
+        Metrics::add(&m.items_stored_total, 3);
+        m.observe_flush(Duration::from_micros(1_500));
+        m.observe_flush(Duration::from_micros(500));
+        let text = m.render();
+        assert!(
+            text.contains(
+                "# TYPE mailvault_aggregator_items_stored_total counter\n\
+                 mailvault_aggregator_items_stored_total 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE mailvault_aggregator_flush_seconds summary\n\
+                 mailvault_aggregator_flush_seconds_sum 0.002\n\
+                 mailvault_aggregator_flush_seconds_count 2\n"
+            ),
+            "{text}"
+        );
+        let mut families = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(families.insert(name.to_owned()), "{name} typed twice");
+            } else if !line.starts_with("# HELP ") {
+                let (name, value) = line.split_once(' ').expect("name value");
+                assert!(name.starts_with("mailvault_aggregator_"), "{line}");
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
         }
-        out
+        assert_eq!(
+            families.len(),
+            m.snapshot().len() - 1,
+            "sum and count share a family"
+        );
     }
 }
