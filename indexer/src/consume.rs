@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::ChangeInput;
+use crate::metrics::Metrics;
 use crate::stage::{Indexer, Work};
 
 /// `SUBJECT_BATCH`: what the aggregator publishes, an `EventBatch` per commit (or several).
@@ -300,6 +301,13 @@ async fn apply_all(
                 Counted::Stored => report.stored += 1,
                 Counted::Changed => report.changed += 1,
             }
+            let m = &ix.metrics;
+            match (o, counted) {
+                (Outcome::Applied, Counted::Stored) => Metrics::add(&m.events_stored_applied, 1),
+                (Outcome::Applied, Counted::Changed) => Metrics::add(&m.events_changed_applied, 1),
+                (Outcome::Retry, _) => Metrics::add(&m.events_retried, 1),
+                (Outcome::Poison, _) => {}
+            }
             let slot = &mut slots[idx];
             match (o, slot.batch) {
                 (Outcome::Applied, _) => {}
@@ -308,7 +316,10 @@ async fn apply_all(
                         slot.outcome = Outcome::Retry;
                     }
                 }
-                (Outcome::Poison, true) => report.skipped += 1,
+                (Outcome::Poison, true) => {
+                    report.skipped += 1;
+                    Metrics::add(&ix.metrics.events_skipped, 1);
+                }
                 (Outcome::Poison, false) => slot.outcome = Outcome::Poison,
             }
         }
@@ -324,9 +335,13 @@ async fn commit_and_settle(
     slots: Vec<Slot>,
     report: &mut ConsumeReport,
 ) -> Result<(), crate::IndexError> {
+    let started = std::time::Instant::now();
     let committed = ix.commit().await;
     if committed.is_ok() {
         report.commits += 1;
+        ix.metrics.observe_commit(started.elapsed());
+    } else {
+        Metrics::add(&ix.metrics.commit_errors, 1);
     }
     let settles = slots.into_iter().map(|Slot { d, outcome: o, .. }| {
         let kind = match (&committed, o) {
@@ -353,7 +368,10 @@ async fn commit_and_settle(
     for k in kinds {
         match k {
             Settle::Ack => report.acked += 1,
-            Settle::Term => report.terminated += 1,
+            Settle::Term => {
+                report.terminated += 1;
+                Metrics::add(&ix.metrics.deliveries_terminated, 1);
+            }
             Settle::Nak => report.nakked += 1,
         }
     }

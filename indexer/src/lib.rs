@@ -13,6 +13,7 @@
 //! * [`config`] — the service configuration of the `mailvault-indexer` binary.
 //! * [`consume`] — the JetStream edge (durable pull consumer, ack after commit).
 //! * [`service`] — the `mailvault-indexer` service wired up (what the binary runs).
+//! * [`metrics`] — the counters served at `/metrics`.
 //! * [`api`] — the gRPC API served next to the index: auth, audit, search, get, restore, export.
 //!
 //! See `docs/indexer.md`.
@@ -25,6 +26,7 @@ pub mod extract;
 pub mod history;
 pub mod index;
 pub mod journal;
+pub mod metrics;
 pub(crate) mod order;
 pub mod query;
 pub mod service;
@@ -33,4 +35,5 @@ pub mod stage;
 pub use error::IndexError;
 pub use history::{ChangeInput, ChangeKind, ItemStoredInput};
 pub use index::{FolderInfo, Hit, Index, MailboxInfo, Scope, SearchOptions, SearchPage};
+pub use metrics::Metrics;
 pub use stage::{Indexer, ReindexReport, reindex};

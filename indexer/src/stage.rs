@@ -13,6 +13,7 @@ use prost::Message as _;
 use crate::error::IndexError;
 use crate::history::{ChangeInput, ChangeKind, ItemStoredInput};
 use crate::index::Index;
+use crate::metrics::Metrics;
 
 /// Property that marks a history record (docs/wire.md, "Item history records").
 pub const RECORD_PROPERTY: &str = "mailvault.record";
@@ -26,6 +27,8 @@ pub struct Indexer {
     pub index: Index,
     /// Items an aggregator in this process just wrote; tried before the repository.
     pub handoff: Option<Arc<Handoff>>,
+    /// Where the consumer counts applied events and commits.
+    pub metrics: Arc<Metrics>,
 }
 
 fn blob_id(hex: &str) -> Result<BlobId, IndexError> {
@@ -88,7 +91,14 @@ impl Indexer {
             repo,
             index,
             handoff: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the process's, served at `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Takes stored items from `handoff` when they are there instead of reading them back.

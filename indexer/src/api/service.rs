@@ -17,6 +17,7 @@ use super::audit::{AuditLog, AuditRecord};
 use super::auth::Principal;
 use super::export::{self, Input, ItemLabel};
 use super::restore::RestoreTarget;
+use crate::metrics::Metrics;
 use crate::{Hit, Index, SearchOptions};
 
 /// Largest page a search returns in one piece.
@@ -81,6 +82,7 @@ struct Inner {
     repo: Repository,
     audit: AuditLog,
     restore: Option<Arc<dyn RestoreTarget>>,
+    metrics: Arc<Metrics>,
 }
 
 fn as_of(ms: i64) -> Option<i64> {
@@ -153,6 +155,21 @@ impl Api {
                 repo,
                 audit,
                 restore,
+                metrics: Arc::default(),
+            }),
+        }
+    }
+
+    /// Counts searches and gets into `metrics` (the process's, served at `/metrics`).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Api {
+        let i = &self.inner;
+        Api {
+            inner: Arc::new(Inner {
+                index: i.index.clone(),
+                repo: i.repo.clone(),
+                audit: i.audit.clone(),
+                restore: i.restore.clone(),
+                metrics,
             }),
         }
     }
@@ -308,7 +325,12 @@ impl Api {
             limit: limit.clamp(1, MAX_PAGE),
         };
         let q = query.to_owned();
-        let page = self.blocking(move |ix| ix.search(&q, &opts)).await?;
+        let started = std::time::Instant::now();
+        let page = self.blocking(move |ix| ix.search(&q, &opts)).await;
+        self.inner
+            .metrics
+            .observe_search(started.elapsed(), page.is_ok());
+        let page = page?;
         Ok(pb::SearchResponse {
             hits: page.hits.iter().map(to_pb_hit).collect(),
             total: page.total as u64,
@@ -402,10 +424,10 @@ impl Api {
 
     pub async fn get_item(&self, p: &Principal, id: &str) -> Result<(u64, ByteStream), ApiError> {
         let res = match self.readable(p, id).await {
-            Ok(hit) => self
-                .item_bytes(p, &hit)
-                .await
-                .map(|(n, s)| ((n, s), format!("{n} bytes"))),
+            Ok(hit) => self.item_bytes(p, &hit).await.map(|(n, s)| {
+                Metrics::add(&self.inner.metrics.gets, 1);
+                ((n, s), format!("{n} bytes"))
+            }),
             Err(e) => Err(e),
         };
         self.audited(p, "GetItem", id.to_owned(), res).await
