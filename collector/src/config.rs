@@ -34,6 +34,10 @@ pub struct Config {
     pub nats: NatsConfig,
     #[serde(default)]
     pub restore: RestoreSettings,
+    /// `[metrics] listen = "127.0.0.1:9464"`: serve `/metrics` and `/healthz` there (off when
+    /// absent).
+    #[serde(default)]
+    pub metrics: mailvault_runtime::metrics::MetricsConfig,
 }
 
 /// Restore jobs (docs/wire.md, "Restore jobs"): served while the collector runs as a daemon.
@@ -302,6 +306,7 @@ impl Config {
                 "limits.pack_max_bytes must stay below NATS's 1 MiB max payload (≤ 900 KiB)".into(),
             );
         }
+        self.metrics.problems(&mut p);
         if l.backoff_base_ms == 0 || l.backoff_max_ms < l.backoff_base_ms {
             p.push("limits.backoff_base_ms must be > 0 and ≤ backoff_max_ms".into());
         }

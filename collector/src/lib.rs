@@ -20,4 +20,4 @@ pub mod throttle;
 
 mod run;
 
-pub use run::{RunMode, RunSummary, run, run_once};
+pub use run::{RunMode, RunSummary, run, run_once, run_with_metrics};

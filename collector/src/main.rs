@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use mailvault_collector::config::Config;
-use mailvault_collector::{RunMode, run};
+use mailvault_collector::metrics::Metrics;
+use mailvault_collector::{RunMode, run_with_metrics};
 
 /// Mail-level backup collector for Microsoft Exchange (EWS → NATS JetStream).
 ///
@@ -26,7 +27,8 @@ struct Cli {
     /// max_changes,
     /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
     /// max_in_flight_publishes, pack_max_entries, pack_max_bytes), `[nats]` (url, creds_file, ca_file, stream, kv_bucket,
-    /// object_bucket).
+    /// object_bucket), `[metrics]` (listen, e.g. "127.0.0.1:9464": plain-HTTP GET /metrics
+    /// and /healthz; off when absent; docs/telemetry.md).
     #[arg(short, long, env = "MAILVAULT_COLLECTOR_CONFIG")]
     config: PathBuf,
 
@@ -101,7 +103,23 @@ async fn main() -> ExitCode {
             interval: cli.interval,
         }
     };
-    match run(config, mode, rx).await {
+    let metrics = std::sync::Arc::new(Metrics::default());
+    // Kept alive until main returns: dropping it stops the endpoint. The address was checked
+    // with the rest of the configuration.
+    let _endpoint = match config.metrics.address() {
+        Ok(Some(addr)) => {
+            let m = metrics.clone();
+            match mailvault_runtime::metrics::MetricsServer::start(addr, move || m.render()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("error: starting the metrics endpoint: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        Ok(None) | Err(_) => None,
+    };
+    match run_with_metrics(config, mode, rx, metrics).await {
         Ok(summary) => {
             for m in &summary.mailboxes {
                 let captured: u64 = m.folders.iter().map(|f| f.captured).sum();

@@ -1,6 +1,7 @@
-//! Collector metrics, declared once. Counters are plain atomics for now; the names are the
-//! exported names (`mailvault_collector_<what>_<unit>[_total]`) so OpenTelemetry wiring can map
-//! them one to one. Labels stay bounded: never a mailbox or user id.
+//! Collector metrics, declared once. Counters are plain atomics; the names are the exported
+//! names (`mailvault_collector_<what>_<unit>[_total]`), and [`Metrics::render`] is what the
+//! binary serves at `/metrics` (`mailvault_runtime::metrics`). Labels stay bounded: never a
+//! mailbox or user id.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -44,5 +45,36 @@ impl Metrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition (format 0.0.4) of every counter.
+    pub fn render(&self) -> String {
+        use mailvault_runtime::metrics::{Sample, Value, encode};
+        let samples: Vec<Sample> = self
+            .snapshot()
+            .into_iter()
+            .map(|(name, help, v)| Sample::new(name, help, Value::Int(v)))
+            .collect();
+        encode(&samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_types_every_counter() {
+        let m = Metrics::default();
+        Metrics::add(&m.items_published, 4);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "# TYPE mailvault_collector_items_published_total counter\n\
+                 mailvault_collector_items_published_total 4\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE ").count(), m.snapshot().len());
     }
 }

@@ -98,10 +98,19 @@ pub enum RunMode {
 pub async fn run(
     config: Config,
     mode: RunMode,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunSummary> {
+    run_with_metrics(config, mode, shutdown, Arc::default()).await
+}
+
+/// [`run`] counting into `metrics` (which the binary serves at `/metrics`).
+pub async fn run_with_metrics(
+    config: Config,
+    mode: RunMode,
     mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<RunSummary> {
     config.validate()?;
-    let metrics = Arc::new(Metrics::default());
     let password = Secret::from_file(&config.ews.password_file)
         .with_context(|| format!("reading {}", config.ews.password_file.display()))?;
     let l = &config.limits;
