@@ -54,13 +54,23 @@ pub struct Config {
     /// Connection settings of an `s3://` repository (endpoint, region, credentials).
     #[serde(default)]
     pub s3: Option<mailvault_runtime::storage::S3Config>,
+    /// `[metrics] listen = "127.0.0.1:9464"`: serve `/metrics` and `/healthz` there (off when
+    /// absent).
+    #[serde(default)]
+    pub metrics: mailvault_runtime::metrics::MetricsConfig,
 }
 
 /// JetStream: where items come from and events go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// `nats://host:4222` or `tls://host:4222`; a user and password may be given in it.
     pub url: String,
+    /// NATS credentials file (`.creds`: user JWT and NKey seed). Never logged.
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA certificate(s) for the server's TLS certificate (beside the system's roots);
+    /// setting it requires TLS.
+    pub ca_file: Option<PathBuf>,
     /// Stream the collectors publish to (created with the collector's settings if missing).
     pub stream: String,
     /// Durable pull consumer shared by every replica.
@@ -78,10 +88,21 @@ pub struct NatsConfig {
     pub delete_bodies: bool,
 }
 
+impl NatsConfig {
+    pub fn auth(&self) -> mailvault_runtime::nats::NatsAuth {
+        mailvault_runtime::nats::NatsAuth {
+            creds_file: self.creds_file.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
+            creds_file: None,
+            ca_file: None,
             stream: "MAILVAULT_INGEST".into(),
             consumer: "mailvault-aggregator".into(),
             filter_subjects: mailvault_proto::ingest_wire::AGGREGATOR_FILTERS
@@ -235,6 +256,7 @@ impl Config {
             batch: BatchConfig::default(),
             limits: LimitsConfig::default(),
             s3: None,
+            metrics: Default::default(),
         }
     }
 
@@ -327,6 +349,7 @@ impl Config {
             }
             Ok(_) => {}
         }
+        self.metrics.problems(&mut p);
         if p.is_empty() {
             Ok(())
         } else {
@@ -396,5 +419,26 @@ mod tests {
             panic!("expected Invalid, got {e}");
         };
         assert!(p.len() >= 4, "{p:?}");
+    }
+
+    #[test]
+    fn metrics_endpoint_is_optional_and_checked() {
+        let base = "[repository]\nurl = \"/tmp/r\"\npassphrase_file = \"/p\"\n";
+        let c = Config::parse(base, "t.toml".as_ref()).expect("parse");
+        assert_eq!(c.metrics.address(), Ok(None));
+        let c = Config::parse(
+            &format!("{base}[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+            "t.toml".as_ref(),
+        )
+        .expect("parse");
+        assert_eq!(
+            c.metrics.address().ok().flatten().map(|a| a.port()),
+            Some(9464)
+        );
+        let e = Config::parse(
+            &format!("{base}[metrics]\nlisten = \"nowhere\"\n"),
+            "t.toml".as_ref(),
+        );
+        assert!(matches!(e, Err(ConfigError::Invalid(_))), "{e:?}");
     }
 }

@@ -15,6 +15,6 @@ pub mod worker;
 
 pub use config::Config;
 pub use metrics::Metrics;
-pub use nats::{RunReport, run, run_with_store};
+pub use nats::{RunReport, run, run_with_metrics, run_with_store};
 pub use pipeline::{BatchPolicy, Pipeline, PipelineConfig};
 pub use worker::{Source, WorkerLimits, run_worker};

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Configuration file (TOML, unknown keys rejected; sizes like "64 MiB", durations like "2s"):
 ///
-///   [nats] url ("nats://127.0.0.1:4222"), stream ("MAILVAULT_INGEST"), consumer
+///   [nats] url ("nats://127.0.0.1:4222"; tls://… for TLS), creds_file (NATS .creds),
+///   ca_file (PEM CA for the server's certificate), stream ("MAILVAULT_INGEST"), consumer
 ///   ("mailvault-aggregator"), filter_subjects (items, changes, item batches), events_stream
 ///   ("MAILVAULT_EVENTS"), ack_wait ("60s"), max_ack_pending (2000), delete_bodies (true)
 ///
@@ -30,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 ///   [limits] workers (1), fetch_messages (64), fetch_bytes ("16 MiB"), piece_bytes ("1 MiB"),
 ///   max_sealed_bytes ("64 MiB"), nak_delay ("5s"), poison_after_attempts (5),
 ///   progress_every ("10s"), shutdown_deadline ("25s")
+///
+///   [metrics] listen (off when absent; e.g. "127.0.0.1:9464"): plain-HTTP endpoint with
+///   GET /metrics (Prometheus text) and GET /healthz; see docs/telemetry.md
 #[derive(Debug, Parser)]
 #[command(name = "mailvault-aggregator", version, verbatim_doc_comment)]
 struct Args {
@@ -61,7 +65,20 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         s.cancel();
     });
-    let report = mailvault_aggregator::run(cfg, shutdown)
+    let metrics = std::sync::Arc::new(mailvault_aggregator::Metrics::default());
+    // Kept alive until main returns: dropping it stops the endpoint.
+    let _endpoint = match cfg.metrics.address().map_err(anyhow::Error::msg)? {
+        Some(addr) => {
+            let m = metrics.clone();
+            Some(
+                mailvault_runtime::metrics::MetricsServer::start(addr, move || m.render())
+                    .await
+                    .context("starting the metrics endpoint")?,
+            )
+        }
+        None => None,
+    };
+    let report = mailvault_aggregator::run_with_metrics(cfg, metrics, shutdown)
         .await
         .context("aggregator failed")?;
     tracing::info!(?report, "done");

@@ -262,9 +262,10 @@ pub async fn run_with_store(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
-    let client = async_nats::connect(&cfg.nats.url)
-        .await
-        .map_err(|e| nats_err("connect", e))?;
+    let client =
+        mailvault_runtime::nats::connect("mailvault-aggregator", &cfg.nats.url, &cfg.nats.auth())
+            .await
+            .map_err(|e| RunError::Nats(e.to_string()))?;
     let js = jetstream::new(client.clone());
     let consumer = ensure_consumer(&js, &cfg).await?;
     let repo = Repository::open(store, passphrase).await?;
@@ -433,10 +434,19 @@ pub fn worker_limits(cfg: &Config) -> WorkerLimits {
 
 /// Opens the configured store, reads the passphrase and runs until `shutdown`.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<RunReport, RunError> {
+    run_with_metrics(cfg, Arc::new(Metrics::default()), shutdown).await
+}
+
+/// [`run`] counting into `metrics` (which the binary serves at `/metrics`).
+pub async fn run_with_metrics(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<RunReport, RunError> {
     let pass = std::fs::read(&cfg.repository.passphrase_file).map_err(RunError::Passphrase)?;
     let pass = trim_newline(&pass).to_vec();
     let store = open_store(&cfg).await?;
-    run_with_store(cfg, store, &pass, Arc::new(Metrics::default()), shutdown).await
+    run_with_store(cfg, store, &pass, metrics, shutdown).await
 }
 
 fn trim_newline(b: &[u8]) -> &[u8] {

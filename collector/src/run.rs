@@ -135,21 +135,15 @@ pub async fn run_with_metrics(
         },
         metrics.clone(),
     )?;
-    let mut opts =
-        async_nats::ConnectOptions::new().name(format!("mailvault-collector/{}", config.source));
-    if let Some(creds) = &config.nats.creds_file {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("reading {}", creds.display()))?;
-    }
-    if let Some(ca) = &config.nats.ca_file {
-        opts = opts.add_root_certificates(ca.clone());
-    }
-    let client = opts
-        .connect(config.nats.url.as_str())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats.url))?;
+    let client = mailvault_runtime::nats::connect(
+        &format!("mailvault-collector/{}", config.source),
+        &config.nats.url,
+        &mailvault_runtime::nats::NatsAuth {
+            creds_file: config.nats.creds_file.clone(),
+            ca_file: config.nats.ca_file.clone(),
+        },
+    )
+    .await?;
     let publisher = JetStreamPublisher::new(
         client.clone(),
         PublisherConfig {

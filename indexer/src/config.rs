@@ -15,6 +15,8 @@
 //! [api]
 //! listen = "127.0.0.1:50051"
 //! tokens_file = "/etc/mailvault/tokens.toml"
+//! [metrics]
+//! listen = "127.0.0.1:9464"            # optional: GET /metrics and /healthz
 //! ```
 
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Sections that environment overrides may address (`MAILVAULT_NATS_URL`, …). Other
 /// `MAILVAULT_*` variables (`MAILVAULT_INDEXER_CONFIG`, `MAILVAULT_TOOLS`, …) are not config.
-pub const SECTIONS: [&str; 5] = ["nats", "repository", "index", "api", "s3"];
+pub const SECTIONS: [&str; 6] = ["nats", "repository", "index", "api", "s3", "metrics"];
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -44,13 +46,23 @@ pub struct Config {
     /// Connection settings of an `s3://` repository (endpoint, region, credentials).
     #[serde(default)]
     pub s3: Option<mailvault_runtime::storage::S3Config>,
+    /// `[metrics] listen = "127.0.0.1:9464"`: serve `/metrics` and `/healthz` there (off when
+    /// absent).
+    #[serde(default)]
+    pub metrics: mailvault_runtime::metrics::MetricsConfig,
 }
 
 /// NATS: where "stored" events come from and restore jobs go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
+    /// `nats://host:4222` or `tls://host:4222`; a user and password may be given in it.
     pub url: String,
+    /// NATS credentials file (`.creds`: user JWT and NKey seed). Never logged.
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA certificate(s) for the server's TLS certificate (beside the system's roots);
+    /// setting it requires TLS.
+    pub ca_file: Option<PathBuf>,
     /// A restore fails with `UNAVAILABLE` when the collector sends no result for this long.
     #[serde(deserialize_with = "duration")]
     pub restore_timeout: Duration,
@@ -60,6 +72,8 @@ impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
+            creds_file: None,
+            ca_file: None,
             restore_timeout: Duration::from_secs(120),
         }
     }
@@ -192,6 +206,7 @@ impl mailvault_runtime::config::Validate for Config {
             }
             Ok(_) => {}
         }
+        self.metrics.problems(p);
     }
 }
 

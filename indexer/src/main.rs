@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 /// Configuration file (TOML, unknown keys rejected, durations like "5s"); every key can be
 /// overridden as MAILVAULT_<SECTION>_<KEY> (e.g. MAILVAULT_NATS_URL, MAILVAULT_S3_ENDPOINT):
 ///
-///   [nats] url ("nats://127.0.0.1:4222"), restore_timeout ("120s": a restore fails when the
-///   collector sends no result for this long)
+///   [nats] url ("nats://127.0.0.1:4222"; tls://… for TLS), creds_file (NATS .creds),
+///   ca_file (PEM CA for the server's certificate), restore_timeout ("120s": a restore fails
+///   when the collector sends no result for this long)
 ///
 ///   [repository] url (s3://bucket/prefix or a directory; required), passphrase_file
 ///   (required, never logged), refresh_interval ("5s")
@@ -39,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 ///
 ///   [s3] endpoint, region, path_style, access_key_id, secret_access_key_file, … (see
 ///   docs/operations.md)
+///
+///   [metrics] listen (off when absent; e.g. "127.0.0.1:9464"): plain-HTTP endpoint with
+///   GET /metrics (Prometheus text) and GET /healthz; see docs/telemetry.md
 #[derive(Debug, Parser)]
 #[command(name = "mailvault-indexer", version, verbatim_doc_comment)]
 struct Args {
@@ -170,7 +174,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         s.cancel();
     });
-    let report = service::run(cfg, shutdown, None)
+    let metrics = std::sync::Arc::new(mailvault_indexer::Metrics::default());
+    // Kept alive until run returns: dropping it stops the endpoint.
+    let _endpoint = match cfg.metrics.address().map_err(anyhow::Error::msg)? {
+        Some(addr) => {
+            let m = metrics.clone();
+            Some(
+                mailvault_runtime::metrics::MetricsServer::start(addr, move || m.render())
+                    .await
+                    .context("starting the metrics endpoint")?,
+            )
+        }
+        None => None,
+    };
+    let report = service::run_with_metrics(cfg, metrics, shutdown, None)
         .await
         .context("mailvault-indexer failed")?;
     tracing::info!(?report, "done");

@@ -16,7 +16,7 @@ use crate::api::{
 };
 use crate::config::Config;
 use crate::consume::{self, ConsumeReport, JsSource};
-use crate::{Index, Indexer};
+use crate::{Index, Indexer, Metrics};
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -101,21 +101,33 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<ServiceReport, ServiceError> {
+    run_with_metrics(cfg, Arc::default(), shutdown, ready).await
+}
+
+/// [`run`] counting into `metrics` (which the binary serves at `/metrics`).
+pub async fn run_with_metrics(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<ServiceReport, ServiceError> {
     let repo = open_repository(&cfg).await?;
     let index = open_index(&cfg.index.dir).await?;
     let tokens =
         Tokens::load(&cfg.api.tokens_file).map_err(|e| ServiceError::Tokens(e.to_string()))?;
     let nats = |what: &'static str| {
-        let url = cfg.nats.url.clone();
+        let url = mailvault_runtime::nats::redact_url(&cfg.nats.url);
         move |e: String| ServiceError::Nats {
             url,
             what,
             cause: e,
         }
     };
-    let client = async_nats::ConnectOptions::new()
-        .name("mailvault-indexer")
-        .connect(cfg.nats.url.as_str())
+    let auth = mailvault_runtime::nats::NatsAuth {
+        creds_file: cfg.nats.creds_file.clone(),
+        ca_file: cfg.nats.ca_file.clone(),
+    };
+    let client = mailvault_runtime::nats::connect("mailvault-indexer", &cfg.nats.url, &auth)
         .await
         .map_err(|e| nats("connect")(e.to_string()))?;
     let js = async_nats::jetstream::new(client.clone());
@@ -134,7 +146,7 @@ pub async fn run(
         cfg.repository.refresh_interval,
         shutdown.clone(),
     ));
-    let indexer = Indexer::new(repo.clone(), index.clone());
+    let indexer = Indexer::new(repo.clone(), index.clone()).with_metrics(metrics.clone());
     let consume_cfg = cfg.consume();
     let consumer = {
         let shutdown = shutdown.clone();
@@ -144,7 +156,7 @@ pub async fn run(
     };
 
     let audit = AuditLog::start(repo.clone());
-    let api = Api::new(index, repo, audit.clone(), Some(restore));
+    let api = Api::new(index, repo, audit.clone(), Some(restore)).with_metrics(metrics);
     let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),

@@ -5,5 +5,6 @@ pub mod bus;
 pub mod config;
 pub mod handoff;
 pub mod metrics;
+pub mod nats;
 pub mod storage;
 pub mod telemetry;

@@ -84,7 +84,10 @@ fn key(s: &str) -> String {
 
 impl Collector {
     pub async fn connect(url: &str) -> Collector {
-        let client = async_nats::connect(url).await.expect("connect");
+        Self::with_client(async_nats::connect(url).await.expect("connect")).await
+    }
+
+    pub async fn with_client(client: async_nats::Client) -> Collector {
         let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream::Config {
             name: "MAILVAULT_INGEST".into(),

@@ -402,6 +402,7 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
         nats: icfg::NatsConfig {
             url: nats.url(),
             restore_timeout: Duration::from_secs(60),
+            ..Default::default()
         },
         repository: icfg::RepositoryConfig {
             url: format!("s3://{}/{PREFIX}", garage.bucket()),
@@ -421,6 +422,7 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
             tls_key: None,
         },
         s3: Some(s3.clone()),
+        metrics: Default::default(),
     };
     let mut problems = Vec::new();
     mailvault_runtime::config::Validate::validate(&cfg, &mut problems);

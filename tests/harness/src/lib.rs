@@ -1,5 +1,5 @@
-//! Real servers for tests, on free loopback ports: `nats-server` with JetStream and a
-//! single-node Garage (S3). Plain `std`, usable from sync and async tests alike.
+//! Real servers for tests, on free loopback ports: `nats-server` with JetStream, a
+//! single-node Garage (S3) and Prometheus ([`Prometheus`]). Plain `std`, usable from sync and async tests alike.
 //!
 //! Binaries come from the project's tools cache (`ops/scripts/install-tools.sh`), else `PATH`;
 //! when neither has a suitable one, the script is run to install it. A test never skips because
@@ -15,6 +15,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+mod prometheus;
+pub use prometheus::Prometheus;
 
 /// How long a server may take to come up before the harness gives up.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -70,6 +73,7 @@ fn tool_spec(name: &str) -> (&'static [&'static str], &'static str) {
     match name {
         "nats-server" => (&["v2.15."], "nats"),
         "garage" => (&["cargo:2.", "v2."], "garage"),
+        "prometheus" => (&["prometheus, version "], "prometheus"),
         _ => (&[""], "all"),
     }
 }
@@ -272,10 +276,17 @@ pub struct NatsServer {
     monitor_port: u16,
     bin: PathBuf,
     dir: TempDir,
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// With more `nats-server` flags, e.g. `--tls --tlscert F --tlskey F --user U --pass P`
+    /// (the monitoring port that tells readiness stays plain HTTP).
+    pub fn start_with_args(extra_args: &[&str]) -> Result<Self> {
         let bin = tools_bin("nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("mailvault-nats-")
@@ -286,6 +297,7 @@ impl NatsServer {
             monitor_port: free_port()?,
             bin,
             dir,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -299,7 +311,8 @@ impl NatsServer {
             .args(["-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-sd")
-            .arg(&store);
+            .arg(&store)
+            .args(&self.extra_args);
         let mut proc = Proc::spawn(&mut cmd, self.dir.path(), "nats-server")?;
         let monitor = self.monitor_port;
         wait_ready(&mut proc, "nats-server", || {

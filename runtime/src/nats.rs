@@ -1,0 +1,117 @@
+//! Connecting to NATS the same way from every service: a client name the server shows in its
+//! connection list, an optional credentials file (JWT + NKey seed, what an operator-mode NATS
+//! hands out per service) and an optional private CA for TLS.
+//!
+//! User and password may also sit in the URL (`nats://user:pass@host:4222`); [`redact_url`]
+//! keeps them out of errors and logs. Several servers of a cluster are given comma-separated.
+
+use std::path::PathBuf;
+
+/// The `creds_file` / `ca_file` keys of a service's `[nats]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsAuth {
+    /// NATS credentials file (`.creds`: user JWT and NKey seed). Never logged.
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for the server's TLS certificate, in addition to the
+    /// system's roots. Setting it requires TLS.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConnectError {
+    #[error("NATS credentials file {}: {source}", path.display())]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to NATS at {url}: {cause}")]
+    Connect { url: String, cause: String },
+}
+
+/// Connects as `name` to `url` with `auth`.
+pub async fn connect(
+    name: &str,
+    url: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, NatsConnectError> {
+    // async-nats builds its TLS config from rustls' process-wide provider, and a workspace
+    // build enables two (ring here, aws-lc-rs through tonic), so rustls would refuse to pick
+    // one and panic at the first tls:// connect. Ring, like every other client here; an error
+    // only means a provider was installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut opts = async_nats::ConnectOptions::new().name(name);
+    if let Some(creds) = &auth.creds_file {
+        opts =
+            opts.credentials_file(creds)
+                .await
+                .map_err(|source| NatsConnectError::Credentials {
+                    path: creds.clone(),
+                    source,
+                })?;
+    }
+    if let Some(ca) = &auth.ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let failed = |cause: String| NatsConnectError::Connect {
+        url: redact_url(url),
+        cause,
+    };
+    let servers = url
+        .split(',')
+        .map(|one| one.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(e.to_string()))?;
+    // async-nats parses a user and password in the URL but never sends them.
+    if let Some(s) = servers.iter().find(|s| s.username().is_some()) {
+        opts = opts.user_and_password(
+            s.username().unwrap_or_default().to_owned(),
+            s.password().unwrap_or_default().to_owned(),
+        );
+    }
+    opts.connect(servers)
+        .await
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// `url` without the password (and user) it may carry, for errors and logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.split_once("://") {
+                Some((s, r)) => (Some(s), r),
+                None => (None, one),
+            };
+            let host_start = rest.find('/').unwrap_or(rest.len());
+            let authority = &rest[..host_start];
+            let shown = match authority.rsplit_once('@') {
+                Some((_, host)) => format!("<redacted>@{host}{}", &rest[host_start..]),
+                None => rest.to_owned(),
+            };
+            match scheme {
+                Some(s) => format!("{s}://{shown}"),
+                None => shown,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("nats://svc:s3cret@nats.contoso.com:4222"),
+            "nats://<redacted>@nats.contoso.com:4222"
+        );
+        assert_eq!(
+            redact_url("tls://a:b@n1:4222,tls://n2:4222"),
+            "tls://<redacted>@n1:4222,tls://n2:4222"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("u:p@host:4222"), "<redacted>@host:4222");
+    }
+}
