@@ -106,19 +106,15 @@ async fn main() -> ExitCode {
     let metrics = std::sync::Arc::new(Metrics::default());
     // Kept alive until main returns: dropping it stops the endpoint. The address was checked
     // with the rest of the configuration.
-    let _endpoint = match config.metrics.address() {
-        Ok(Some(addr)) => {
-            let m = metrics.clone();
-            match mailvault_runtime::metrics::MetricsServer::start(addr, move || m.render()).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    eprintln!("error: starting the metrics endpoint: {e}");
-                    return ExitCode::from(1);
-                }
+    let m = metrics.clone();
+    let _endpoint =
+        match mailvault_runtime::metrics::serve(&config.metrics, move || m.render()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: starting the metrics endpoint: {e}");
+                return ExitCode::from(1);
             }
-        }
-        Ok(None) | Err(_) => None,
-    };
+        };
     match run_with_metrics(config, mode, rx, metrics).await {
         Ok(summary) => {
             for m in &summary.mailboxes {

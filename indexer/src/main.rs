@@ -176,17 +176,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let metrics = std::sync::Arc::new(mailvault_indexer::Metrics::default());
     // Kept alive until run returns: dropping it stops the endpoint.
-    let _endpoint = match cfg.metrics.address().map_err(anyhow::Error::msg)? {
-        Some(addr) => {
-            let m = metrics.clone();
-            Some(
-                mailvault_runtime::metrics::MetricsServer::start(addr, move || m.render())
-                    .await
-                    .context("starting the metrics endpoint")?,
-            )
-        }
-        None => None,
-    };
+    let m = metrics.clone();
+    let _endpoint = mailvault_runtime::metrics::serve(&cfg.metrics, move || m.render())
+        .await
+        .context("starting the metrics endpoint")?;
     let report = service::run_with_metrics(cfg, metrics, shutdown, None)
         .await
         .context("mailvault-indexer failed")?;

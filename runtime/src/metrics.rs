@@ -162,11 +162,25 @@ impl MetricsConfig {
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsServeError {
+    #[error("{0}")]
+    Config(String),
     #[error("binding the metrics endpoint to {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Starts the endpoint when `config` asks for one (`None` when metrics are off). Keep the
+/// server alive as long as the service runs: dropping it stops the endpoint.
+pub async fn serve(
+    config: &MetricsConfig,
+    render: impl Fn() -> String + Send + Sync + 'static,
+) -> Result<Option<MetricsServer>, MetricsServeError> {
+    match config.address().map_err(MetricsServeError::Config)? {
+        Some(addr) => MetricsServer::start(addr, render).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// What the endpoint serves at `/metrics`: a fresh rendering per request.
