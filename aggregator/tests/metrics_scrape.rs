@@ -1,7 +1,9 @@
 //! The aggregator's metrics as Prometheus sees them: a real pipeline (nats-server, memory
 //! store) serves its counters on a loopback port, a real Prometheus (Debian's package, from
 //! `ops/scripts/install-tools.sh`) scrapes it every second, and its query API must report
-//! exactly the number of items stored.
+//! exactly the number of items stored. The same Prometheus evaluates ops/monitoring/alerts.yml
+//! every second: on the real series every rule evaluates without error, and the service-down
+//! alert goes pending for a second target nothing listens on, and only for that one.
 
 mod common;
 
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use mailvault_aggregator::Metrics;
 use mailvault_format::{BlobStore, MemoryStore};
-use mailvault_harness::{NatsServer, Prometheus, http_get_status};
+use mailvault_harness::{NatsServer, Prometheus, free_port, http_get_status};
 use mailvault_runtime::metrics::MetricsServer;
 
 /// Polls an instant query until it returns exactly `want` (one series), or panics at the
@@ -47,7 +49,11 @@ async fn prometheus_scrapes_the_number_of_items_stored() {
         .expect("metrics endpoint");
     let addr = endpoint.local_addr();
     assert_eq!(http_get_status(addr.port(), "/healthz"), Some(200));
-    let prom = Prometheus::start(&[addr]).unwrap_or_else(|e| {
+    let rules = mailvault_harness::repo_root().join("ops/monitoring/alerts.yml");
+    let down: std::net::SocketAddr = format!("127.0.0.1:{}", free_port().expect("port"))
+        .parse()
+        .expect("addr");
+    let prom = Prometheus::start_with_rules(&[addr, down], &[rules]).unwrap_or_else(|e| {
         panic!("{e}\n(Prometheus comes from ops/scripts/install-tools.sh; run it once)")
     });
     // Scraped before anything was stored: the counter exists at 0, so the exact value checked
@@ -78,7 +84,13 @@ async fn prometheus_scrapes_the_number_of_items_stored() {
         Duration::from_secs(30),
     )
     .await;
-    wait_for_value(&prom, "up{job=\"mailvault\"}", 1.0, Duration::from_secs(5)).await;
+    wait_for_value(
+        &prom,
+        &format!("up{{job=\"mailvault\",instance=\"{addr}\"}}"),
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     let flushes = tokio::task::block_in_place(|| {
         prom.query_values("mailvault_aggregator_flush_seconds_count")
     })
@@ -87,6 +99,29 @@ async fn prometheus_scrapes_the_number_of_items_stored() {
         flushes.len() == 1 && flushes[0] >= 1.0,
         "the summary's count was scraped: {flushes:?}"
     );
+
+    // Every rule evaluated against the real series (health ok, no lastError).
+    let rules = tokio::task::block_in_place(|| prom.rules_json()).expect("/api/v1/rules");
+    let evaluated = rules.matches("\"health\":").count();
+    assert!(evaluated >= 8, "the alert rules are loaded: {rules}");
+    assert_eq!(
+        rules.matches("\"health\":\"ok\"").count(),
+        evaluated,
+        "every rule evaluates without error: {rules}"
+    );
+    // The target nothing listens on has up == 0: MailvaultTargetDown is pending for it (it
+    // fires after its 5 minutes, which promtool's unit test covers), and it is the only alert.
+    wait_for_value(
+        &prom,
+        &format!(
+            "ALERTS{{alertname=\"MailvaultTargetDown\",alertstate=\"pending\",instance=\"{down}\"}}"
+        ),
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let alerts = tokio::task::block_in_place(|| prom.query_values("count(ALERTS)")).expect("query");
+    assert_eq!(alerts, [1.0], "only the down target alerts");
 
     replica.stop().await;
     check_repository(store, &items, 0).await;

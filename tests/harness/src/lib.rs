@@ -74,6 +74,8 @@ fn tool_spec(name: &str) -> (&'static [&'static str], &'static str) {
         "nats-server" => (&["v2.15."], "nats"),
         "garage" => (&["cargo:2.", "v2."], "garage"),
         "prometheus" => (&["prometheus, version "], "prometheus"),
+        // Debian's prometheus package ships it.
+        "promtool" => (&["promtool, version "], "prometheus"),
         _ => (&[""], "all"),
     }
 }

@@ -24,6 +24,12 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus with a scrape config for `targets` and waits until it is ready.
     pub fn start(targets: &[SocketAddr]) -> Result<Self> {
+        Self::start_with_rules(targets, &[])
+    }
+
+    /// Like [`Prometheus::start`], with these rule files loaded and evaluated every second.
+    /// Prometheus refuses to start on a rule file it cannot parse.
+    pub fn start_with_rules(targets: &[SocketAddr], rule_files: &[PathBuf]) -> Result<Self> {
         let bin = tools_bin("prometheus").map_err(|e| {
             HarnessError(format!(
                 "Prometheus is needed and could not be installed; run ops/scripts/install-tools.sh \
@@ -40,10 +46,16 @@ impl Prometheus {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let rules = rule_files
+            .iter()
+            .map(|f| format!("\"{}\"", f.display()))
+            .collect::<Vec<_>>()
+            .join(", ");
         fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: [{rules}]\n\
                  scrape_configs:\n  - job_name: mailvault\n    static_configs:\n      - targets: [{list}]\n"
             ),
         )?;
@@ -128,6 +140,11 @@ impl Prometheus {
             );
         }
         Ok(out)
+    }
+
+    /// The raw JSON of the loaded rules with their health and last error (`/api/v1/rules`).
+    pub fn rules_json(&self) -> Result<String> {
+        self.get("/api/v1/rules")
     }
 
     /// What Prometheus says about its targets (`/api/v1/targets`), for failure messages.
