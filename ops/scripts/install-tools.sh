@@ -31,18 +31,23 @@ if want "${1:-all}" garage && ! "$TOOLS/bin/garage" --version 2>/dev/null | grep
 fi
 # The chart test (tests/e2e/tests/helm.rs) lints and renders helm/mailvault with Helm's own SDK
 # (PyPI helm-python-sdk bundles it as a C library; there is no helm CLI in it) and validates the
-# manifests with kubernetes-validate, both from one venv: $TOOLS/helm-venv.
+# manifests with kubernetes-validate, both from one venv: $TOOLS/helm-venv. kubernetes-validate
+# knows only Kubernetes' own kinds; the chart's optional ServiceMonitor and PrometheusRule are
+# checked with the prometheus-operator CRD models of cloudcoil-models-prometheus-operator.
 HELM_SDK_VERSION="${MAILVAULT_HELM_SDK_VERSION:-0.2.2}"
 KUBE_VALIDATE_VERSION="${MAILVAULT_KUBE_VALIDATE_VERSION:-1.37.0}"
+PROM_OPERATOR_MODELS_VERSION="${MAILVAULT_PROM_OPERATOR_MODELS_VERSION:-0.80.1.0}"
 if want "${1:-all}" helm && ! "$TOOLS/helm-venv/bin/python" -c "
 import sys
 from importlib.metadata import version
-sys.exit(version('helm-python-sdk') != '${HELM_SDK_VERSION}' or version('kubernetes-validate') != '${KUBE_VALIDATE_VERSION}')
+sys.exit(version('helm-python-sdk') != '${HELM_SDK_VERSION}' or version('kubernetes-validate') != '${KUBE_VALIDATE_VERSION}'
+         or version('cloudcoil.models.prometheus_operator') != '${PROM_OPERATOR_MODELS_VERSION}')
 " 2>/dev/null; then
-  echo "install-tools: installing helm-python-sdk ${HELM_SDK_VERSION} and kubernetes-validate ${KUBE_VALIDATE_VERSION} (PyPI) into $TOOLS/helm-venv" >&2
+  echo "install-tools: installing helm-python-sdk ${HELM_SDK_VERSION}, kubernetes-validate ${KUBE_VALIDATE_VERSION} and cloudcoil-models-prometheus-operator ${PROM_OPERATOR_MODELS_VERSION} (PyPI) into $TOOLS/helm-venv" >&2
   python3 -m venv "$TOOLS/helm-venv"
   "$TOOLS/helm-venv/bin/pip" install --quiet --no-cache-dir \
-    "helm-python-sdk==${HELM_SDK_VERSION}" "kubernetes-validate==${KUBE_VALIDATE_VERSION}"
+    "helm-python-sdk==${HELM_SDK_VERSION}" "kubernetes-validate==${KUBE_VALIDATE_VERSION}" \
+    "cloudcoil-models-prometheus-operator==${PROM_OPERATOR_MODELS_VERSION}"
   # The wheel carries its 85 MB library three times (wheels have no symlinks): hard links
   # save 170 MB of the cache.
   for lib in "$TOOLS"/helm-venv/lib/python3*/site-packages/helm_python/lib/libhelm_c.so.*; do

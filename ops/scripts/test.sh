@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one: installs the real servers and tools
-# the tests use (nats-server 2.15, Garage, Helm's SDK and kubernetes-validate) if they are
-# missing, then runs formatting, lints and every test of the workspace. Tests start their own
-# servers on free loopback ports.
+# the tests use (nats-server 2.15, Garage, Helm's SDK, kubernetes-validate and the
+# prometheus-operator CRD models, Prometheus and promtool) if they are missing, then runs
+# formatting, lints and every test of the workspace. Tests start their own servers on free
+# loopback ports.
 #
 #   MAILVAULT_CORPUS=DIR   real mail (../shared/corpus/dev layout) for the corpus tests; unset,
 #                          those tests say so and run on generated mail only.

@@ -147,16 +147,52 @@ values.yaml.
 {{- toJson (mergeOverwrite (deepCopy (default (dict) .Values.s3.config)) $s3) }}
 {{- end }}
 
-{{/* Volumes and mounts for the repository passphrase, S3 key and NATS CA (aggregator, indexer). */}}
+{{- define "mailvault.hasNatsCreds" -}}
+{{- if or .Values.nats.credentials.existingSecret .Values.nats.credentials.creds }}true{{ end }}
+{{- end }}
+
+{{/*
+The [nats] section every service shares: the URL, and the CA and credentials files where the
+chart mounts them (mailvault.natsVolumes). `extra` is the service's own nats config; the
+chart's keys win. Call with (dict "root" $ "extra" MAP); returns JSON.
+*/}}
+{{- define "mailvault.natsSection" -}}
+{{- $n := mergeOverwrite (deepCopy (default (dict) .extra)) (dict "url" (include "mailvault.natsUrl" .root)) }}
+{{- if include "mailvault.hasNatsCa" .root }}{{ $_ := set $n "ca_file" "/etc/mailvault/secrets/nats-ca/ca.crt" }}{{ end }}
+{{- if include "mailvault.hasNatsCreds" .root }}{{ $_ := set $n "creds_file" "/etc/mailvault/secrets/nats/nats.creds" }}{{ end }}
+{{- toJson $n }}
+{{- end }}
+
+{{- define "mailvault.natsVolumes" -}}
+{{- if include "mailvault.hasNatsCa" . }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "nats-ca" "existing" .Values.nats.tls.ca.existingSecret "key" .Values.nats.tls.ca.key "chartKey" "nats-ca.crt" "path" "ca.crt") }}
+{{- end }}
+{{- if include "mailvault.hasNatsCreds" . }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "nats-creds" "existing" .Values.nats.credentials.existingSecret "key" .Values.nats.credentials.key "chartKey" "nats.creds" "path" "nats.creds") }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.natsMounts" -}}
+{{- if include "mailvault.hasNatsCa" . }}
+- name: nats-ca
+  mountPath: /etc/mailvault/secrets/nats-ca
+  readOnly: true
+{{- end }}
+{{- if include "mailvault.hasNatsCreds" . }}
+- name: nats-creds
+  mountPath: /etc/mailvault/secrets/nats
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Volumes and mounts for the repository passphrase, S3 key and NATS files (aggregator, indexer). */}}
 {{- define "mailvault.repositoryVolumes" -}}
 {{- $p := .Values.repository.passphrase }}
 {{ include "mailvault.secretVolume" (dict "root" . "volume" "passphrase" "existing" (include "mailvault.expectedSecret" (dict "root" . "existing" $p.existingSecret "value" $p.value "suffix" "passphrase")) "key" $p.key "chartKey" "passphrase" "path" "passphrase") }}
 {{- if include "mailvault.hasS3Secret" . }}
 {{ include "mailvault.secretVolume" (dict "root" . "volume" "s3" "existing" .Values.s3.secretAccessKey.existingSecret "key" .Values.s3.secretAccessKey.key "chartKey" "s3-secret-access-key" "path" "secret-access-key") }}
 {{- end }}
-{{- if include "mailvault.hasNatsCa" . }}
-{{ include "mailvault.secretVolume" (dict "root" . "volume" "nats-ca" "existing" .Values.nats.tls.ca.existingSecret "key" .Values.nats.tls.ca.key "chartKey" "nats-ca.crt" "path" "ca.crt") }}
-{{- end }}
+{{- include "mailvault.natsVolumes" . }}
 {{- end }}
 
 {{- define "mailvault.repositoryMounts" -}}
@@ -168,11 +204,42 @@ values.yaml.
   mountPath: /etc/mailvault/secrets/s3
   readOnly: true
 {{- end }}
-{{- if include "mailvault.hasNatsCa" . }}
-- name: nats-ca
-  mountPath: /etc/mailvault/secrets/nats-ca
-  readOnly: true
+{{- include "mailvault.natsMounts" . }}
 {{- end }}
+
+{{/* [metrics] listen of every service, or nothing when metrics are off. */}}
+{{- define "mailvault.metricsSection" -}}
+{{- if .Values.metrics.enabled }}{{ toJson (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}{{ end }}
+{{- end }}
+
+{{/* Prometheus' conventional scrape annotations (pod template). */}}
+{{- define "mailvault.metricsAnnotations" -}}
+{{- if .Values.metrics.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.metricsPort" -}}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+
+{{/*
+Liveness on /healthz: 200 while the process serves. It says nothing about NATS or S3, which
+the services retry on their own, so it restarts only a hung process.
+*/}}
+{{- define "mailvault.metricsLiveness" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  initialDelaySeconds: 10
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
 {{- end }}
 
 {{/* Environment every container gets; `component` names the OTel service. */}}
@@ -184,14 +251,6 @@ values.yaml.
   value: {{ . | quote }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "mailvault-%s" $.component | quote }}
-{{- end }}
-{{- if and .natsCaDir (include "mailvault.hasNatsCa" .root) }}
-{{- /* async-nats (and the S3 client) trust rustls-native-certs' roots: with these set, the
-  image's CA bundle plus the NATS CA, instead of the bundle alone. */}}
-- name: SSL_CERT_FILE
-  value: /etc/ssl/certs/ca-certificates.crt
-- name: SSL_CERT_DIR
-  value: /etc/mailvault/secrets/nats-ca
 {{- end }}
 {{- end }}
 
@@ -205,4 +264,15 @@ securityContext:
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* The NetworkPolicy ingress rule that lets Prometheus reach the metrics port. */}}
+{{- define "mailvault.metricsIngress" -}}
+- ports:
+    - port: {{ .Values.metrics.port }}
+      protocol: TCP
+  {{- with .Values.networkPolicy.metricsFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end }}

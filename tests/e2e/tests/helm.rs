@@ -85,6 +85,11 @@ fn find_or_install_helm_python() -> PathBuf {
 struct Rendered {
     /// (template path, document)
     docs: Vec<(String, Value)>,
+    /// `Kind/name` → the validator that accepted it (kubernetes-validate, or the
+    /// prometheus-operator CRD models for that operator's kinds).
+    validated_by: BTreeMap<String, String>,
+    /// NOTES.txt as rendered.
+    notes: String,
 }
 
 impl Rendered {
@@ -157,6 +162,8 @@ impl Rendered {
 fn render(values: Option<&Path>) -> Rendered {
     let python = helm_python();
     let mut first: Option<Vec<(String, Value)>> = None;
+    let mut validated_by = BTreeMap::new();
+    let mut notes = String::new();
     for kube in KUBE_VERSIONS {
         let out = run_render(&python, values, kube);
         let label = format!("{values:?} on Kubernetes {kube}");
@@ -197,6 +204,19 @@ fn render(values: Option<&Path>) -> Rendered {
             })
             .collect();
         assert!(!docs.is_empty(), "nothing rendered {label}");
+        validated_by = serde_json::from_value(out["validated_by"].clone()).expect("validated_by");
+        for (_, d) in &docs {
+            let key = format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or(""),
+                d["metadata"]["name"].as_str().unwrap_or("")
+            );
+            assert!(
+                validated_by.contains_key(&key),
+                "{key} was not validated {label}"
+            );
+        }
+        notes = out["notes"].as_str().expect("NOTES.txt").to_owned();
         match &first {
             None => first = Some(docs),
             Some(f) => assert_eq!(f, &docs, "rendering differs between Kubernetes versions"),
@@ -204,6 +224,8 @@ fn render(values: Option<&Path>) -> Rendered {
     }
     Rendered {
         docs: first.expect("rendered"),
+        validated_by,
+        notes,
     }
 }
 
@@ -639,11 +661,169 @@ fn check_workloads(r: &Rendered, aggregators: u64, tls: bool) {
     } else {
         assert_eq!(c["readinessProbe"]["grpc"]["port"].as_u64(), Some(port));
     }
-    // The aggregators and collectors serve nothing, so nothing probes them.
+    // Nothing connects to the aggregators and collectors, so nothing waits for them to be ready.
     for (name, pod) in r.pod_specs() {
         if !name.contains("-indexer") {
             assert!(pod["containers"][0]["readinessProbe"].is_null(), "{name}");
-            assert!(pod["containers"][0]["livenessProbe"].is_null(), "{name}");
+        }
+    }
+}
+
+/// Every workload's `[metrics]` endpoint, `metrics` port, /healthz liveness probe and scrape
+/// annotations when `port` is Some; none of them when metrics are off.
+fn check_metrics(r: &Rendered, port: Option<u16>) {
+    let workloads: Vec<&Value> = r
+        .docs
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| ["Deployment", "StatefulSet"].contains(&d["kind"].as_str().unwrap_or("")))
+        .collect();
+    assert!(!workloads.is_empty());
+    let configs = configs(r);
+    assert_eq!(configs.len(), workloads.len(), "one config per workload");
+    for (workload, _, _, _, text) in &configs {
+        let cfg: toml::Table = toml::from_str(text).expect("toml");
+        let listen = cfg.get("metrics").and_then(|m| m.get("listen"));
+        match port {
+            Some(p) => assert_eq!(
+                listen.and_then(|l| l.as_str()),
+                Some(format!("0.0.0.0:{p}").as_str()),
+                "{workload}: [metrics] listen"
+            ),
+            None => assert!(cfg.get("metrics").is_none(), "{workload}: {text}"),
+        }
+    }
+    for w in workloads {
+        let name = w["metadata"]["name"].as_str().expect("name");
+        let c = &w["spec"]["template"]["spec"]["containers"][0];
+        let annotations = &w["spec"]["template"]["metadata"]["annotations"];
+        let metrics_port = c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "metrics");
+        match port {
+            Some(p) => {
+                let mp = metrics_port.unwrap_or_else(|| panic!("{name}: no metrics port"));
+                assert_eq!(mp["containerPort"].as_u64(), Some(u64::from(p)), "{name}");
+                assert_eq!(mp["protocol"], "TCP", "{name}");
+                let probe = &c["livenessProbe"]["httpGet"];
+                assert_eq!(probe["path"], "/healthz", "{name}: {}", c["livenessProbe"]);
+                assert_eq!(probe["port"], "metrics", "{name}");
+                assert_eq!(annotations["prometheus.io/scrape"], "true", "{name}");
+                assert_eq!(annotations["prometheus.io/port"], p.to_string(), "{name}");
+                assert_eq!(annotations["prometheus.io/path"], "/metrics", "{name}");
+            }
+            None => {
+                assert!(metrics_port.is_none(), "{name}");
+                assert!(c["livenessProbe"]["httpGet"].is_null(), "{name}");
+                assert!(annotations.get("prometheus.io/scrape").is_none(), "{name}");
+            }
+        }
+    }
+}
+
+/// The ports a NetworkPolicy ingress rule list opens, each with its `from` peers (null: all).
+fn ingress_rules(policy: &Value) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    for rule in policy["spec"]["ingress"].as_array().into_iter().flatten() {
+        for p in rule["ports"].as_array().expect("ingress ports") {
+            out.push((
+                p["port"].as_u64().expect("numeric port"),
+                rule["from"].clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// With the NetworkPolicy on: collectors and aggregators take only the metrics port, from
+/// `metrics_from`; the indexer its API port from `api_from` and the metrics port from
+/// `metrics_from`.
+fn check_network_policies(r: &Rendered, metrics: Option<(u16, Value)>, api_from: Value) {
+    let workers = r.named("NetworkPolicy", &format!("{FULLNAME}-workers"));
+    let indexer = r.named("NetworkPolicy", &format!("{FULLNAME}-indexer"));
+    // Which pods each policy selects, by component.
+    let selected = &workers["spec"]["podSelector"]["matchExpressions"];
+    let components = selected
+        .as_array()
+        .expect("matchExpressions")
+        .iter()
+        .find(|e| e["key"] == "app.kubernetes.io/component")
+        .expect("component selector");
+    assert_eq!(components["values"], json!(["aggregator", "collector"]));
+    let api_port = r.named("Service", &format!("{FULLNAME}-indexer"))["spec"]["ports"][0]["port"]
+        .as_u64()
+        .expect("api port");
+    match metrics {
+        Some((port, from)) => {
+            assert_eq!(
+                ingress_rules(workers),
+                vec![(u64::from(port), from.clone())]
+            );
+            assert_eq!(
+                ingress_rules(indexer),
+                vec![(api_port, api_from), (u64::from(port), from)]
+            );
+        }
+        None => {
+            assert_eq!(ingress_rules(workers), vec![], "no ingress at all");
+            assert!(workers["spec"]["ingress"].is_null());
+            assert_eq!(ingress_rules(indexer), vec![(api_port, api_from)]);
+        }
+    }
+}
+
+/// The aggregator and indexer name the NATS CA and credentials in `[nats]`, and both files are
+/// mounted from the given Secrets (check_configs then runs the binaries on them).
+fn check_nats_files(r: &Rendered, ca_secret: &str, creds_secret: &str) {
+    for (workload, pod, container, _, text) in configs(r) {
+        let cfg: toml::Table = toml::from_str(&text).expect("toml");
+        let m = mounted(r, &pod, &container);
+        for (key, path, secret) in [
+            (
+                "ca_file",
+                "/etc/mailvault/secrets/nats-ca/ca.crt",
+                ca_secret,
+            ),
+            (
+                "creds_file",
+                "/etc/mailvault/secrets/nats/nats.creds",
+                creds_secret,
+            ),
+        ] {
+            assert_eq!(
+                cfg.get("nats")
+                    .and_then(|n| n.get(key))
+                    .and_then(|v| v.as_str()),
+                Some(path),
+                "{workload}: nats.{key}\n{text}"
+            );
+            assert_eq!(
+                m.files.get(path).map(String::as_str),
+                Some("secret"),
+                "{workload}"
+            );
+            let dir = path.rsplit_once('/').expect("dir").0;
+            let mount = container["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .find(|vm| vm["mountPath"] == dir)
+                .expect("mount");
+            let volume = pod["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .expect("volume");
+            assert_eq!(volume["secret"]["secretName"], secret, "{workload}: {key}");
+            assert_eq!(mount["readOnly"], true, "{workload}: {key}");
+        }
+        // The CA reaches the clients through ca_file, not the process-wide trust store.
+        for e in container["env"].as_array().into_iter().flatten() {
+            let n = e["name"].as_str().unwrap_or("");
+            assert!(!n.starts_with("SSL_CERT_"), "{workload}: env {n}");
         }
     }
 }
@@ -684,6 +864,12 @@ fn chart_defaults_lint_render_validate_and_load() {
         BTreeSet::from(["mv-mailvault-passphrase", "mv-mailvault-tokens"])
     );
     assert_eq!(check_configs(&r), 2, "the aggregator and the indexer");
+    check_metrics(&r, Some(9464));
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert_eq!(r.of_kind(kind).count(), 0, "{kind} is off by default");
+    }
+    assert_eq!(r.of_kind("ConfigMap").count(), 2, "no dashboard by default");
+    assert!(r.notes.contains("port 9464"), "{}", r.notes);
 }
 
 #[test]
@@ -747,7 +933,9 @@ fn chart_full_values_two_collectors_tls_existing_secrets() {
     let csv = &r.config_map_data(&format!("{FULLNAME}-collector-exch02"))["mailboxes.csv"];
     assert!(csv.contains("journal@contoso.com"));
 
-    // The aggregators and the indexer trust the NATS CA through rustls-native-certs.
+    // The aggregators and the indexer read the NATS CA and credentials like the collectors.
+    check_nats_files(&r, "nats-ca", "mailvault-nats-creds");
+    assert!(!r.notes.contains("WARNING"), "{}", r.notes);
     for name in [
         format!("Deployment/{FULLNAME}-aggregator"),
         format!("StatefulSet/{FULLNAME}-indexer"),
@@ -757,32 +945,27 @@ fn chart_full_values_two_collectors_tls_existing_secrets() {
             .into_iter()
             .find(|(n, _)| *n == name)
             .expect("workload");
-        let c = &pod["containers"][0];
-        let env: BTreeMap<&str, &str> = c["env"]
+        let otel = pod["containers"][0]["env"]
             .as_array()
             .expect("env")
             .iter()
-            .map(|e| {
-                (
-                    e["name"].as_str().unwrap_or(""),
-                    e["value"].as_str().unwrap_or(""),
-                )
-            })
-            .collect();
-        let dir = env["SSL_CERT_DIR"];
-        assert!(
-            c["volumeMounts"]
-                .as_array()
-                .expect("mounts")
-                .iter()
-                .any(|m| m["mountPath"] == dir),
-            "{name}: SSL_CERT_DIR {dir} is mounted"
-        );
+            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|e| e["value"].clone());
         assert_eq!(
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"],
-            "http://otel-collector.monitoring.svc:4317"
+            otel,
+            Some(json!("http://otel-collector.monitoring.svc:4317")),
+            "{name}"
         );
     }
+    check_metrics(&r, Some(9464));
+    check_network_policies(
+        &r,
+        Some((
+            9464,
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]),
+        )),
+        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mailvault-frontend"}}}]),
+    );
     assert_eq!(check_configs(&r), 4);
 }
 
@@ -834,9 +1017,14 @@ fn chart_refuses_bad_values() {
             "twice",
         ),
         (
-            json!({"nats": {"url": "nats://a:4222,nats://b:4222"}}),
+            json!({"nats": {"url": "nats://a:4222,http://b:4222"}}),
             "url",
         ),
+        (
+            json!({"metrics": {"enabled": false, "serviceMonitor": {"enabled": true}}}),
+            "needs metrics.enabled",
+        ),
+        (json!({"metrics": {"port": 0}}), "port"),
     ] {
         let refusal = render_refusal(&values);
         assert!(
@@ -844,4 +1032,187 @@ fn chart_refuses_bad_values() {
             "values {values} were not refused for {expect:?}: {refusal:?}"
         );
     }
+}
+
+fn render_values(values: &Value) -> Rendered {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("values.yaml");
+    std::fs::write(&path, values.to_string()).expect("write");
+    render(Some(&path))
+}
+
+#[test]
+fn chart_nats_seed_list_ca_and_credentials_from_values() {
+    let url = "tls://nats-0.nats:4222,tls://nats-1.nats:4222, tls://nats-2.nats:4222";
+    let creds = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n------END NATS USER JWT------\n";
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIBkTCB+wIJAKHBfpegPjMCMA0GCSqGSIb3DQEBCwUAMA0xCzAJBgNVBAYTAlVT\n-----END CERTIFICATE-----\n";
+    let r = render_values(&json!({
+        "nats": {"url": url, "credentials": {"creds": creds}, "tls": {"ca": {"pem": ca}}},
+        "repository": {"passphrase": {"existingSecret": "pp"}},
+        "indexer": {"tokens": {"existingSecret": "tok"}},
+        "collectors": [{"name": "exch01",
+                        "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
+                                "existingSecret": "ews"},
+                        "mailboxes": ["alice@contoso.com"]}]
+    }));
+    for (workload, _, _, _, text) in configs(&r) {
+        let cfg: toml::Table = toml::from_str(&text).expect("toml");
+        assert_eq!(cfg["nats"]["url"].as_str(), Some(url), "{workload}");
+    }
+    // The chart's own Secret holds both files; aggregator, indexer and collector mount them.
+    check_nats_files(
+        &r,
+        &format!("{FULLNAME}-secrets"),
+        &format!("{FULLNAME}-secrets"),
+    );
+    let stored = r.secret_values();
+    assert!(stored.iter().any(|v| v == creds) && stored.iter().any(|v| v == ca));
+    check_no_secret_in_config_maps(&r, &[creds]);
+    assert_eq!(check_configs(&r), 3);
+}
+
+#[test]
+fn chart_metrics_off() {
+    let r = render_values(&json!({
+        "metrics": {"enabled": false},
+        "networkPolicy": {"enabled": true},
+        "collectors": [{"name": "exch01",
+                        "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
+                                "existingSecret": "ews"},
+                        "mailboxes": ["alice@contoso.com"]}]
+    }));
+    check_metrics(&r, None);
+    check_network_policies(&r, None, Value::Null);
+    // The indexer is still probed, on its API port.
+    let sts = r.named("StatefulSet", &format!("{FULLNAME}-indexer"));
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        c["livenessProbe"]["grpc"].is_object(),
+        "{}",
+        c["livenessProbe"]
+    );
+    assert_eq!(check_configs(&r), 3);
+}
+
+/// The ServiceMonitor, its Service, the PrometheusRule and the dashboard ConfigMap, all on, on a
+/// non-default port with a NetworkPolicy that lets one Prometheus pod in.
+#[test]
+fn chart_service_monitor_rules_and_dashboard() {
+    let from = json!([{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    }]);
+    let r = render_values(&json!({
+        "metrics": {
+            "port": 9100,
+            "serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "kps"}},
+            "prometheusRule": {"enabled": true, "labels": {"release": "kps"}},
+            "grafanaDashboard": {"enabled": true, "annotations": {"grafana_folder": "Exchange"}}
+        },
+        "networkPolicy": {"enabled": true, "metricsFrom": from},
+        "collectors": [{"name": "exch01",
+                        "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
+                                "existingSecret": "ews"},
+                        "mailboxes": ["alice@contoso.com"]}]
+    }));
+    check_metrics(&r, Some(9100));
+    check_network_policies(&r, Some((9100, from)), Value::Null);
+    check_pods_least_privilege(&r);
+    assert_eq!(check_configs(&r), 3);
+
+    // kubernetes-validate has no schema for the operator's kinds; the CRD models checked them.
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert_eq!(
+            r.validated_by[&format!("{kind}/{FULLNAME}")],
+            "cloudcoil-models-prometheus-operator"
+        );
+    }
+    for (key, by) in &r.validated_by {
+        if !key.starts_with("ServiceMonitor/") && !key.starts_with("PrometheusRule/") {
+            assert_eq!(by, "kubernetes-validate", "{key}");
+        }
+    }
+
+    // The ServiceMonitor finds the Service, the Service finds every workload's pods, and the
+    // endpoint's port is each container's metrics port.
+    let sm = r.named("ServiceMonitor", FULLNAME);
+    assert_eq!(sm["metadata"]["labels"]["release"], "kps");
+    let svc = r.named("Service", &format!("{FULLNAME}-metrics"));
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector")
+    {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    assert_eq!(
+        sm["spec"]["namespaceSelector"]["matchNames"],
+        json!([NAMESPACE])
+    );
+    let endpoint = &sm["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "15s");
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(port["targetPort"], "metrics");
+    assert_eq!(port["port"].as_u64(), Some(9100));
+    // job="mailvault", what ops/monitoring/alerts.yml selects.
+    let job_label = sm["spec"]["jobLabel"].as_str().expect("jobLabel");
+    assert_eq!(svc["metadata"]["labels"][job_label], "mailvault");
+    let workloads: Vec<&Value> = r
+        .docs
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| ["Deployment", "StatefulSet"].contains(&d["kind"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(workloads.len(), 3);
+    for w in workloads {
+        for (k, v) in svc["spec"]["selector"].as_object().expect("selector") {
+            assert_eq!(&pod_labels(w)[k], v, "{}", w["metadata"]["name"]);
+        }
+    }
+
+    // The rules and the dashboard are ops/monitoring's files, through the chart's symlinks.
+    let ops = repo_root().join("ops/monitoring");
+    for (chart_file, ops_file) in [
+        ("files/alerts.yml", "alerts.yml"),
+        ("files/mailvault-dashboard.json", "grafana/mailvault.json"),
+    ] {
+        assert_eq!(
+            std::fs::canonicalize(chart_dir().join(chart_file)).expect("chart file"),
+            std::fs::canonicalize(ops.join(ops_file)).expect("ops file"),
+            "{chart_file} is a link to ops/monitoring/{ops_file}"
+        );
+    }
+    let rule = r.named("PrometheusRule", FULLNAME);
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps");
+    let rendered_alerts: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .map(|r| r["alert"].as_str().expect("alert"))
+        .collect();
+    let rules_text = std::fs::read_to_string(ops.join("alerts.yml")).expect("alerts.yml");
+    let file_alerts: Vec<&str> = rules_text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(file_alerts.len() >= 5, "{file_alerts:?}");
+    assert_eq!(rendered_alerts, file_alerts);
+    let cm = r.named("ConfigMap", &format!("{FULLNAME}-dashboard"));
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Exchange");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["mailvault.json"].as_str().expect("dashboard"))
+            .expect("dashboard JSON");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(ops.join("grafana/mailvault.json")).expect("dashboard file"),
+    )
+    .expect("JSON");
+    assert_eq!(dashboard, file);
+    assert!(r.notes.contains("ServiceMonitor"), "{}", r.notes);
 }
