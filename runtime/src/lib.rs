@@ -6,5 +6,6 @@ pub mod config;
 pub mod handoff;
 pub mod metrics;
 pub mod nats;
+pub mod otel;
 pub mod storage;
 pub mod telemetry;

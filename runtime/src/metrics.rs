@@ -71,7 +71,7 @@ impl Sample {
 }
 
 /// The family a series belongs to, and the family's type.
-fn family(name: &str) -> (&str, &'static str) {
+pub(crate) fn family(name: &str) -> (&str, &'static str) {
     if name.ends_with("_total") {
         (name, "counter")
     } else if let Some(base) = name.strip_suffix("_sum") {
