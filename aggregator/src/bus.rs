@@ -43,6 +43,8 @@ pub fn delivery(d: bus::Delivered) -> Delivery {
         id: format!("{}-{}", d.message.stream, d.message.seq),
         payload: d.message.payload,
         attempt: d.attempt,
+        // The in-process bus carries no headers.
+        trace: None,
         acker: Box::new(BusAcker(d.acker)),
     }
 }

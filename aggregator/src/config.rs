@@ -58,6 +58,10 @@ pub struct Config {
     /// absent).
     #[serde(default)]
     pub metrics: mailvault_runtime::metrics::MetricsConfig,
+    /// `[telemetry] otlp_endpoint = "http://otel-collector:4318"`: push spans and metrics over
+    /// OTLP (off when absent).
+    #[serde(default)]
+    pub telemetry: mailvault_runtime::otel::TelemetryConfig,
 }
 
 /// JetStream: where items come from and events go.
@@ -257,6 +261,7 @@ impl Config {
             limits: LimitsConfig::default(),
             s3: None,
             metrics: Default::default(),
+            telemetry: Default::default(),
         }
     }
 
@@ -350,6 +355,7 @@ impl Config {
             Ok(_) => {}
         }
         self.metrics.problems(&mut p);
+        self.telemetry.problems(&mut p);
         if p.is_empty() {
             Ok(())
         } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use mailvault_proto::ingest::v1::ObjectRef;
+use mailvault_runtime::otel::SpanContext;
 use tokio::io::AsyncRead;
 
 /// A failure talking to NATS (or a fake of it). Always worth retrying later.
@@ -43,6 +44,8 @@ pub struct Delivery {
     pub attempt: u64,
     /// Stable id of the message (stream sequence): names its quarantine record.
     pub id: String,
+    /// The span that published it (its `traceparent` header), if it named a valid one.
+    pub trace: Option<SpanContext>,
     pub acker: Box<dyn Acker>,
 }
 
@@ -71,6 +74,8 @@ pub struct Event {
     pub subject: String,
     pub msg_id: String,
     pub payload: Bytes,
+    /// W3C `traceparent` header: the span that made it (the commit of its batch).
+    pub traceparent: Option<String>,
 }
 
 /// Publishes events; returns once the stream has stored every one of them.

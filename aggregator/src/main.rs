@@ -34,6 +34,12 @@ use tokio_util::sync::CancellationToken;
 ///
 ///   [metrics] listen (off when absent; e.g. "127.0.0.1:9464"): plain-HTTP endpoint with
 ///   GET /metrics (Prometheus text) and GET /healthz; see docs/telemetry.md
+///
+///   [telemetry] otlp_endpoint (off when absent; e.g. "http://otel-collector:4318": OTLP/HTTP
+///   base URL, spans to /v1/traces, metrics to /v1/metrics), protocol ("http/protobuf"),
+///   export_interval ("10s"), timeout ("10s"), ca_file (PEM CA of an https endpoint),
+///   service_name ("mailvault-aggregator"), service_instance (host name), traces (true),
+///   metrics (true); see docs/telemetry.md
 #[derive(Debug, Parser)]
 #[command(name = "mailvault-aggregator", version, verbatim_doc_comment)]
 struct Args {
@@ -47,17 +53,21 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
     let cfg = mailvault_aggregator::Config::load(&args.config)?;
     if args.check {
         println!("configuration OK: {cfg:?}");
         return Ok(());
     }
+    let metrics = std::sync::Arc::new(mailvault_aggregator::Metrics::default());
+    let m = metrics.clone();
+    let telemetry = mailvault_runtime::otel::Telemetry::init(
+        &cfg.telemetry,
+        "mailvault-aggregator",
+        mailvault_runtime::otel::LogLines::Text,
+        Some(std::sync::Arc::new(move || m.samples())),
+    )
+    .context("starting telemetry")?;
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -65,16 +75,20 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         s.cancel();
     });
-    let metrics = std::sync::Arc::new(mailvault_aggregator::Metrics::default());
     // Kept alive until main returns: dropping it stops the endpoint.
     let m = metrics.clone();
     let _endpoint = mailvault_runtime::metrics::serve(&cfg.metrics, move || m.render())
         .await
         .context("starting the metrics endpoint")?;
-    let report = mailvault_aggregator::run_with_metrics(cfg, metrics, shutdown)
-        .await
-        .context("aggregator failed")?;
-    tracing::info!(?report, "done");
+    let result = mailvault_aggregator::run_with_metrics(cfg, metrics, shutdown).await;
+    if let Ok(report) = &result {
+        tracing::info!(?report, "done");
+    }
+    // Last: the final counts and the last batches' spans go out before the process ends.
+    if let Err(e) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        tracing::warn!(error = %e, "flushing telemetry");
+    }
+    result.context("aggregator failed")?;
     Ok(())
 }
 

@@ -57,9 +57,13 @@ impl Metrics {
 
     /// Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render(&self) -> String {
-        use mailvault_runtime::metrics::{Sample, Value, encode};
-        let samples: Vec<Sample> = self
-            .snapshot()
+        mailvault_runtime::metrics::encode(&self.samples())
+    }
+
+    /// Every metric with its exported value: what `/metrics` renders and OTLP pushes.
+    pub fn samples(&self) -> Vec<mailvault_runtime::metrics::Sample> {
+        use mailvault_runtime::metrics::{Sample, Value};
+        self.snapshot()
             .into_iter()
             .map(|(name, help, v)| {
                 // Kept in microseconds (see observe_flush), exported in seconds.
@@ -70,8 +74,7 @@ impl Metrics {
                 };
                 Sample::new(name, help, value)
             })
-            .collect();
-        encode(&samples)
+            .collect()
     }
 }
 

@@ -93,6 +93,7 @@ fn delivery(stream: &str, m: jetstream::Message) -> Delivery {
         payload: message.payload,
         attempt,
         id: format!("{stream}-{seq}"),
+        trace: mailvault_runtime::otel::remote_context(message.headers.as_ref()),
         acker: Box::new(JsAcker(acker)),
     }
 }
@@ -192,6 +193,9 @@ impl EventSink for JsEvents {
         for e in events {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", e.msg_id.as_str());
+            if let Some(tp) = &e.traceparent {
+                headers.insert(mailvault_runtime::otel::TRACEPARENT, tp.as_str());
+            }
             let ack = self
                 .js
                 .publish_with_headers(e.subject, headers, e.payload)

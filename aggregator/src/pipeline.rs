@@ -29,6 +29,7 @@ use mailvault_proto::ingest::v1::{
 use mailvault_runtime::handoff::Handoff;
 use prost::Message as _;
 use tokio::io::AsyncReadExt as _;
+use tracing::Instrument as _;
 
 use crate::edge::{Bodies, BodyError, BodyReader, Delivery, EdgeError, Event, EventSink};
 use crate::metrics::Metrics;
@@ -196,6 +197,9 @@ struct Batch {
     flush: Flush,
     items: Vec<Pending>,
     published: bool,
+    /// `aggregator.batch`: child of the delivery's span for a batch of one delivery, linked
+    /// to each delivery's span otherwise; its context goes out with the batch's events.
+    span: tracing::Span,
 }
 
 type Running = tokio::task::JoinHandle<(Batch, Result<Committed, PipelineError>)>;
@@ -377,8 +381,8 @@ enum Outcome {
 /// `Nats-Msg-Id` is a hash of the ids it announces, so a batch published again after a failed
 /// publish or ack is de-duplicated downstream (a redelivered item that lands in another batch
 /// is not; applying it again is idempotent by manifest id).
-fn batch_events(items: &[Pending], stored_unix_ms: i64) -> Vec<Event> {
-    fn seal(batch: &mut EventBatch, ids: &mut blake3::Hasher, out: &mut Vec<Event>) {
+fn batch_events(items: &[Pending], stored_unix_ms: i64, traceparent: Option<String>) -> Vec<Event> {
+    let seal = |batch: &mut EventBatch, ids: &mut blake3::Hasher, out: &mut Vec<Event>| {
         let b = std::mem::take(batch);
         if b.stored.is_empty() && b.changed.is_empty() {
             return;
@@ -388,8 +392,9 @@ fn batch_events(items: &[Pending], stored_unix_ms: i64) -> Vec<Event> {
             subject: SUBJECT_BATCH.into(),
             msg_id: format!("batch-{}", &id.to_hex()[..32]),
             payload: b.encode_to_vec().into(),
+            traceparent: traceparent.clone(),
         });
-    }
+    };
     let mut out = Vec::new();
     let mut batch = EventBatch::default();
     let mut ids = blake3::Hasher::new();
@@ -571,6 +576,11 @@ fn quarantine_event(
             Some(k) => format!("aggregator-quarantine-{}-{k}", d.id),
         },
         payload: q.encode_to_vec().into(),
+        // The record belongs to the trace of the message it is about.
+        traceparent: d
+            .trace
+            .as_ref()
+            .map(mailvault_runtime::otel::traceparent_of),
     }
 }
 
@@ -630,7 +640,11 @@ async fn commit_batch(
         return Ok(Committed::default());
     }
     if !b.published {
-        if let Err(e) = events.publish(batch_events(&b.items, now_ms())).await {
+        let traceparent = mailvault_runtime::otel::traceparent(&b.span);
+        if let Err(e) = events
+            .publish(batch_events(&b.items, now_ms(), traceparent))
+            .await
+        {
             Metrics::add(&metrics.flush_errors_total, 1);
             return Err(e.into());
         }
@@ -1196,10 +1210,21 @@ impl Pipeline {
                 self.nak(d).await;
             }
         }
+        let parents: Vec<_> = items
+            .iter()
+            .filter_map(|p| p.delivery.as_ref()?.trace.clone())
+            .collect();
+        let span = tracing::info_span!(
+            "aggregator.batch",
+            items = items.len(),
+            deliveries = items.iter().filter(|p| p.delivery.is_some()).count(),
+        );
+        mailvault_runtime::otel::connect_batch(&span, &parents);
         Ok(Some(Batch {
             flush,
             items,
             published: false,
+            span,
         }))
     }
 
@@ -1219,7 +1244,11 @@ impl Pipeline {
             }
         }
         if let Some(mut b) = self.stalled.take() {
-            match commit_batch(&mut b, &*self.events, &*self.bodies, &self.metrics).await {
+            let span = b.span.clone();
+            match commit_batch(&mut b, &*self.events, &*self.bodies, &self.metrics)
+                .instrument(span)
+                .await
+            {
                 Ok(c) => self.settled += c,
                 Err(e) => {
                     self.stalled = Some(b);
@@ -1236,7 +1265,11 @@ impl Pipeline {
     pub async fn commit(&mut self) -> Result<Committed, PipelineError> {
         self.settle_cut().await?;
         if let Some(mut b) = self.cut().await? {
-            match commit_batch(&mut b, &*self.events, &*self.bodies, &self.metrics).await {
+            let span = b.span.clone();
+            match commit_batch(&mut b, &*self.events, &*self.bodies, &self.metrics)
+                .instrument(span)
+                .await
+            {
                 Ok(c) => self.settled += c,
                 Err(e) => {
                     self.stalled = Some(b);
@@ -1260,10 +1293,14 @@ impl Pipeline {
                 self.bodies.clone(),
                 self.metrics.clone(),
             );
-            let task = tokio::spawn(async move {
-                let r = commit_batch(&mut b, &*events, &*bodies, &metrics).await;
-                (b, r)
-            });
+            let span = b.span.clone();
+            let task = tokio::spawn(
+                async move {
+                    let r = commit_batch(&mut b, &*events, &*bodies, &metrics).await;
+                    (b, r)
+                }
+                .instrument(span),
+            );
             self.running = Some((task, held));
         }
         Ok(std::mem::take(&mut self.settled))

@@ -189,6 +189,7 @@ impl Fixture {
             payload: msg.encode_to_vec().into(),
             attempt,
             id: id.clone(),
+            trace: None,
             acker: Box::new(FakeAcker {
                 id: id.clone(),
                 log: self.log.clone(),
@@ -617,6 +618,7 @@ async fn poison_messages_are_quarantined() {
             payload: Bytes::from_static(b"\xff\xff\xff\xff not protobuf"),
             attempt: 1,
             id: id.clone(),
+            trace: None,
             acker: Box::new(FakeAcker {
                 id: id.clone(),
                 log: f.log.clone(),
