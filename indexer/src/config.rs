@@ -27,7 +27,15 @@ use serde::{Deserialize, Deserializer};
 
 /// Sections that environment overrides may address (`MAILVAULT_NATS_URL`, …). Other
 /// `MAILVAULT_*` variables (`MAILVAULT_INDEXER_CONFIG`, `MAILVAULT_TOOLS`, …) are not config.
-pub const SECTIONS: [&str; 6] = ["nats", "repository", "index", "api", "s3", "metrics"];
+pub const SECTIONS: [&str; 7] = [
+    "nats",
+    "repository",
+    "index",
+    "api",
+    "s3",
+    "metrics",
+    "telemetry",
+];
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -50,6 +58,10 @@ pub struct Config {
     /// absent).
     #[serde(default)]
     pub metrics: mailvault_runtime::metrics::MetricsConfig,
+    /// `[telemetry] otlp_endpoint = "http://otel-collector:4318"`: push spans and metrics over
+    /// OTLP (off when absent).
+    #[serde(default)]
+    pub telemetry: mailvault_runtime::otel::TelemetryConfig,
 }
 
 /// NATS: where "stored" events come from and restore jobs go.
@@ -207,6 +219,7 @@ impl mailvault_runtime::config::Validate for Config {
             Ok(_) => {}
         }
         self.metrics.problems(p);
+        self.telemetry.problems(p);
     }
 }
 

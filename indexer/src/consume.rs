@@ -67,6 +67,8 @@ pub struct Delivery {
     pub payload: Bytes,
     /// 1 on first delivery.
     pub attempt: u64,
+    /// The span that published it (the aggregator's batch, from its `traceparent` header).
+    pub trace: Option<mailvault_runtime::otel::SpanContext>,
     pub acker: Box<dyn Acker>,
 }
 
@@ -335,6 +337,22 @@ async fn commit_and_settle(
     slots: Vec<Slot>,
     report: &mut ConsumeReport,
 ) -> Result<(), crate::IndexError> {
+    use tracing::Instrument as _;
+    // One span per index commit: the child of the one event message it commits, or linked to
+    // every message's span (the aggregator batches that announced them).
+    let parents: Vec<_> = slots.iter().filter_map(|s| s.d.trace.clone()).collect();
+    let span = tracing::info_span!("indexer.commit", deliveries = slots.len());
+    mailvault_runtime::otel::connect_batch(&span, &parents);
+    commit_and_settle_in(ix, slots, report)
+        .instrument(span)
+        .await
+}
+
+async fn commit_and_settle_in(
+    ix: &Indexer,
+    slots: Vec<Slot>,
+    report: &mut ConsumeReport,
+) -> Result<(), crate::IndexError> {
     let started = std::time::Instant::now();
     let committed = ix.commit().await;
     if committed.is_ok() {
@@ -543,6 +561,7 @@ impl Source for JsSource {
                 subject: m.subject.to_string(),
                 payload: m.payload.clone(),
                 attempt,
+                trace: mailvault_runtime::otel::remote_context(m.headers.as_ref()),
                 acker: Box::new(JsAcker(m)),
             });
         }

@@ -43,6 +43,12 @@ use tokio_util::sync::CancellationToken;
 ///
 ///   [metrics] listen (off when absent; e.g. "127.0.0.1:9464"): plain-HTTP endpoint with
 ///   GET /metrics (Prometheus text) and GET /healthz; see docs/telemetry.md
+///
+///   [telemetry] otlp_endpoint (off when absent; e.g. "http://otel-collector:4318": OTLP/HTTP
+///   base URL, spans to /v1/traces, metrics to /v1/metrics), protocol ("http/protobuf"),
+///   export_interval ("10s"), timeout ("10s"), ca_file (PEM CA of an https endpoint),
+///   service_name ("mailvault-indexer"), service_instance (host name), traces (true),
+///   metrics (true); see docs/telemetry.md
 #[derive(Debug, Parser)]
 #[command(name = "mailvault-indexer", version, verbatim_doc_comment)]
 struct Args {
@@ -93,12 +99,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     if let Some(Command::Token {
         tokens_file,
@@ -118,10 +118,26 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    match args.command {
+    let metrics = std::sync::Arc::new(mailvault_indexer::Metrics::default());
+    let m = metrics.clone();
+    let telemetry = {
+        // The OTLP exporters run their requests on this runtime.
+        let _rt = rt.enter();
+        mailvault_runtime::otel::Telemetry::init(
+            &cfg.telemetry,
+            "mailvault-indexer",
+            mailvault_runtime::otel::LogLines::Text,
+            Some(std::sync::Arc::new(move || m.samples())),
+        )
+        .context("starting telemetry")?
+    };
+    let result = match args.command {
         Some(Command::Reindex) => rt.block_on(reindex(cfg)),
-        _ => rt.block_on(run(cfg)),
-    }
+        _ => rt.block_on(run(cfg, metrics)),
+    };
+    // Last: the final counts and spans go out while the runtime still runs their requests.
+    telemetry.shutdown();
+    result
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -166,7 +182,10 @@ fn issue_token(path: &Path, name: &str, role: &str, mailbox: Option<&str>) -> an
     Ok(())
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    metrics: std::sync::Arc<mailvault_indexer::Metrics>,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -174,7 +193,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested");
         s.cancel();
     });
-    let metrics = std::sync::Arc::new(mailvault_indexer::Metrics::default());
     // Kept alive until run returns: dropping it stops the endpoint.
     let m = metrics.clone();
     let _endpoint = mailvault_runtime::metrics::serve(&cfg.metrics, move || m.render())

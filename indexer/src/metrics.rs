@@ -81,8 +81,12 @@ impl Metrics {
 
     /// Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render(&self) -> String {
-        let samples: Vec<Sample> = self
-            .snapshot()
+        encode(&self.samples())
+    }
+
+    /// Every series with its exported value: what `/metrics` renders and OTLP pushes.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.snapshot()
             .into_iter()
             .map(|(name, labels, help, v)| Sample {
                 name,
@@ -94,8 +98,7 @@ impl Metrics {
                     Value::Int(v)
                 },
             })
-            .collect();
-        encode(&samples)
+            .collect()
     }
 }
 

@@ -312,6 +312,7 @@ async fn in_process_source_acks_only_after_commit() {
                 subject: subject.into(),
                 payload,
                 attempt: 1,
+                trace: None,
                 acker: Box::new(CheckingAcker {
                     index: ix.index.clone(),
                     manifest_id: (subject == SUBJECT_STORED).then_some(id),

@@ -238,6 +238,8 @@ impl Source for BusEvents {
                 subject: d.message.subject.clone(),
                 payload: d.message.payload.clone(),
                 attempt: d.attempt,
+                // The in-process bus carries no headers.
+                trace: None,
                 acker: Box::new(BusAck(d.acker)),
             })
             .collect())

@@ -423,6 +423,7 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
         },
         s3: Some(s3.clone()),
         metrics: Default::default(),
+        telemetry: Default::default(),
     };
     let mut problems = Vec::new();
     mailvault_runtime::config::Validate::validate(&cfg, &mut problems);
