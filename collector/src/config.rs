@@ -38,6 +38,10 @@ pub struct Config {
     /// absent).
     #[serde(default)]
     pub metrics: mailvault_runtime::metrics::MetricsConfig,
+    /// `[telemetry] otlp_endpoint = "http://otel-collector:4318"`: push spans and metrics over
+    /// OTLP (off when absent).
+    #[serde(default)]
+    pub telemetry: mailvault_runtime::otel::TelemetryConfig,
 }
 
 /// Restore jobs (docs/wire.md, "Restore jobs"): served while the collector runs as a daemon.
@@ -307,6 +311,7 @@ impl Config {
             );
         }
         self.metrics.problems(&mut p);
+        self.telemetry.problems(&mut p);
         if l.backoff_base_ms == 0 || l.backoff_max_ms < l.backoff_base_ms {
             p.push("limits.backoff_base_ms must be > 0 and ≤ backoff_max_ms".into());
         }

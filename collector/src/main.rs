@@ -28,7 +28,10 @@ struct Cli {
     /// get_item_batch, get_item_max_bytes, max_retries, backoff_base_ms, backoff_max_ms, inline_limit_bytes,
     /// max_in_flight_publishes, pack_max_entries, pack_max_bytes), `[nats]` (url, creds_file, ca_file, stream, kv_bucket,
     /// object_bucket), `[metrics]` (listen, e.g. "127.0.0.1:9464": plain-HTTP GET /metrics
-    /// and /healthz; off when absent; docs/telemetry.md).
+    /// and /healthz; off when absent; docs/telemetry.md), `[telemetry]` (otlp_endpoint, e.g.
+    /// "http://otel-collector:4318": OTLP/HTTP push of spans and metrics, off when absent;
+    /// protocol "http/protobuf", export_interval "10s", timeout "10s", ca_file, service_name
+    /// "mailvault-collector", service_instance (host name), traces, metrics; docs/telemetry.md).
     #[arg(short, long, env = "MAILVAULT_COLLECTOR_CONFIG")]
     config: PathBuf,
 
@@ -54,16 +57,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if cli.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -75,6 +68,33 @@ async fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let m = metrics.clone();
+    let telemetry = match mailvault_runtime::otel::Telemetry::init(
+        &config.telemetry,
+        "mailvault-collector",
+        if cli.log_json {
+            mailvault_runtime::otel::LogLines::Json
+        } else {
+            mailvault_runtime::otel::LogLines::Text
+        },
+        Some(std::sync::Arc::new(move || m.samples())),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: starting telemetry: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = run(cli, config, metrics).await;
+    // Last: the final counts and spans go out before the process ends.
+    if let Err(e) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+        eprintln!("warning: flushing telemetry: {e}");
+    }
+    code
+}
+
+async fn run(cli: Cli, config: Config, metrics: std::sync::Arc<Metrics>) -> ExitCode {
     let (tx, rx) = tokio::sync::watch::channel(false);
     // Ctrl-C (SIGINT) and SIGTERM (what Kubernetes and systemd send) both stop the run the same
     // way: the current batches finish and are checkpointed, then the process exits.
@@ -103,7 +123,6 @@ async fn main() -> ExitCode {
             interval: cli.interval,
         }
     };
-    let metrics = std::sync::Arc::new(Metrics::default());
     // Kept alive until main returns: dropping it stops the endpoint. The address was checked
     // with the rest of the configuration.
     let m = metrics.clone();

@@ -49,13 +49,16 @@ impl Metrics {
 
     /// Prometheus text exposition (format 0.0.4) of every counter.
     pub fn render(&self) -> String {
-        use mailvault_runtime::metrics::{Sample, Value, encode};
-        let samples: Vec<Sample> = self
-            .snapshot()
+        mailvault_runtime::metrics::encode(&self.samples())
+    }
+
+    /// Every counter with its value: what `/metrics` renders and OTLP pushes.
+    pub fn samples(&self) -> Vec<mailvault_runtime::metrics::Sample> {
+        use mailvault_runtime::metrics::{Sample, Value};
+        self.snapshot()
             .into_iter()
             .map(|(name, help, v)| Sample::new(name, help, Value::Int(v)))
-            .collect();
-        encode(&samples)
+            .collect()
     }
 }
 
