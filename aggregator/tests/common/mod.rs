@@ -162,6 +162,50 @@ impl Collector {
         }
     }
 
+    /// Publishes one item as a message of its own with a W3C `traceparent` header, as the
+    /// collector does (docs/wire.md).
+    pub async fn publish_item_traced(&self, it: &Item, traceparent: &str) {
+        let m = self.envelope(it).await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", m.msg_id.as_str());
+        headers.insert("traceparent", traceparent);
+        self.js
+            .publish_with_headers(m.subject, headers, Bytes::from(m.message.encode_to_vec()))
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+    }
+
+    /// Every event batch message in the events stream with its `traceparent` header (if any)
+    /// and the manifest ids it announces as stored.
+    pub async fn event_batches(&self) -> Vec<(Option<String>, Vec<String>)> {
+        // The aggregator creates the stream when it starts.
+        let Ok(mut s) = self.js.get_stream(events_wire::STREAM).await else {
+            return Vec::new();
+        };
+        let (first, last) = {
+            let state = &s.info().await.expect("info").state;
+            (state.first_sequence, state.last_sequence)
+        };
+        let mut out = Vec::new();
+        for seq in first..=last {
+            let Ok(raw) = s.get_raw_message(seq).await else {
+                continue;
+            };
+            if raw.subject.as_str() != events_wire::SUBJECT_BATCH {
+                continue;
+            }
+            let tp = raw
+                .headers
+                .get("traceparent")
+                .map(|v| v.as_str().to_owned());
+            let b = EventBatch::decode(raw.payload).expect("decode EventBatch");
+            out.push((tp, b.stored.into_iter().map(|e| e.manifest_id).collect()));
+        }
+        out
+    }
+
     /// The message of one item; a body over the inline limit goes to the Object Store first.
     async fn envelope(&self, it: &Item) -> OutMessage {
         let body = if it.mime.len() > INLINE_LIMIT {

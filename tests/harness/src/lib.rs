@@ -18,6 +18,8 @@ use tempfile::TempDir;
 
 mod prometheus;
 pub use prometheus::Prometheus;
+mod otel;
+pub use otel::OtelCollector;
 
 /// How long a server may take to come up before the harness gives up.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -74,6 +76,8 @@ fn tool_spec(name: &str) -> (&'static [&'static str], &'static str) {
         "nats-server" => (&["v2.15."], "nats"),
         "garage" => (&["cargo:2.", "v2."], "garage"),
         "prometheus" => (&["prometheus, version "], "prometheus"),
+        // PyPI rotel 0.0.1a15 bundles rotel 0.0.1-alpha10.
+        "rotel" => (&["rotel 0.0.1-alpha10"], "otel"),
         // Debian's prometheus package ships it.
         "promtool" => (&["promtool, version "], "prometheus"),
         _ => (&[""], "all"),
