@@ -152,20 +152,23 @@ impl Keys {
     /// Seals a group of blobs placed at `offset` in pack `pack`: `nonce ‖ ciphertext ‖ tag`.
     /// The pack id and offset are bound in, so groups cannot be swapped or moved unnoticed.
     pub fn seal_group(&self, pack: &BlobId, offset: u64, mut buf: Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(NONCE_LEN + buf.len() + TAG_LEN);
+        self.seal_group_into(pack, offset, &mut buf, &mut out);
+        out
+    }
+
+    /// [`Keys::seal_group`] appending to `out` (the open pack), encrypting `plain` in place:
+    /// the group is copied once, not into a buffer of its own first.
+    pub fn seal_group_into(&self, pack: &BlobId, offset: u64, plain: &mut [u8], out: &mut Vec<u8>) {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let tag = self
             .cipher
-            .encrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                &group_aad(pack, offset),
-                &mut buf,
-            )
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &group_aad(pack, offset), plain)
             .expect("AES-GCM-SIV encryption fails only for messages over 64 GiB");
-        let mut out = Vec::with_capacity(NONCE_LEN + buf.len() + TAG_LEN);
+        out.reserve(NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&buf);
+        out.extend_from_slice(plain);
         out.extend_from_slice(&tag);
-        out
     }
 
     /// Opens a group sealed by [`Keys::seal_group`]; `object` names the pack in errors.

@@ -61,9 +61,17 @@ pub struct SealedPack {
 
 impl Packer {
     pub fn new() -> Self {
+        Packer::with_capacity(0)
+    }
+
+    /// A pack whose buffer has room for `bytes` from the start: filling a 16 MiB pack by
+    /// doubling would copy it about once more in total.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes.max(HEADER_LEN));
+        buf.extend_from_slice(&crypto::header(Kind::Pack));
         Packer {
             id: BlobId::random(),
-            buf: crypto::header(Kind::Pack).to_vec(),
+            buf,
             groups: Vec::new(),
             blobs: 0,
             opened: Instant::now(),
@@ -88,11 +96,10 @@ impl Packer {
 
     /// Seals a group's (compressed) plaintext and appends it; `entry.offset` and `stored_len`
     /// are filled in here.
-    pub fn add_group(&mut self, keys: &Keys, mut entry: GroupEntry, data: Vec<u8>) {
+    pub fn add_group(&mut self, keys: &Keys, mut entry: GroupEntry, mut data: Vec<u8>) {
         entry.offset = self.buf.len() as u64;
-        let sealed = keys.seal_group(&self.id, entry.offset, data);
-        entry.stored_len = sealed.len() as u32;
-        self.buf.extend_from_slice(&sealed);
+        keys.seal_group_into(&self.id, entry.offset, &mut data, &mut self.buf);
+        entry.stored_len = (self.buf.len() as u64 - entry.offset) as u32;
         self.blobs += entry.blobs.len();
         self.groups.push(entry);
     }

@@ -712,6 +712,13 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// Room a new pack gets up front: the seal limit plus a group over it (a group is closed at
+/// 128 KiB by default, or one large chunk), bounded for packs configured very large.
+fn new_packer(policy: &SealPolicy) -> Packer {
+    const SLACK: u64 = 2 << 20;
+    Packer::with_capacity(policy.max_bytes.saturating_add(SLACK).min(64 << 20) as usize)
+}
+
 impl Writer {
     fn new(repo: Repository, policy: SealPolicy) -> Result<Writer> {
         let dict = repo.dicts().newest();
@@ -721,8 +728,8 @@ impl Writer {
             group: GroupBuf::default(),
             group_target: repo.inner.config.group_target_bytes as usize,
             repo,
+            packer: new_packer(&policy),
             policy,
-            packer: Packer::new(),
             sealed: Vec::new(),
             uploaded: Vec::new(),
             pending: HashSet::new(),
@@ -822,16 +829,20 @@ impl Writer {
         if self.group.blobs.is_empty() {
             return;
         }
-        let g = std::mem::take(&mut self.group);
-        let (compression, dict_id, data) = self.compressor.compress(&g.raw);
+        // The raw buffer is kept for the next group: a fresh one would grow by doubling and
+        // fault in new pages every 128 KiB.
+        let blobs = std::mem::take(&mut self.group.blobs);
+        let raw = &mut self.group.raw;
+        let (compression, dict_id, data) = self.compressor.compress(raw);
         let entry = GroupEntry {
             offset: 0,
             stored_len: 0,
-            raw_len: g.raw.len() as u32,
+            raw_len: raw.len() as u32,
             compression: compression as i32,
             dict_id,
-            blobs: g.blobs,
+            blobs,
         };
+        raw.clear();
         let before = self.packer.len_bytes();
         self.packer.add_group(&self.repo.inner.keys, entry, data);
         self.stats.new_stored_bytes += self.packer.len_bytes() - before;
@@ -842,7 +853,8 @@ impl Writer {
         if self.packer.is_empty() {
             return;
         }
-        let p = std::mem::take(&mut self.packer).seal(&self.repo.inner.keys);
+        let p = std::mem::replace(&mut self.packer, new_packer(&self.policy))
+            .seal(&self.repo.inner.keys);
         self.stats.packs += 1;
         self.stats.pack_bytes += p.bytes.len() as u64;
         self.sealed.push(p);
