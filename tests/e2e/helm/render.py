@@ -20,10 +20,13 @@ import sys
 import helm_python as helm
 import kubernetes_validate
 import yaml
-from cloudcoil.models.prometheus_operator import v1 as prometheus_operator_v1
 
 
 def validate_prometheus_operator(doc: dict) -> None:
+    # Imported only when such a document is rendered: loading the models takes about 3 s,
+    # and most renders have none.
+    from cloudcoil.models.prometheus_operator import v1 as prometheus_operator_v1
+
     model = getattr(prometheus_operator_v1, doc["kind"])
     parsed = model.model_validate(doc)
     back = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
