@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use mailvault_aggregator::Metrics;
 use mailvault_format::{BlobStore, MemoryStore};
-use mailvault_harness::{NatsServer, OtelCollector};
+use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan};
 use mailvault_runtime::otel::{LogLines, Telemetry, TelemetryConfig};
 
 /// Polls `check` until it returns `Some`, or panics at the deadline with `context()`.
@@ -45,46 +45,18 @@ async fn poll<T>(
     }
 }
 
-/// The `key : value` fields of each block of the collector's debug log that starts with
-/// `marker` (`"Span #"`, `"Metric #"`), in log order.
-fn blocks(log: &str, marker: &str) -> Vec<Vec<(String, String)>> {
-    log.split(marker)
-        .skip(1)
-        .map(|b| {
-            b.lines()
-                .filter_map(|l| {
-                    let l = l.trim().trim_start_matches("-> ");
-                    let (k, v) = l.split_once(':')?;
-                    Some((k.trim().to_owned(), v.trim().to_owned()))
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn field<'a>(block: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    block
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 /// The span the collector received with this span id, once it has.
-fn received_span(otel: &OtelCollector, span_id: &str) -> Option<(Vec<(String, String)>, String)> {
-    let log = otel.log();
-    log.split("Span #")
-        .skip(1)
-        .zip(blocks(&log, "Span #"))
-        .find(|(_, b)| field(b, "ID") == Some(span_id))
-        .map(|(text, b)| (b, text.to_owned()))
+fn received_span(otel: &OtelCollector, span_id: &str) -> Option<ReceivedSpan> {
+    otel.spans().into_iter().find(|s| s.span_id == span_id)
 }
 
-/// A `traceparent` for this run: a trace id and a span id no other run uses.
-fn fresh_traceparent(seed: &str) -> (String, String) {
+/// A trace id and a span id no other run uses.
+fn fresh_ids(seed: &str) -> (String, String) {
     let h = blake3::hash(format!("{seed} {:?}", std::time::SystemTime::now()).as_bytes()).to_hex();
     (h[..32].to_owned(), h[32..48].to_owned())
 }
 
+/// Trace id and span id of a `traceparent` (version 00, sampled).
 fn parse_traceparent(tp: &str) -> (String, String) {
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "{tp}");
@@ -130,14 +102,14 @@ async fn trace_context_and_metrics_reach_the_otel_collector() {
     // and a batch of several deliveries links to each.
     let mut linked = Vec::new();
     for (i, it) in items[..3].iter().enumerate() {
-        let (trace, span) = fresh_traceparent(&format!("{instance} linked {i}"));
+        let (trace, span) = fresh_ids(&format!("{instance} linked {i}"));
         collector
             .publish_item_traced(it, &format!("00-{trace}-{span}-01"))
             .await;
         linked.push((trace, span));
     }
     let mut cfg = config(&nats.url());
-    // Room for the three to arrive before the batch is cut even on a busy machine.
+    // Room for the three to arrive before the batch is cut, even on a busy machine.
     cfg.batch.max_delay = Duration::from_secs(2);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(mailvault_aggregator::run_with_store(
@@ -167,30 +139,27 @@ async fn trace_context_and_metrics_reach_the_otel_collector() {
     for (trace, _) in &linked {
         assert_ne!(&batch_trace, trace, "a new trace, not one of the messages'");
     }
-    // (b) The collector got that span, a root linked to every message's span.
-    let (span, text) = poll(
+    // (b) The collector got that span: a root, linked to every message's span.
+    let span = poll(
         "the linked batch span at the OpenTelemetry collector",
         Duration::from_secs(30),
         || received_span(&otel, &batch_span),
         || otel.output(),
     )
     .await;
-    assert_eq!(field(&span, "Name"), Some("aggregator.batch"), "{text}");
-    assert_eq!(
-        field(&span, "Trace ID"),
-        Some(batch_trace.as_str()),
-        "{text}"
-    );
-    assert_eq!(field(&span, "Parent ID"), Some(""), "a root span: {text}");
+    assert_eq!(span.name, "aggregator.batch", "{span:?}");
+    assert_eq!(span.trace_id, batch_trace, "{span:?}");
+    assert_eq!(span.parent_id, "", "a root span: {span:?}");
     for (trace, span_id) in &linked {
         assert!(
-            text.contains(trace.as_str()) && text.contains(span_id.as_str()),
-            "link to {trace}/{span_id} missing: {text}"
+            span.text.contains(trace.as_str()) && span.text.contains(span_id.as_str()),
+            "link to {trace}/{span_id} missing: {}",
+            span.text
         );
     }
 
-    // One message alone: its batch span is its child and the event continues its trace.
-    let (trace_id, parent_span) = fresh_traceparent(&format!("{instance} single"));
+    // One message alone: its batch span is its child, and the event continues its trace.
+    let (trace_id, parent_span) = fresh_ids(&format!("{instance} single"));
     collector
         .publish_item_traced(&items[3], &format!("00-{trace_id}-{parent_span}-01"))
         .await;
@@ -214,40 +183,33 @@ async fn trace_context_and_metrics_reach_the_otel_collector() {
     );
     assert_ne!(batch_span, parent_span, "the event names the batch span");
     // (b) The collector got it as the message span's child.
-    let (span, text) = poll(
+    let span = poll(
         "the child batch span at the OpenTelemetry collector",
         Duration::from_secs(30),
         || received_span(&otel, &batch_span),
         || otel.output(),
     )
     .await;
-    assert_eq!(field(&span, "Name"), Some("aggregator.batch"), "{text}");
-    assert_eq!(field(&span, "Trace ID"), Some(trace_id.as_str()), "{text}");
-    assert_eq!(
-        field(&span, "Parent ID"),
-        Some(parent_span.as_str()),
-        "{text}"
-    );
+    assert_eq!(span.name, "aggregator.batch", "{span:?}");
+    assert_eq!(span.trace_id, trace_id, "{span:?}");
+    assert_eq!(span.parent_id, parent_span, "{span:?}");
 
     // (c) The pipeline's own counter, exported under its /metrics name by this instance,
     // reached the collector with the number stored.
-    let stored = poll(
+    let exported = poll(
         "items_stored_total = 4 at the OpenTelemetry collector",
         Duration::from_secs(30),
         || {
-            let log = otel.log();
-            let last = blocks(&log, "Metric #")
-                .into_iter()
-                .rfind(|b| field(b, "Name") == Some("mailvault_aggregator_items_stored_total"))?;
-            (field(&last, "Value") == Some("4")).then_some(log)
+            let (values, _) = otel.last_metric("mailvault_aggregator_items_stored_total")?;
+            (values == ["4"]).then(|| otel.log())
         },
         || otel.output(),
     )
     .await;
     assert!(
-        stored.contains(&format!("service.instance.id: Str({instance})"))
-            && stored.contains("service.name: Str(mailvault-aggregator)"),
-        "resource attributes: {stored}"
+        exported.contains(&format!("service.instance.id: Str({instance})"))
+            && exported.contains("service.name: Str(mailvault-aggregator)"),
+        "resource attributes: {exported}"
     );
     assert_eq!(Metrics::get(&metrics.items_stored_total), 4);
 

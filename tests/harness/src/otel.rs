@@ -81,6 +81,51 @@ impl OtelCollector {
             .join("\n")
     }
 
+    /// Every span received so far, in arrival order.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let log = self.log();
+        log.split("Span #")
+            .skip(1)
+            .map(entry)
+            .map(|text| {
+                let fields = fields(text);
+                let get = |k: &str| {
+                    fields
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                ReceivedSpan {
+                    trace_id: get("Trace ID"),
+                    span_id: get("ID"),
+                    parent_id: get("Parent ID"),
+                    name: get("Name"),
+                    text: text.to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// The data point values of metric `name` in the last export that had it (`None` before
+    /// the first), with the block they came from.
+    pub fn last_metric(&self, name: &str) -> Option<(Vec<String>, String)> {
+        let log = self.log();
+        log.split("Metric #")
+            .skip(1)
+            .map(entry)
+            .filter(|text| fields(text).iter().any(|(k, v)| k == "Name" && v == name))
+            .last()
+            .map(|text| {
+                let values = fields(text)
+                    .into_iter()
+                    .filter(|(k, _)| k == "Value")
+                    .map(|(_, v)| v)
+                    .collect();
+                (values, text.to_owned())
+            })
+    }
+
     /// The tail of the collector's output, for failure messages.
     pub fn output(&self) -> String {
         self.proc.output()
@@ -90,4 +135,38 @@ impl OtelCollector {
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+}
+
+/// One span from the collector's debug log (`--debug-log-verbosity=detailed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSpan {
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_id: String,
+    pub name: String,
+    /// The whole entry: attributes, events and links (with their trace and span ids).
+    pub text: String,
+}
+
+/// One entry of the debug log: up to the next resource or scope (what follows the last
+/// entry of a scope belongs to something else).
+fn entry(text: &str) -> &str {
+    let end = ["\nResource", "\nScope"]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .unwrap_or(text.len());
+    &text[..end]
+}
+
+/// The `key : value` and `-> key: value` lines of a debug log entry, up to the next entry.
+fn fields(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim().trim_start_matches("-> ");
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
 }
