@@ -747,6 +747,73 @@ mod tests {
         assert!(h.get(TRACEPARENT).is_none());
     }
 
+    /// The exporters' HTTP client against a real HTTPS server (the EWS simulator, with a
+    /// throw-away CA): trusted through `ca_file`, refused without it or with another CA. Any
+    /// HTTP answer (the simulator knows no OTLP) proves the TLS session was established.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_https_endpoint_is_trusted_through_ca_file_only() {
+        use opentelemetry_http::HttpClient as _;
+        let pki = mailvault_ews_sim::tls::self_signed(&["localhost"]).expect("pki");
+        let other = mailvault_ews_sim::tls::self_signed(&["localhost"]).expect("pki");
+        let mut sim_cfg = mailvault_ews_sim::SimConfig::new("contoso.com");
+        sim_cfg.tls = Some(pki.identity.clone());
+        let sim = mailvault_ews_sim::Simulator::start(sim_cfg)
+            .await
+            .expect("simulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, wrong) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+        std::fs::write(&ca, &pki.ca_pem).expect("ca");
+        std::fs::write(&wrong, &other.ca_pem).expect("other ca");
+        let endpoint = format!("https://localhost:{}", sim.addr().port());
+        let send = |ca_file: Option<PathBuf>| {
+            let cfg = TelemetryConfig {
+                otlp_endpoint: Some(endpoint.clone()),
+                ca_file,
+                timeout: Duration::from_secs(5),
+                ..TelemetryConfig::default()
+            };
+            let url = format!("{endpoint}/v1/metrics");
+            async move {
+                let http = OtlpHttp::new(&cfg, tokio::runtime::Handle::current())?;
+                let request = Request::post(url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(Bytes::from_static(b"\n\x00"))?;
+                http.send_bytes(request).await
+            }
+        };
+        let answer = send(Some(ca.clone()))
+            .await
+            .expect("trusted through ca_file");
+        assert!(answer.status().as_u16() >= 200, "{answer:?}");
+        assert_eq!(sim.stats().tls_failures, 0);
+
+        send(Some(wrong)).await.expect_err("another CA");
+        // The platform's roots do not know the throw-away CA either.
+        send(None).await.expect_err("platform roots");
+        let failures = sim.stats().tls_failures;
+        assert!(
+            failures >= 2,
+            "both refused during the handshake: {failures}"
+        );
+
+        let mut p = Vec::new();
+        let bad = TelemetryConfig {
+            otlp_endpoint: Some(endpoint.clone()),
+            ca_file: Some(dir.path().join("missing.pem")),
+            ..TelemetryConfig::default()
+        };
+        bad.problems(&mut p);
+        assert!(p.iter().any(|m| m.contains("missing.pem")), "{p:?}");
+        std::fs::write(dir.path().join("empty.pem"), "").expect("empty");
+        let empty = TelemetryConfig {
+            ca_file: Some(dir.path().join("empty.pem")),
+            ..bad
+        };
+        let e = OtlpHttp::new(&empty, tokio::runtime::Handle::current()).expect_err("no cert");
+        assert!(e.to_string().contains("empty.pem"), "{e}");
+        sim.shutdown().await;
+    }
+
     #[test]
     fn config_defaults_validation_and_redaction() {
         let c: TelemetryConfig = toml::from_str("").expect("empty section");
