@@ -384,6 +384,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn telemetry_is_off_by_default_and_validated_with_the_rest() {
+        const MIN: &str = "[repository]\nurl = \"/tmp/r\"\npassphrase_file = \"/p\"\n";
+        let c = Config::parse(MIN, "t.toml".as_ref()).expect("parse");
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        let c = Config::parse(
+            &format!("{MIN}[telemetry]\notlp_endpoint = \"http://otel:4318\"\n"),
+            "t.toml".as_ref(),
+        )
+        .expect("parse");
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://otel:4318")
+        );
+        let e = Config::parse(
+            &format!(
+                "{MIN}[batch]\nmax_items = 0\n[telemetry]\notlp_endpoint = \"https://u:pw@otel\"\nexport_interval = \"1ms\"\n"
+            ),
+            "t.toml".as_ref(),
+        )
+        .expect_err("invalid")
+        .to_string();
+        assert!(
+            e.contains("max_items") && e.contains("telemetry.export_interval"),
+            "every problem at once: {e}"
+        );
+        assert!(!e.contains("pw@"), "{e}");
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(
             "[repository]\nurl = \"/tmp/r\"\npassphrase_file = \"/p\"\n",

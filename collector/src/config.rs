@@ -392,6 +392,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn telemetry_section_is_optional_and_validated() {
+        let with = |extra: &str| {
+            Config::from_toml(&format!(
+                "mailboxes=[\"a@x\"]\n[ews]\nurl=\"https://x\"\nusername=\"u\"\npassword_file=\"/x\"\n[nats]\nurl=\"nats://h:1\"\n{extra}"
+            ))
+        };
+        let c = with("").expect("no section");
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        let c = with("[telemetry]\notlp_endpoint=\"http://otel:4318\"\nservice_instance=\"c1\"")
+            .expect("section");
+        assert_eq!(c.telemetry.service_instance.as_deref(), Some("c1"));
+        let e = with("[telemetry]\notlp_endpoint=\"otel\"")
+            .expect("parses")
+            .validate()
+            .expect_err("no scheme")
+            .to_string();
+        assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+        assert!(with("[telemetry]\nendpoint=\"x\"").is_err(), "unknown key");
+    }
+
+    #[test]
     fn auth_scheme_is_ntlm_or_basic() {
         let with = |auth: &str| {
             Config::from_toml(&format!(

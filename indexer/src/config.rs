@@ -291,6 +291,41 @@ mod tests {
         let c = Config::parse(MIN, env).expect("parse");
         assert_eq!(c.nats.url, "nats://n:4222");
         assert_eq!(c.api.listen.port(), 6000);
+        assert_eq!(c.telemetry.otlp_endpoint, None, "OTLP is off by default");
+    }
+
+    #[test]
+    fn telemetry_section_and_its_environment_overrides() {
+        let env = [
+            (
+                "MAILVAULT_TELEMETRY_OTLP_ENDPOINT".to_owned(),
+                "http://otel:4318".to_owned(),
+            ),
+            (
+                "MAILVAULT_TELEMETRY_EXPORT_INTERVAL".to_owned(),
+                "30s".to_owned(),
+            ),
+        ];
+        let c = Config::parse(
+            &format!("{MIN}[telemetry]\nservice_instance = \"ix-1\"\n"),
+            env,
+        )
+        .expect("parse");
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://otel:4318")
+        );
+        assert_eq!(c.telemetry.export_interval, Duration::from_secs(30));
+        assert_eq!(c.telemetry.service_instance.as_deref(), Some("ix-1"));
+        let e = Config::parse(
+            &format!("{MIN}[telemetry]\notlp_endpoint = \"otel:4318\"\n"),
+            [],
+        )
+        .expect_err("no scheme");
+        assert!(e.to_string().contains("telemetry.otlp_endpoint"), "{e}");
+        let e = Config::parse(&format!("{MIN}[telemetry]\nendpoint = \"x\"\n"), [])
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("endpoint"), "{e}");
     }
 
     #[test]
