@@ -268,6 +268,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             ..Default::default()
         };
         let span = info_span!("mailbox", mailbox = %mailbox.smtp, kind = kind.label());
+        let pass_traceparent = mailvault_runtime::otel::traceparent(&span);
         let res = match kind {
             MailboxKind::PublicFolders => {
                 self.sync_public_folders(mailbox, &mut rec)
@@ -287,7 +288,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
         }
         rec.finished_unix_ms = now_ms();
         let out = OutMessage {
-            traceparent: Some(traceparent(&trace_id(&rec))),
+            traceparent: Some(pass_traceparent.unwrap_or_else(|| traceparent(&trace_id(&rec)))),
             subject: subject("reconcile", &mailbox.smtp),
             msg_id: msg_id(&[
                 "reconcile",
@@ -913,7 +914,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             },
         };
         OutMessage {
-            traceparent: Some(traceparent(ctx.trace_id)),
+            traceparent: Some(message_traceparent(ctx.trace_id)),
             subject: subject("item", mb),
             msg_id,
             message: pb::IngestMessage {
@@ -937,7 +938,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
             None => "",
         };
         OutMessage {
-            traceparent: Some(traceparent(ctx.trace_id)),
+            traceparent: Some(message_traceparent(ctx.trace_id)),
             subject: subject("change", mb),
             msg_id: msg_id(&[
                 "change",
@@ -977,7 +978,7 @@ impl<E: Ews, P: Publisher, C: CheckpointStore> Engine<E, P, C> {
     ) -> OutMessage {
         let mb = &ctx.mailbox.smtp;
         OutMessage {
-            traceparent: Some(traceparent(ctx.trace_id)),
+            traceparent: Some(message_traceparent(ctx.trace_id)),
             subject: subject("quarantine", mb),
             msg_id: msg_id(&[
                 "quarantine",
@@ -1017,6 +1018,14 @@ fn trace_id(rec: &pb::MailboxReconciliation) -> String {
         .as_bytes(),
     );
     hex::encode(&h.as_bytes()[..16])
+}
+
+/// The `traceparent` of a message published now: the span it is published from when spans
+/// are recorded (the aggregator's spans then join the collector's in the trace backend), else
+/// the mailbox pass's trace with a fresh span id.
+fn message_traceparent(trace_id: &str) -> String {
+    mailvault_runtime::otel::traceparent(&tracing::Span::current())
+        .unwrap_or_else(|| traceparent(trace_id))
 }
 
 /// A W3C `traceparent` value in `trace_id` with a fresh span id.
