@@ -193,6 +193,7 @@ chart's keys win. Call with (dict "root" $ "extra" MAP); returns JSON.
 {{ include "mailvault.secretVolume" (dict "root" . "volume" "s3" "existing" .Values.s3.secretAccessKey.existingSecret "key" .Values.s3.secretAccessKey.key "chartKey" "s3-secret-access-key" "path" "secret-access-key") }}
 {{- end }}
 {{- include "mailvault.natsVolumes" . }}
+{{- include "mailvault.telemetryVolumes" . }}
 {{- end }}
 
 {{- define "mailvault.repositoryMounts" -}}
@@ -205,6 +206,7 @@ chart's keys win. Call with (dict "root" $ "extra" MAP); returns JSON.
   readOnly: true
 {{- end }}
 {{- include "mailvault.natsMounts" . }}
+{{- include "mailvault.telemetryMounts" . }}
 {{- end }}
 
 {{/* [metrics] listen of every service, or nothing when metrics are off. */}}
@@ -242,16 +244,10 @@ livenessProbe:
   failureThreshold: 3
 {{- end }}
 
-{{/* Environment every container gets; `component` names the OTel service. */}}
+{{/* Environment every container gets. */}}
 {{- define "mailvault.env" -}}
 - name: RUST_LOG
   value: {{ .root.Values.logLevel | quote }}
-{{- with .root.Values.telemetry.otlpEndpoint }}
-- name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ . | quote }}
-- name: OTEL_SERVICE_NAME
-  value: {{ printf "mailvault-%s" $.component | quote }}
-{{- end }}
 {{- end }}
 
 {{- define "mailvault.podSpecCommon" -}}
@@ -275,4 +271,33 @@ imagePullSecrets:
   from:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+The [telemetry] section of every service when telemetry.otlpEndpoint is set: endpoint, export
+interval, and the CA file where the chart mounts it (mailvault.telemetryVolumes); `extra` is
+the service's own telemetry config, whose keys win. Call with (dict "root" $ "extra" MAP);
+returns JSON, or nothing when OTLP is off.
+*/}}
+{{- define "mailvault.telemetrySection" -}}
+{{- $t := .root.Values.telemetry }}
+{{- if $t.otlpEndpoint }}
+{{- $s := dict "otlp_endpoint" $t.otlpEndpoint "export_interval" $t.exportInterval }}
+{{- if $t.ca.existingSecret }}{{ $_ := set $s "ca_file" "/etc/mailvault/secrets/otel-ca/ca.crt" }}{{ end }}
+{{- toJson (mergeOverwrite $s (deepCopy (default (dict) .extra))) }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.telemetryVolumes" -}}
+{{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.ca.existingSecret }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "otel-ca" "existing" .Values.telemetry.ca.existingSecret "key" .Values.telemetry.ca.key "chartKey" "" "path" "ca.crt") }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.telemetryMounts" -}}
+{{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.ca.existingSecret }}
+- name: otel-ca
+  mountPath: /etc/mailvault/secrets/otel-ca
+  readOnly: true
+{{- end }}
 {{- end }}

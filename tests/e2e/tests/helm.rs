@@ -828,6 +828,53 @@ fn check_nats_files(r: &Rendered, ca_secret: &str, creds_secret: &str) {
     }
 }
 
+/// Every service's `[telemetry]`: the chart's endpoint and interval, the CA file mounted
+/// read-only from its Secret (when one is given); no section at all when OTLP is off. The
+/// endpoint reaches the binaries only through their config, not through OTEL_* variables they
+/// do not read.
+fn check_telemetry(r: &Rendered, expected: Option<(&str, &str, Option<&str>)>) {
+    let all = configs(r);
+    assert!(!all.is_empty());
+    for (workload, pod, container, _, text) in all {
+        let cfg: toml::Table = toml::from_str(&text).expect("toml");
+        for e in container["env"].as_array().into_iter().flatten() {
+            let n = e["name"].as_str().unwrap_or("");
+            assert!(!n.starts_with("OTEL_"), "{workload}: env {n}");
+        }
+        let Some((endpoint, interval, ca_secret)) = expected else {
+            assert!(cfg.get("telemetry").is_none(), "{workload}\n{text}");
+            continue;
+        };
+        let t = cfg
+            .get("telemetry")
+            .unwrap_or_else(|| panic!("{workload}: no [telemetry]\n{text}"));
+        assert_eq!(t["otlp_endpoint"].as_str(), Some(endpoint), "{workload}");
+        assert_eq!(t["export_interval"].as_str(), Some(interval), "{workload}");
+        let ca = t.get("ca_file").and_then(|v| v.as_str());
+        let Some(secret) = ca_secret else {
+            assert_eq!(ca, None, "{workload}");
+            continue;
+        };
+        let path = "/etc/mailvault/secrets/otel-ca/ca.crt";
+        assert_eq!(ca, Some(path), "{workload}");
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|vm| vm["mountPath"] == "/etc/mailvault/secrets/otel-ca")
+            .unwrap_or_else(|| panic!("{workload}: the telemetry CA is not mounted"));
+        assert_eq!(mount["readOnly"], true, "{workload}");
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume");
+        assert_eq!(volume["secret"]["secretName"], secret, "{workload}");
+        assert_eq!(volume["secret"]["items"][0]["path"], "ca.crt", "{workload}");
+    }
+}
+
 fn pod_labels(workload: &Value) -> &Value {
     &workload["spec"]["template"]["metadata"]["labels"]
 }
@@ -865,6 +912,7 @@ fn chart_defaults_lint_render_validate_and_load() {
     );
     assert_eq!(check_configs(&r), 2, "the aggregator and the indexer");
     check_metrics(&r, Some(9464));
+    check_telemetry(&r, None);
     for kind in ["ServiceMonitor", "PrometheusRule"] {
         assert_eq!(r.of_kind(kind).count(), 0, "{kind} is off by default");
     }
@@ -925,7 +973,8 @@ fn chart_full_values_two_collectors_tls_existing_secrets() {
                 "mailvault-ews",
                 "contoso-root-ca",
                 "nats-ca",
-                "mailvault-nats-creds"
+                "mailvault-nats-creds",
+                "otel-ca"
             ])
         );
     }
@@ -936,27 +985,14 @@ fn chart_full_values_two_collectors_tls_existing_secrets() {
     // The aggregators and the indexer read the NATS CA and credentials like the collectors.
     check_nats_files(&r, "nats-ca", "mailvault-nats-creds");
     assert!(!r.notes.contains("WARNING"), "{}", r.notes);
-    for name in [
-        format!("Deployment/{FULLNAME}-aggregator"),
-        format!("StatefulSet/{FULLNAME}-indexer"),
-    ] {
-        let (_, pod) = r
-            .pod_specs()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .expect("workload");
-        let otel = pod["containers"][0]["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
-            .map(|e| e["value"].clone());
-        assert_eq!(
-            otel,
-            Some(json!("http://otel-collector.monitoring.svc:4317")),
-            "{name}"
-        );
-    }
+    check_telemetry(
+        &r,
+        Some((
+            "https://otel-collector.monitoring.svc:4318",
+            "30s",
+            Some("otel-ca"),
+        )),
+    );
     check_metrics(&r, Some(9464));
     check_network_policies(
         &r,
@@ -1075,6 +1111,7 @@ fn chart_nats_seed_list_ca_and_credentials_from_values() {
 fn chart_metrics_off() {
     let r = render_values(&json!({
         "metrics": {"enabled": false},
+        "telemetry": {"otlpEndpoint": "http://otel-collector:4318"},
         "networkPolicy": {"enabled": true},
         "collectors": [{"name": "exch01",
                         "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
@@ -1083,6 +1120,7 @@ fn chart_metrics_off() {
     }));
     check_metrics(&r, None);
     check_network_policies(&r, None, Value::Null);
+    check_telemetry(&r, Some(("http://otel-collector:4318", "10s", None)));
     // The indexer is still probed, on its API port.
     let sts = r.named("StatefulSet", &format!("{FULLNAME}-indexer"));
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
