@@ -46,9 +46,12 @@ struct Args {
     /// Path of the TOML configuration file.
     #[arg(short, long, env = "MAILVAULT_AGGREGATOR_CONFIG")]
     config: PathBuf,
-    /// Check the configuration and exit.
-    #[arg(long)]
+    /// Check the configuration and exit (`--check-config`, as the collector spells it, works too).
+    #[arg(long, visible_alias = "check-config")]
     check: bool,
+    /// Log as JSON lines (one object per event, for log collectors) instead of text.
+    #[arg(long, env = "MAILVAULT_AGGREGATOR_LOG_JSON")]
+    log_json: bool,
 }
 
 #[tokio::main]
@@ -64,7 +67,11 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = mailvault_runtime::otel::Telemetry::init(
         &cfg.telemetry,
         "mailvault-aggregator",
-        mailvault_runtime::otel::LogLines::Text,
+        if args.log_json {
+            mailvault_runtime::otel::LogLines::Json
+        } else {
+            mailvault_runtime::otel::LogLines::Text
+        },
         Some(std::sync::Arc::new(move || m.samples())),
     )
     .context("starting telemetry")?;

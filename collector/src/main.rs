@@ -45,8 +45,9 @@ struct Cli {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     interval: Duration,
 
-    /// Only validate the configuration and exit.
-    #[arg(long)]
+    /// Only validate the configuration and exit (`--check`, as the aggregator and the indexer
+    /// spell it, works too).
+    #[arg(long, visible_alias = "check")]
     check_config: bool,
 
     /// Log as JSON lines instead of human-readable text.

@@ -67,9 +67,12 @@ struct Args {
     /// PEM private key for TLS (overrides api.tls_key; needs --tls-cert).
     #[arg(long, global = true)]
     tls_key: Option<PathBuf>,
-    /// Check the configuration and exit.
-    #[arg(long)]
+    /// Check the configuration and exit (`--check-config`, as the collector spells it, works too).
+    #[arg(long, visible_alias = "check-config")]
     check: bool,
+    /// Log as JSON lines (one object per event, for log collectors) instead of text.
+    #[arg(long, env = "MAILVAULT_INDEXER_LOG_JSON", global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -126,7 +129,11 @@ fn main() -> anyhow::Result<()> {
         mailvault_runtime::otel::Telemetry::init(
             &cfg.telemetry,
             "mailvault-indexer",
-            mailvault_runtime::otel::LogLines::Text,
+            if args.log_json {
+                mailvault_runtime::otel::LogLines::Json
+            } else {
+                mailvault_runtime::otel::LogLines::Text
+            },
             Some(std::sync::Arc::new(move || m.samples())),
         )
         .context("starting telemetry")?

@@ -36,6 +36,8 @@ fn help_documents_every_option() {
         "--tls-cert",
         "--tls-key",
         "--check",
+        "--check-config",
+        "--log-json",
         "reindex",
         "token",
     ] {

@@ -607,7 +607,11 @@ impl Telemetry {
                 source,
             }
         })?;
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        // Colours only for a person at a terminal: in a pod or a log file the escape codes
+        // would be stored with every line.
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         let fmt = match lines {
             LogLines::Text => fmt.boxed(),
             LogLines::Json => fmt.json().flatten_event(true).boxed(),

@@ -913,6 +913,14 @@ fn chart_defaults_lint_render_validate_and_load() {
     assert_eq!(check_configs(&r), 2, "the aggregator and the indexer");
     check_metrics(&r, Some(9464));
     check_telemetry(&r, None);
+    // Every service logs JSON lines by default.
+    for (workload, _, container, _, _) in configs(&r) {
+        let args = container["args"].as_array().expect("args");
+        assert!(
+            args.iter().any(|a| a == "--log-json"),
+            "{workload}: {args:?}"
+        );
+    }
     for kind in ["ServiceMonitor", "PrometheusRule"] {
         assert_eq!(r.of_kind(kind).count(), 0, "{kind} is off by default");
     }
@@ -1112,6 +1120,7 @@ fn chart_metrics_off() {
     let r = render_values(&json!({
         "metrics": {"enabled": false},
         "telemetry": {"otlpEndpoint": "http://otel-collector:4318"},
+        "aggregator": {"logJson": false},
         "networkPolicy": {"enabled": true},
         "collectors": [{"name": "exch01",
                         "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
@@ -1121,6 +1130,15 @@ fn chart_metrics_off() {
     check_metrics(&r, None);
     check_network_policies(&r, None, Value::Null);
     check_telemetry(&r, Some(("http://otel-collector:4318", "10s", None)));
+    for (workload, _, container, _, _) in configs(&r) {
+        let args = container["args"].as_array().expect("args");
+        let json = args.iter().any(|a| a == "--log-json");
+        assert_eq!(
+            json,
+            !workload.ends_with("-aggregator"),
+            "{workload}: {args:?}"
+        );
+    }
     // The indexer is still probed, on its API port.
     let sts = r.named("StatefulSet", &format!("{FULLNAME}-indexer"));
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
