@@ -247,7 +247,7 @@ livenessProbe:
 {{/* Environment every container gets. */}}
 {{- define "mailvault.env" -}}
 - name: RUST_LOG
-  value: {{ .root.Values.logLevel | quote }}
+  value: {{ .Values.logLevel | quote }}
 {{- end }}
 
 {{- define "mailvault.podSpecCommon" -}}
