@@ -38,6 +38,7 @@ metrics! {
     flush_seconds_count => "mailvault_aggregator_flush_seconds_count", "Number of timed flushes.";
     bodies_deleted_total => "mailvault_aggregator_bodies_deleted_total", "Object Store bodies deleted after ack.";
     refreshes_total => "mailvault_aggregator_index_refreshes_total", "Loads of index objects written by other replicas.";
+    backlog_messages => "mailvault_aggregator_backlog_messages", "Ingest messages the shared consumer has not had acknowledged yet (undelivered plus awaiting ack), as JetStream counted them at the last probe (every 10 s); every replica reports the same number.";
 }
 
 impl Metrics {

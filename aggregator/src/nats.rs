@@ -283,6 +283,18 @@ pub async fn run_with_store(
         metrics.clone(),
         shutdown.clone(),
     ));
+    let backlog = {
+        let metrics = metrics.clone();
+        mailvault_runtime::nats::spawn_backlog_probe(
+            consumer.clone(),
+            mailvault_runtime::nats::BACKLOG_PROBE_EVERY,
+            move |n| {
+                metrics
+                    .backlog_messages
+                    .store(n, std::sync::atomic::Ordering::Relaxed)
+            },
+        )
+    };
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..cfg.limits.workers {
         let p = Pipeline::new(
@@ -313,6 +325,7 @@ pub async fn run_with_store(
         }
     }
     refresher.abort();
+    backlog.abort();
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "flushing NATS connection");
     }

@@ -504,6 +504,11 @@ pub struct JsSource {
 }
 
 impl JsSource {
+    /// The durable consumer, e.g. to watch its backlog.
+    pub fn consumer(&self) -> consumer::Consumer<consumer::pull::Config> {
+        self.consumer.clone()
+    }
+
     /// Creates (if missing) the events stream and the durable consumer.
     pub async fn new(js: &jetstream::Context) -> Result<JsSource, EdgeError> {
         let s = js

@@ -47,6 +47,7 @@ metrics! {
     search_seconds_sum => "mailvault_indexer_search_seconds_sum", "Seconds spent in index searches.";
     search_seconds_count => "mailvault_indexer_search_seconds_count", "Timed index searches.";
     gets => "mailvault_indexer_gets_total", "Items served by GetItem (permission checked, stream started).";
+    backlog_messages => "mailvault_indexer_backlog_messages", "Event messages the indexer has not acknowledged yet (undelivered plus awaiting ack), as JetStream counted them at the last probe (every 10 s): how far search is behind the backup.";
 }
 
 /// Sums of durations are kept in microseconds so many short ones are not rounded away.

@@ -146,6 +146,18 @@ pub async fn run_with_metrics(
         cfg.repository.refresh_interval,
         shutdown.clone(),
     ));
+    let backlog = {
+        let metrics = metrics.clone();
+        mailvault_runtime::nats::spawn_backlog_probe(
+            source.consumer(),
+            mailvault_runtime::nats::BACKLOG_PROBE_EVERY,
+            move |n| {
+                metrics
+                    .backlog_messages
+                    .store(n, std::sync::atomic::Ordering::Relaxed)
+            },
+        )
+    };
     let indexer = Indexer::new(repo.clone(), index.clone()).with_metrics(metrics.clone());
     let consume_cfg = cfg.consume();
     let consumer = {
@@ -191,6 +203,7 @@ pub async fn run_with_metrics(
     })?;
     tracing::info!(report = ?consumer, "event consumer stopped");
     refresher.abort();
+    backlog.abort();
     let flushed = tokio::time::timeout(Duration::from_secs(20), audit.flush()).await;
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "flushing the NATS connection");

@@ -97,6 +97,32 @@ pub fn redact_url(url: &str) -> String {
         .join(",")
 }
 
+/// How often [`spawn_backlog_probe`] asks JetStream.
+pub const BACKLOG_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps a backlog gauge current: every `every`, the messages the durable pull `consumer` has
+/// not had acknowledged yet — not yet delivered (`num_pending`) plus delivered and awaiting
+/// their ack (`num_ack_pending`) — as JetStream counts them, handed to `set`. Every replica
+/// sharing the consumer reports the same number. A failed probe is logged and leaves the last
+/// value. Runs until the task is aborted.
+pub fn spawn_backlog_probe(
+    mut consumer: async_nats::jetstream::consumer::PullConsumer,
+    every: std::time::Duration,
+    set: impl Fn(u64) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match consumer.info().await {
+                Ok(info) => set(info.num_pending + info.num_ack_pending as u64),
+                Err(e) => tracing::warn!(error = %e, "reading the consumer's backlog"),
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

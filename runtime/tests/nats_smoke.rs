@@ -154,3 +154,79 @@ async fn object_store_round_trips_a_large_object() {
     object.read_to_end(&mut back).await.expect("read");
     assert!(back == data, "object read back differently");
 }
+
+/// The backlog gauge follows the durable consumer: undelivered messages, then delivered but
+/// unacknowledged ones, then none once acked.
+#[tokio::test]
+async fn backlog_probe_counts_undelivered_and_unacked_messages() {
+    let (_nats, js) = server().await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: "BACKLOG".into(),
+            subjects: vec!["backlog.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("probe".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    for i in 0..5 {
+        js.publish("backlog.x", Bytes::from(format!("m{i}")))
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let gauge = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let g = gauge.clone();
+    let probe = mailvault_runtime::nats::spawn_backlog_probe(
+        consumer.clone(),
+        Duration::from_millis(50),
+        move |n| g.store(n, std::sync::atomic::Ordering::SeqCst),
+    );
+    let wait_for = |want: u64| {
+        let gauge = gauge.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let v = gauge.load(std::sync::atomic::Ordering::SeqCst);
+                if v == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "backlog gauge {v}, expected {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(5).await;
+    // Delivered but not acked: still backlog.
+    let mut got = consumer
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut held = Vec::new();
+    while let Some(m) = got.next().await {
+        held.push(m.expect("message"));
+    }
+    assert_eq!(held.len(), 3);
+    // Each check waits for a probe made after the change (the gauge is cleared first).
+    gauge.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    wait_for(5).await;
+    for m in &held[..2] {
+        m.double_ack().await.expect("ack");
+    }
+    gauge.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    wait_for(3).await;
+    probe.abort();
+}
