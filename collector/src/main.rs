@@ -30,7 +30,8 @@ struct Cli {
     /// object_bucket), `[metrics]` (listen, e.g. "127.0.0.1:9464": plain-HTTP GET /metrics
     /// and /healthz; off when absent; docs/telemetry.md), `[telemetry]` (otlp_endpoint, e.g.
     /// "http://otel-collector:4318": OTLP/HTTP push of spans and metrics, off when absent;
-    /// protocol "http/protobuf", export_interval "10s", timeout "10s", ca_file, service_name
+    /// protocol "http/protobuf", export_interval "10s", timeout "10s", ca_file, headers_file (`Name: value`
+    /// lines sent with every export), service_name
     /// "mailvault-collector", service_instance (host name), traces, metrics; docs/telemetry.md).
     #[arg(short, long, env = "MAILVAULT_COLLECTOR_CONFIG")]
     config: PathBuf,

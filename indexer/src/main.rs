@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 ///   [telemetry] otlp_endpoint (off when absent; e.g. "http://otel-collector:4318": OTLP/HTTP
 ///   base URL, spans to /v1/traces, metrics to /v1/metrics), protocol ("http/protobuf"),
 ///   export_interval ("10s"), timeout ("10s"), ca_file (PEM CA of an https endpoint),
+///   headers_file (`Name: value` lines sent with every export, e.g. a bearer token),
 ///   service_name ("mailvault-indexer"), service_instance (host name), traces (true),
 ///   metrics (true); see docs/telemetry.md
 #[derive(Debug, Parser)]

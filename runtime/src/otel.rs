@@ -174,6 +174,11 @@ pub struct TelemetryConfig {
     /// platform's root certificates.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// File of `Name: value` lines sent as HTTP headers with every export request — what a
+    /// hosted or authenticating receiver asks for (`Authorization: Bearer …`, an API key).
+    /// Blank lines and `#` comments are skipped. The values are never logged or printed.
+    #[serde(default)]
+    pub headers_file: Option<PathBuf>,
     /// `service.name` resource attribute (default: the binary's name, e.g.
     /// `mailvault-aggregator`).
     #[serde(default)]
@@ -198,6 +203,7 @@ impl Default for TelemetryConfig {
             export_interval: default_export_interval(),
             timeout: default_timeout(),
             ca_file: None,
+            headers_file: None,
             service_name: None,
             service_instance: None,
             traces: true,
@@ -230,6 +236,7 @@ impl fmt::Debug for TelemetryConfig {
             .field("export_interval", &self.export_interval)
             .field("timeout", &self.timeout)
             .field("ca_file", &self.ca_file)
+            .field("headers_file", &self.headers_file)
             .field("service_name", &self.service_name)
             .field("service_instance", &self.service_instance)
             .field("traces", &self.traces)
@@ -272,6 +279,14 @@ impl TelemetryConfig {
         {
             p.push(format!("telemetry.ca_file {} is not a file", ca.display()));
         }
+        if let Some(h) = &self.headers_file
+            && !h.is_file()
+        {
+            p.push(format!(
+                "telemetry.headers_file {} is not a file",
+                h.display()
+            ));
+        }
         if self.export_interval < Duration::from_millis(100) {
             p.push("telemetry.export_interval must be at least 100ms".to_owned());
         }
@@ -306,6 +321,9 @@ pub enum OtelError {
     },
     #[error("telemetry.ca_file {path}: {cause}")]
     Ca { path: PathBuf, cause: String },
+    /// `cause` names the line, never its value.
+    #[error("telemetry.headers_file {path}: {cause}")]
+    Headers { path: PathBuf, cause: String },
     #[error("OTLP TLS setup: {0}")]
     Tls(String),
     #[error("OTLP {signal} exporter: {cause}")]
@@ -321,6 +339,40 @@ struct OtlpHttp {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
+    /// From `headers_file`, marked sensitive (kept out of `Debug` output).
+    headers: Arc<Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>>,
+}
+
+/// Reads a `headers_file`: `Name: value` per line, blank lines and `#` comments skipped.
+fn read_headers(
+    path: &std::path::Path,
+) -> Result<Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>, OtelError> {
+    let err = |cause: String| OtelError::Headers {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(err(format!("line {}: not `Name: value`", n + 1)));
+        };
+        let name = hyper::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| err(format!("line {}: not a header name", n + 1)))?;
+        let mut value = hyper::header::HeaderValue::from_str(value.trim()).map_err(|_| {
+            err(format!(
+                "line {}: the value is not a valid header value",
+                n + 1
+            ))
+        })?;
+        value.set_sensitive(true);
+        out.push((name, value));
+    }
+    Ok(out)
 }
 
 /// Largest response body read (OTLP answers are a few bytes; partial-success messages small).
@@ -373,10 +425,15 @@ impl OtlpHttp {
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(cfg.timeout));
         let connector = builder.https_or_http().enable_http1().wrap_connector(tcp);
+        let headers = match &cfg.headers_file {
+            Some(path) => read_headers(path)?,
+            None => Vec::new(),
+        };
         Ok(OtlpHttp {
             client: Client::builder(TokioExecutor::new()).build(connector),
             runtime,
             timeout: cfg.timeout,
+            headers: Arc::new(headers),
         })
     }
 }
@@ -386,8 +443,12 @@ impl opentelemetry_http::HttpClient for OtlpHttp {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         let client = self.client.clone();
         let timeout = self.timeout;
+        let headers = self.headers.clone();
         let task = self.runtime.spawn(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            for (name, value) in headers.iter() {
+                parts.headers.insert(name.clone(), value.clone());
+            }
             let exchange = async {
                 let response = client
                     .request(Request::from_parts(parts, Full::new(body)))
@@ -815,6 +876,93 @@ mod tests {
         };
         let e = OtlpHttp::new(&empty, tokio::runtime::Handle::current()).expect_err("no cert");
         assert!(e.to_string().contains("empty.pem"), "{e}");
+        sim.shutdown().await;
+    }
+
+    /// `headers_file` reaches a real server that checks credentials (the EWS simulator's
+    /// HTTP Basic): with the file's `Authorization` line the request is let in, without it or
+    /// with a wrong password it is refused with 401 and counted as a failed logon. A malformed
+    /// file is an error naming the line, never the value.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn headers_file_lines_are_sent_with_every_export_request() {
+        use base64::Engine as _;
+        use opentelemetry_http::HttpClient as _;
+        let sim =
+            mailvault_ews_sim::Simulator::start(mailvault_ews_sim::SimConfig::new("contoso.com"))
+                .await
+                .expect("simulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let basic = |user_pass: &str| {
+            format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_pass)
+            )
+        };
+        let good = dir.path().join("good");
+        std::fs::write(
+            &good,
+            format!(
+                "# receiver credentials\n\n{}\nX-Scope-OrgID: tenant-1\n",
+                basic("svc-mailvault:secret")
+            ),
+        )
+        .expect("write");
+        let wrong = dir.path().join("wrong");
+        std::fs::write(&wrong, basic("svc-mailvault:not-it")).expect("write");
+        let endpoint = format!("http://{}", sim.addr());
+        let send = |headers_file: Option<PathBuf>| {
+            let cfg = TelemetryConfig {
+                otlp_endpoint: Some(endpoint.clone()),
+                headers_file,
+                timeout: Duration::from_secs(5),
+                ..TelemetryConfig::default()
+            };
+            // The simulator only authenticates its EWS path; the client sends the same
+            // headers whatever the path.
+            let url = format!("{endpoint}/EWS/Exchange.asmx");
+            async move {
+                let http = OtlpHttp::new(&cfg, tokio::runtime::Handle::current()).expect("client");
+                let request = Request::post(url)
+                    .header("content-type", "text/xml")
+                    .body(Bytes::from_static(b"<not-soap/>"))
+                    .expect("request");
+                http.send_bytes(request).await.expect("an answer")
+            }
+        };
+        let before = sim.stats().auth_failures;
+        let let_in = send(Some(good.clone())).await;
+        assert_ne!(let_in.status().as_u16(), 401, "{let_in:?}");
+        assert_eq!(
+            sim.stats().auth_failures,
+            before,
+            "the credentials were accepted"
+        );
+        assert_eq!(send(None).await.status().as_u16(), 401);
+        assert_eq!(send(Some(wrong)).await.status().as_u16(), 401);
+        assert_eq!(sim.stats().auth_failures, before + 2);
+
+        let bad = dir.path().join("bad");
+        std::fs::write(
+            &bad,
+            "Authorization: Bearer s3cr3t-token\nno colon here s3cr3t\n",
+        )
+        .expect("write");
+        let cfg = TelemetryConfig {
+            otlp_endpoint: Some(endpoint.clone()),
+            headers_file: Some(bad),
+            ..TelemetryConfig::default()
+        };
+        let e = OtlpHttp::new(&cfg, tokio::runtime::Handle::current()).expect_err("malformed");
+        let msg = e.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "the value is not shown: {msg}");
+        let mut p = Vec::new();
+        TelemetryConfig {
+            headers_file: Some(dir.path().join("missing")),
+            ..cfg
+        }
+        .problems(&mut p);
+        assert!(p.iter().any(|m| m.contains("headers_file")), "{p:?}");
         sim.shutdown().await;
     }
 

@@ -275,7 +275,7 @@ imagePullSecrets:
 
 {{/*
 The [telemetry] section of every service when telemetry.otlpEndpoint is set: endpoint, export
-interval, and the CA file where the chart mounts it (mailvault.telemetryVolumes); `extra` is
+interval, and the CA and headers files where the chart mounts them (mailvault.telemetryVolumes); `extra` is
 the service's own telemetry config, whose keys win. Call with (dict "root" $ "extra" MAP);
 returns JSON, or nothing when OTLP is off.
 */}}
@@ -284,6 +284,7 @@ returns JSON, or nothing when OTLP is off.
 {{- if $t.otlpEndpoint }}
 {{- $s := dict "otlp_endpoint" $t.otlpEndpoint "export_interval" $t.exportInterval }}
 {{- if $t.ca.existingSecret }}{{ $_ := set $s "ca_file" "/etc/mailvault/secrets/otel-ca/ca.crt" }}{{ end }}
+{{- if $t.headers.existingSecret }}{{ $_ := set $s "headers_file" "/etc/mailvault/secrets/otel-headers/headers" }}{{ end }}
 {{- toJson (mergeOverwrite $s (deepCopy (default (dict) .extra))) }}
 {{- end }}
 {{- end }}
@@ -292,12 +293,20 @@ returns JSON, or nothing when OTLP is off.
 {{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.ca.existingSecret }}
 {{ include "mailvault.secretVolume" (dict "root" . "volume" "otel-ca" "existing" .Values.telemetry.ca.existingSecret "key" .Values.telemetry.ca.key "chartKey" "" "path" "ca.crt") }}
 {{- end }}
+{{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.headers.existingSecret }}
+{{ include "mailvault.secretVolume" (dict "root" . "volume" "otel-headers" "existing" .Values.telemetry.headers.existingSecret "key" .Values.telemetry.headers.key "chartKey" "" "path" "headers") }}
+{{- end }}
 {{- end }}
 
 {{- define "mailvault.telemetryMounts" -}}
 {{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.ca.existingSecret }}
 - name: otel-ca
   mountPath: /etc/mailvault/secrets/otel-ca
+  readOnly: true
+{{- end }}
+{{- if and .Values.telemetry.otlpEndpoint .Values.telemetry.headers.existingSecret }}
+- name: otel-headers
+  mountPath: /etc/mailvault/secrets/otel-headers
   readOnly: true
 {{- end }}
 {{- end }}

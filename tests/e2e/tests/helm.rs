@@ -872,6 +872,27 @@ fn check_telemetry(r: &Rendered, expected: Option<(&str, &str, Option<&str>)>) {
             .expect("volume");
         assert_eq!(volume["secret"]["secretName"], secret, "{workload}");
         assert_eq!(volume["secret"]["items"][0]["path"], "ca.crt", "{workload}");
+        // The full values also name a headers Secret: mounted the same way.
+        let headers = t.get("headers_file").and_then(|v| v.as_str());
+        assert_eq!(
+            headers,
+            Some("/etc/mailvault/secrets/otel-headers/headers"),
+            "{workload}"
+        );
+        let mount = container["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|vm| vm["mountPath"] == "/etc/mailvault/secrets/otel-headers")
+            .unwrap_or_else(|| panic!("{workload}: the telemetry headers are not mounted"));
+        assert_eq!(mount["readOnly"], true, "{workload}");
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume");
+        assert_eq!(volume["secret"]["secretName"], "otel-headers", "{workload}");
     }
 }
 
@@ -982,7 +1003,8 @@ fn chart_full_values_two_collectors_tls_existing_secrets() {
                 "contoso-root-ca",
                 "nats-ca",
                 "mailvault-nats-creds",
-                "otel-ca"
+                "otel-ca",
+                "otel-headers"
             ])
         );
     }
