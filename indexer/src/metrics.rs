@@ -127,9 +127,11 @@ mod tests {
             "mailvault_indexer_searches_total 2\n",
             "mailvault_indexer_search_errors_total 1\n",
             "mailvault_indexer_search_seconds_sum 0.002\n",
+            "# TYPE mailvault_indexer_backlog_messages gauge\n\
+             mailvault_indexer_backlog_messages 0\n",
         ] {
             assert!(text.contains(want), "{want:?} missing in\n{text}");
         }
-        assert_eq!(text.matches("# TYPE ").count(), 11, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 12, "{text}");
     }
 }
