@@ -5,13 +5,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mailvault_format::BlobStore;
 use mailvault_harness::NatsServer;
-use mailvault_runtime::storage::DirStore;
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -24,22 +21,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 async fn a_150_mb_item_streams_through_with_bounded_memory() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo_dir = dir.path().join("repo");
-    let store: Arc<dyn BlobStore> = Arc::new(DirStore::open(&repo_dir).expect("dir store"));
-    init_repo(store.clone()).await;
-    let pass_file = dir.path().join("passphrase");
-    std::fs::write(&pass_file, PASS).expect("passphrase file");
-    let cfg_file = dir.path().join("aggregator.toml");
-    std::fs::write(
-        &cfg_file,
-        format!(
-            "[nats]\nurl = \"{}\"\n[repository]\nurl = \"{}\"\npassphrase_file = \"{}\"\n",
-            nats.url(),
-            repo_dir.display(),
-            pass_file.display()
-        ),
-    )
-    .expect("config file");
+    let (store, cfg_file) = binary_setup(dir.path(), &nats.url(), "", "", "").await;
     let collector = Collector::connect(&nats.url()).await;
     let copies = mailvault_mailgen::fanout(9, 1, 150_000_000, false);
     let items = items_from(&copies[1..2], "big");

@@ -5,13 +5,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mailvault_format::BlobStore;
 use mailvault_harness::NatsServer;
-use mailvault_runtime::storage::DirStore;
 
 fn trials() -> usize {
     std::env::var("MAILVAULT_KILL_TRIALS")
@@ -24,23 +21,12 @@ fn trials() -> usize {
 async fn kill_dash_nine_loses_nothing() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo_dir = dir.path().join("repo");
-    let store: Arc<dyn BlobStore> = Arc::new(DirStore::open(&repo_dir).expect("dir store"));
-    init_repo(store.clone()).await;
-    let pass_file = dir.path().join("passphrase");
-    std::fs::write(&pass_file, [PASS, b"\n"].concat()).expect("passphrase file");
-    let cfg_file = dir.path().join("aggregator.toml");
-    std::fs::write(
-        &cfg_file,
-        format!(
-            r#"[nats]
-url = "{url}"
-ack_wait = "5s"
-[repository]
-url = "{repo}"
-passphrase_file = "{pass}"
-refresh_interval = "1s"
-[batch]
+    let (store, cfg_file) = binary_setup(
+        dir.path(),
+        &nats.url(),
+        r#"ack_wait = "5s""#,
+        r#"refresh_interval = "1s""#,
+        r#"[batch]
 max_delay = "200ms"
 max_items = 50
 [limits]
@@ -48,12 +34,8 @@ progress_every = "2s"
 nak_delay = "200ms"
 fetch_messages = 16
 "#,
-            url = nats.url(),
-            repo = repo_dir.display(),
-            pass = pass_file.display()
-        ),
     )
-    .expect("config file");
+    .await;
 
     let collector = Collector::connect(&nats.url()).await;
     let n = trials();
@@ -104,34 +86,20 @@ fetch_messages = 16
 async fn sigterm_flushes_acks_and_exits_in_time() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo_dir = dir.path().join("repo");
-    let store: Arc<dyn BlobStore> = Arc::new(DirStore::open(&repo_dir).expect("dir store"));
-    init_repo(store.clone()).await;
-    let pass_file = dir.path().join("passphrase");
-    std::fs::write(&pass_file, PASS).expect("passphrase file");
-    let cfg_file = dir.path().join("aggregator.toml");
-    std::fs::write(
-        &cfg_file,
-        format!(
-            r#"[nats]
-url = "{url}"
-ack_wait = "120s"
-[repository]
-url = "{repo}"
-passphrase_file = "{pass}"
-[batch]
+    let (store, cfg_file) = binary_setup(
+        dir.path(),
+        &nats.url(),
+        r#"ack_wait = "120s""#,
+        "",
+        r#"[batch]
 max_delay = "60s"
 max_items = 100000
 max_bytes = "1 GiB"
 [limits]
 shutdown_deadline = "10s"
 "#,
-            url = nats.url(),
-            repo = repo_dir.display(),
-            pass = pass_file.display()
-        ),
     )
-    .expect("config file");
+    .await;
     let collector = Collector::connect(&nats.url()).await;
     let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
         seed: 4,

@@ -6,34 +6,16 @@ mod common;
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use mailvault_format::BlobStore;
 use mailvault_harness::NatsServer;
-use mailvault_runtime::storage::DirStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_is_a_json_object() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo_dir = dir.path().join("repo");
-    let store: Arc<dyn BlobStore> = Arc::new(DirStore::open(&repo_dir).expect("dir store"));
-    init_repo(store.clone()).await;
-    let pass_file = dir.path().join("passphrase");
-    std::fs::write(&pass_file, PASS).expect("passphrase file");
-    let cfg_file = dir.path().join("aggregator.toml");
-    std::fs::write(
-        &cfg_file,
-        format!(
-            "[nats]\nurl = \"{}\"\n[repository]\nurl = \"{}\"\npassphrase_file = \"{}\"\n",
-            nats.url(),
-            repo_dir.display(),
-            pass_file.display()
-        ),
-    )
-    .expect("config file");
+    let (store, cfg_file) = binary_setup(dir.path(), &nats.url(), "", "", "").await;
     let collector = Collector::connect(&nats.url()).await;
     let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
         seed: 5,

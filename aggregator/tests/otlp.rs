@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use mailvault_aggregator::Metrics;
 use mailvault_format::{BlobStore, MemoryStore};
-use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan};
+use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan, parse_traceparent};
 use mailvault_runtime::otel::{LogLines, Telemetry, TelemetryConfig};
 
 /// Polls `check` until it returns `Some`, or panics at the deadline with `context()`.
@@ -54,15 +54,6 @@ fn received_span(otel: &OtelCollector, span_id: &str) -> Option<ReceivedSpan> {
 fn fresh_ids(seed: &str) -> (String, String) {
     let h = blake3::hash(format!("{seed} {:?}", std::time::SystemTime::now()).as_bytes()).to_hex();
     (h[..32].to_owned(), h[32..48].to_owned())
-}
-
-/// Trace id and span id of a `traceparent` (version 00, sampled).
-fn parse_traceparent(tp: &str) -> (String, String) {
-    let parts: Vec<&str> = tp.split('-').collect();
-    assert_eq!(parts.len(), 4, "{tp}");
-    assert_eq!(parts[0], "00", "{tp}");
-    assert_eq!(parts[3], "01", "sampled: {tp}");
-    (parts[1].to_owned(), parts[2].to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

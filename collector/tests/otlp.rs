@@ -19,21 +19,13 @@ use mailvault_collector::metrics::Metrics;
 use mailvault_collector::nats::STREAM;
 use mailvault_collector::{RunMode, run};
 use mailvault_ews_sim::{SimConfig, Simulator};
-use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan};
+use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan, parse_traceparent};
 use mailvault_mailgen::GenConfig;
 use mailvault_proto::ingest::v1 as pb;
 use mailvault_runtime::otel::{LogLines, Telemetry, TelemetryConfig};
 use prost::Message as _;
 
 const DOMAIN: &str = "contoso.com";
-
-/// Trace id and span id of a `traceparent` (version 00).
-fn parse_traceparent(tp: &str) -> (String, String) {
-    let parts: Vec<&str> = tp.split('-').collect();
-    assert_eq!(parts.len(), 4, "traceparent {tp:?}");
-    assert_eq!(parts[0], "00", "traceparent version in {tp:?}");
-    (parts[1].to_owned(), parts[2].to_owned())
-}
 
 /// One published message: its kind, mailbox and `traceparent`.
 struct Published {

@@ -71,6 +71,36 @@ pub async fn init_repo(store: Arc<dyn BlobStore>) -> Repository {
         .expect("init repository")
 }
 
+/// What the aggregator binary runs on in a test: a directory repository in `dir` (initialised,
+/// passphrase file with a trailing newline, as editors leave it) and a config file naming it
+/// and `nats_url`. `nats` and `repository` are extra lines of those sections, `rest` further
+/// sections. Returns the store (to check what was written) and the config file.
+pub async fn binary_setup(
+    dir: &std::path::Path,
+    nats_url: &str,
+    nats: &str,
+    repository: &str,
+    rest: &str,
+) -> (Arc<dyn BlobStore>, std::path::PathBuf) {
+    let repo_dir = dir.join("repo");
+    let store: Arc<dyn BlobStore> =
+        Arc::new(mailvault_runtime::storage::DirStore::open(&repo_dir).expect("dir store"));
+    init_repo(store.clone()).await;
+    let pass_file = dir.join("passphrase");
+    std::fs::write(&pass_file, [PASS, b"\n"].concat()).expect("passphrase file");
+    let cfg_file = dir.join("aggregator.toml");
+    std::fs::write(
+        &cfg_file,
+        format!(
+            "[nats]\nurl = \"{nats_url}\"\n{nats}\n[repository]\nurl = \"{}\"\npassphrase_file = \"{}\"\n{repository}\n{rest}",
+            repo_dir.display(),
+            pass_file.display()
+        ),
+    )
+    .expect("config file");
+    (store, cfg_file)
+}
+
 /// The collector's stream and object bucket (same settings as `mailvault-collector`).
 pub struct Collector {
     pub client: async_nats::Client,

@@ -776,6 +776,28 @@ fn check_network_policies(r: &Rendered, metrics: Option<(u16, Value)>, api_from:
 
 /// The aggregator and indexer name the NATS CA and credentials in `[nats]`, and both files are
 /// mounted from the given Secrets (check_configs then runs the binaries on them).
+/// The mount of directory `dir` in `container` and the pod volume behind it.
+fn mount_at<'a>(
+    pod: &'a Value,
+    container: &'a Value,
+    dir: &str,
+    workload: &str,
+) -> (&'a Value, &'a Value) {
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|vm| vm["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("{workload}: nothing mounted at {dir}"));
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("{workload}: no volume {}", mount["name"]));
+    (mount, volume)
+}
+
 fn check_nats_files(r: &Rendered, ca_secret: &str, creds_secret: &str) {
     for (workload, pod, container, _, text) in configs(r) {
         let cfg: toml::Table = toml::from_str(&text).expect("toml");
@@ -805,18 +827,7 @@ fn check_nats_files(r: &Rendered, ca_secret: &str, creds_secret: &str) {
                 "{workload}"
             );
             let dir = path.rsplit_once('/').expect("dir").0;
-            let mount = container["volumeMounts"]
-                .as_array()
-                .expect("mounts")
-                .iter()
-                .find(|vm| vm["mountPath"] == dir)
-                .expect("mount");
-            let volume = pod["volumes"]
-                .as_array()
-                .expect("volumes")
-                .iter()
-                .find(|v| v["name"] == mount["name"])
-                .expect("volume");
+            let (mount, volume) = mount_at(&pod, &container, dir, &workload);
             assert_eq!(volume["secret"]["secretName"], secret, "{workload}: {key}");
             assert_eq!(mount["readOnly"], true, "{workload}: {key}");
         }
@@ -857,19 +868,13 @@ fn check_telemetry(r: &Rendered, expected: Option<(&str, &str, Option<&str>)>) {
         };
         let path = "/etc/mailvault/secrets/otel-ca/ca.crt";
         assert_eq!(ca, Some(path), "{workload}");
-        let mount = container["volumeMounts"]
-            .as_array()
-            .expect("mounts")
-            .iter()
-            .find(|vm| vm["mountPath"] == "/etc/mailvault/secrets/otel-ca")
-            .unwrap_or_else(|| panic!("{workload}: the telemetry CA is not mounted"));
+        let (mount, volume) = mount_at(
+            &pod,
+            &container,
+            "/etc/mailvault/secrets/otel-ca",
+            &workload,
+        );
         assert_eq!(mount["readOnly"], true, "{workload}");
-        let volume = pod["volumes"]
-            .as_array()
-            .expect("volumes")
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .expect("volume");
         assert_eq!(volume["secret"]["secretName"], secret, "{workload}");
         assert_eq!(volume["secret"]["items"][0]["path"], "ca.crt", "{workload}");
         // The full values also name a headers Secret: mounted the same way.
@@ -879,19 +884,13 @@ fn check_telemetry(r: &Rendered, expected: Option<(&str, &str, Option<&str>)>) {
             Some("/etc/mailvault/secrets/otel-headers/headers"),
             "{workload}"
         );
-        let mount = container["volumeMounts"]
-            .as_array()
-            .expect("mounts")
-            .iter()
-            .find(|vm| vm["mountPath"] == "/etc/mailvault/secrets/otel-headers")
-            .unwrap_or_else(|| panic!("{workload}: the telemetry headers are not mounted"));
+        let (mount, volume) = mount_at(
+            &pod,
+            &container,
+            "/etc/mailvault/secrets/otel-headers",
+            &workload,
+        );
         assert_eq!(mount["readOnly"], true, "{workload}");
-        let volume = pod["volumes"]
-            .as_array()
-            .expect("volumes")
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .expect("volume");
         assert_eq!(volume["secret"]["secretName"], "otel-headers", "{workload}");
     }
 }

@@ -19,7 +19,7 @@ use tempfile::TempDir;
 mod prometheus;
 pub use prometheus::Prometheus;
 mod otel;
-pub use otel::{OtelCollector, ReceivedSpan};
+pub use otel::{OtelCollector, ReceivedSpan, parse_traceparent};
 
 /// How long a server may take to come up before the harness gives up.
 const START_DEADLINE: Duration = Duration::from_secs(60);

@@ -170,3 +170,13 @@ fn fields(text: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Trace id and span id of a W3C `traceparent` (version 00, sampled), as the services put
+/// on NATS messages; panics on anything else.
+pub fn parse_traceparent(tp: &str) -> (String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {tp:?}");
+    assert_eq!(parts[0], "00", "traceparent version in {tp:?}");
+    assert_eq!(parts[3], "01", "sampled: {tp:?}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
