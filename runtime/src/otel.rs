@@ -487,59 +487,29 @@ fn register(
         }
         let (name, help, src) = (s.name, s.help, source.clone());
         let gauge = family(name).1 == "gauge";
+        // The four instrument kinds differ only in builder and value type.
+        macro_rules! observe {
+            ($builder:ident, $variant:ident) => {
+                kept.push(Box::new(
+                    meter
+                        .$builder(name)
+                        .with_description(help)
+                        .with_callback(move |o| {
+                            for x in src().into_iter().filter(|x| x.name == name) {
+                                if let Value::$variant(v) = x.value {
+                                    o.observe(v, &attributes(&x.labels));
+                                }
+                            }
+                        })
+                        .build(),
+                ))
+            };
+        }
         match (gauge, s.value) {
-            (false, Value::Int(_)) => kept.push(Box::new(
-                meter
-                    .u64_observable_counter(name)
-                    .with_description(help)
-                    .with_callback(move |o| {
-                        for x in src().into_iter().filter(|x| x.name == name) {
-                            if let Value::Int(v) = x.value {
-                                o.observe(v, &attributes(&x.labels));
-                            }
-                        }
-                    })
-                    .build(),
-            )),
-            (false, Value::Float(_)) => kept.push(Box::new(
-                meter
-                    .f64_observable_counter(name)
-                    .with_description(help)
-                    .with_callback(move |o| {
-                        for x in src().into_iter().filter(|x| x.name == name) {
-                            if let Value::Float(v) = x.value {
-                                o.observe(v, &attributes(&x.labels));
-                            }
-                        }
-                    })
-                    .build(),
-            )),
-            (true, Value::Int(_)) => kept.push(Box::new(
-                meter
-                    .u64_observable_gauge(name)
-                    .with_description(help)
-                    .with_callback(move |o| {
-                        for x in src().into_iter().filter(|x| x.name == name) {
-                            if let Value::Int(v) = x.value {
-                                o.observe(v, &attributes(&x.labels));
-                            }
-                        }
-                    })
-                    .build(),
-            )),
-            (true, Value::Float(_)) => kept.push(Box::new(
-                meter
-                    .f64_observable_gauge(name)
-                    .with_description(help)
-                    .with_callback(move |o| {
-                        for x in src().into_iter().filter(|x| x.name == name) {
-                            if let Value::Float(v) = x.value {
-                                o.observe(v, &attributes(&x.labels));
-                            }
-                        }
-                    })
-                    .build(),
-            )),
+            (false, Value::Int(_)) => observe!(u64_observable_counter, Int),
+            (false, Value::Float(_)) => observe!(f64_observable_counter, Float),
+            (true, Value::Int(_)) => observe!(u64_observable_gauge, Int),
+            (true, Value::Float(_)) => observe!(f64_observable_gauge, Float),
         }
     }
     kept
