@@ -423,6 +423,11 @@ impl Source for JsSource {
             .boxed(),
         )
     }
+
+    fn in_flight_wait(&self) -> Duration {
+        // Deliveries the server sent just before the shutdown may still be in the socket.
+        Duration::from_millis(200)
+    }
 }
 
 async fn worker(

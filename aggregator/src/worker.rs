@@ -35,6 +35,12 @@ pub trait Source: Send {
         max_bytes: usize,
         expires: Duration,
     ) -> Result<Pull, EdgeError>;
+
+    /// How long a shutdown waits for deliveries still on their way to the source when it
+    /// hands back what it holds: none for an in-process bus, a moment for a network source.
+    fn in_flight_wait(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// The worker's knobs (from `[limits]`).
@@ -285,20 +291,25 @@ pub async fn run_worker<S: Source>(
         }
     }
     // Shutdown: hand back what the source has buffered but not yielded yet (a continuous
-    // pull holds some), so the other replicas get it now rather than after `ack_wait`.
+    // pull holds some), so the other replicas get it now rather than after `ack_wait`. What
+    // a server delivered just before may still be on its way (on a loaded machine, several
+    // milliseconds): each round waits up to the source's `in_flight_wait` for it.
+    let wait = source.in_flight_wait();
     for _ in 0..4 {
         let Ok(mut rest) = source
-            .pull(
-                limits.fetch_messages,
-                limits.fetch_bytes as usize,
-                Duration::ZERO,
-            )
+            .pull(limits.fetch_messages, limits.fetch_bytes as usize, wait)
             .await
         else {
             break;
         };
         let mut handed_back = 0;
-        while let Some(Some(Ok(d))) = rest.next().now_or_never() {
+        loop {
+            let next = if wait.is_zero() {
+                rest.next().now_or_never().flatten()
+            } else {
+                rest.next().await
+            };
+            let Some(Ok(d)) = next else { break };
             handed_back += 1;
             if let Err(e) = d.acker.nak(Duration::ZERO).await {
                 tracing::debug!(error = %e, "nak at shutdown");
