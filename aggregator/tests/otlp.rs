@@ -21,29 +21,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use mailvault_aggregator::Metrics;
 use mailvault_format::{BlobStore, MemoryStore};
-use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan, parse_traceparent};
+use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan, parse_traceparent, poll};
 use mailvault_runtime::otel::{LogLines, Telemetry, TelemetryConfig};
-
-/// Polls `check` until it returns `Some`, or panics at the deadline with `context()`.
-async fn poll<T>(
-    what: &str,
-    deadline: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = tokio::task::block_in_place(&mut check) {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what}: not within {deadline:?}\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The span the collector received with this span id, once it has.
 fn received_span(otel: &OtelCollector, span_id: &str) -> Option<ReceivedSpan> {

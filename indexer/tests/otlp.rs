@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::*;
-use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan};
+use mailvault_harness::{NatsServer, OtelCollector, ReceivedSpan, poll};
 use mailvault_indexer::consume::{self, ConsumeConfig, ConsumeReport, JsSource, SUBJECT_BATCH};
 use mailvault_indexer::{Index, Indexer, Metrics};
 use mailvault_proto::events::v1::EventBatch;
@@ -21,27 +21,6 @@ use mailvault_runtime::otel::{LogLines, Telemetry, TelemetryConfig};
 use prost::Message as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// Polls `check` until it returns `Some`, or panics at the deadline with `context()`.
-async fn poll<T>(
-    what: &str,
-    deadline: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = tokio::task::block_in_place(&mut check) {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "{what}: not within {deadline:?}\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A trace id and a span id no other run uses.
 fn fresh_ids(seed: &str) -> (String, String) {

@@ -590,6 +590,29 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Calls `check` every 100 ms until it returns `Some`, or panics after `deadline` naming
+/// `what`, with `context()` (what the test saw by then). `check` may block (read a log, ask a
+/// server): it runs in `block_in_place`, so call this from a multi-threaded tokio runtime.
+pub async fn poll<T>(
+    what: &str,
+    deadline: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = tokio::task::block_in_place(&mut check) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{what}: not within {deadline:?}\n{}",
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
