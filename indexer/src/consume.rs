@@ -414,6 +414,28 @@ pub async fn run(
     shutdown: CancellationToken,
     progress: Option<watch::Sender<ConsumeReport>>,
 ) -> ConsumeReport {
+    run_until_drained(
+        ix,
+        source,
+        cfg,
+        shutdown,
+        CancellationToken::new(),
+        progress,
+    )
+    .await
+}
+
+/// [`run`] for a producer that ends: once `input_done` is cancelled no more events will be
+/// published, so a commit no longer waits `cfg.idle` for more (a single-process pass ended
+/// with that idle wait on both cores); it commits as soon as the stream has nothing left.
+pub async fn run_until_drained(
+    ix: &Indexer,
+    source: &mut dyn Source,
+    cfg: &ConsumeConfig,
+    shutdown: CancellationToken,
+    input_done: CancellationToken,
+    progress: Option<watch::Sender<ConsumeReport>>,
+) -> ConsumeReport {
     let mut report = ConsumeReport::default();
     while !shutdown.is_cancelled() {
         let batch = tokio::select! {
@@ -442,9 +464,16 @@ pub async fn run(
             if left.is_zero() {
                 break;
             }
+            let idle = if input_done.is_cancelled() {
+                Duration::ZERO
+            } else {
+                left.min(cfg.idle)
+            };
             let more = tokio::select! {
                 () = shutdown.cancelled() => break,
-                b = source.next_batch(deliveries_for(cfg.batch - entries), left.min(cfg.idle)) => b,
+                // The producer finished while we waited: look again without waiting.
+                () = input_done.cancelled(), if !idle.is_zero() => continue,
+                b = source.next_batch(deliveries_for(cfg.batch - entries), idle) => b,
             };
             match more {
                 Ok(b) if !b.is_empty() => {

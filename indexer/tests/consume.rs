@@ -339,3 +339,78 @@ async fn in_process_source_acks_only_after_commit() {
     assert_eq!(log.lock().expect("log").len(), n);
     assert!(log.lock().expect("log").iter().all(|s| s == "ack"));
 }
+
+/// Hands out its batches, then behaves like an idle bus: waits as long as it is asked to. The
+/// first time it is asked to wait, the producer finishes (`input_done` is cancelled).
+struct EndingSource {
+    batches: Vec<Vec<Delivery>>,
+    input_done: CancellationToken,
+}
+
+#[async_trait]
+impl Source for EndingSource {
+    async fn next_batch(&mut self, _: usize, wait: Duration) -> Result<Vec<Delivery>, EdgeError> {
+        if !self.batches.is_empty() {
+            return Ok(self.batches.remove(0));
+        }
+        if !wait.is_zero() {
+            self.input_done.cancel();
+            tokio::time::sleep(wait).await;
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_producer_is_committed_without_waiting_for_idle() {
+    let repo = repo().await;
+    let events = populate(&repo, 43, 12).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let deliveries: Vec<Delivery> = events
+        .iter()
+        .map(|e| {
+            let (subject, id, payload) = payload(e);
+            Delivery {
+                subject: subject.into(),
+                payload,
+                attempt: 1,
+                trace: None,
+                acker: Box::new(CheckingAcker {
+                    index: ix.index.clone(),
+                    manifest_id: (subject == SUBJECT_STORED).then_some(id),
+                    log: log.clone(),
+                }),
+            }
+        })
+        .collect();
+    let n = deliveries.len() as u64;
+    // An hour of idle and gathering: the commit can only come from the producer's end.
+    let cfg = ConsumeConfig {
+        batch: 10_000,
+        wait: Duration::from_secs(3600),
+        idle: Duration::from_secs(3600),
+    };
+    let input_done = CancellationToken::new();
+    let source = EndingSource {
+        batches: vec![deliveries],
+        input_done: input_done.clone(),
+    };
+    let (tx, mut rx) = watch::channel(ConsumeReport::default());
+    let stop = CancellationToken::new();
+    let task = {
+        let (ix, stop) = (ix.clone(), stop.clone());
+        let mut source = source;
+        tokio::spawn(async move {
+            consume::run_until_drained(&ix, &mut source, &cfg, stop, input_done, Some(tx)).await
+        })
+    };
+    wait_for(&mut rx, |r| r.acked >= n).await;
+    stop.cancel();
+    let report = task.await.expect("consumer task");
+    assert_eq!(report.commits, 1);
+    assert_eq!(report.stored, stored_count(&events));
+    assert_indexed(&ix, stored_count(&events));
+    assert!(log.lock().expect("log").iter().all(|s| s == "ack"));
+}

@@ -292,9 +292,11 @@ pub async fn pass(
         ..opts
     };
     let stop = CancellationToken::new();
+    let input_done = CancellationToken::new();
     let (tx, mut rx) = tokio::sync::watch::channel(consume::ConsumeReport::default());
     let index2 = index.clone();
     let stop2 = stop.clone();
+    let done2 = input_done.clone();
     let consumer = events.clone();
     let indexer = tokio::spawn(async move {
         let mut src = BusEvents(consumer);
@@ -304,7 +306,7 @@ pub async fn pass(
             idle: Duration::from_millis(50),
         };
         let ix = Indexer::new(repo, index2).with_handoff(handoff);
-        let report = consume::run(&ix, &mut src, &cfg, stop2, Some(tx)).await;
+        let report = consume::run_until_drained(&ix, &mut src, &cfg, stop2, done2, Some(tx)).await;
         anyhow::Ok(report)
     });
     let ticker = tokio::spawn(async move {
@@ -314,6 +316,9 @@ pub async fn pass(
         }
     });
     let backup = local::backup_once(opts).await;
+    // Every event of the pass is in the stream now (the aggregators acked every item after
+    // publishing its event).
+    input_done.cancel();
     // Everything published is in the event stream; wait until the indexer settled it all
     // (or stopped: then its error is the answer).
     if backup.is_ok() && !indexer.is_finished() {
