@@ -543,7 +543,16 @@ impl Index {
             .reader
             .reload()
             .map_err(IndexError::tantivy("reloading the index reader"))?;
-        st.pending.clear();
+        let pending = std::mem::take(&mut st.pending);
+        drop(st);
+        // The records hold every body indexed since the last commit: freeing them took tens of
+        // milliseconds at the end of a pass, on the path to its end, with the other core idle.
+        if pending.len() > 1000 {
+            // If no thread can be made, the closure (and the records) is dropped right here.
+            let _ = std::thread::Builder::new()
+                .name("index-free".into())
+                .spawn(move || drop(pending));
+        }
         Ok(())
     }
 
