@@ -283,6 +283,31 @@ impl Acker for CheckingAcker {
     }
 }
 
+/// One delivery per event, each acked through a [`CheckingAcker`] that logs into `log`.
+fn checked_deliveries(
+    ix: &Indexer,
+    events: &[Event],
+    log: &Arc<Mutex<Vec<String>>>,
+) -> Vec<Delivery> {
+    events
+        .iter()
+        .map(|e| {
+            let (subject, id, payload) = payload(e);
+            Delivery {
+                subject: subject.into(),
+                payload,
+                attempt: 1,
+                trace: None,
+                acker: Box::new(CheckingAcker {
+                    index: ix.index.clone(),
+                    manifest_id: (subject == SUBJECT_STORED).then_some(id),
+                    log: log.clone(),
+                }),
+            }
+        })
+        .collect()
+}
+
 struct VecSource(Vec<Vec<Delivery>>);
 
 #[async_trait]
@@ -304,23 +329,7 @@ async fn in_process_source_acks_only_after_commit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let deliveries: Vec<Delivery> = events
-        .iter()
-        .map(|e| {
-            let (subject, id, payload) = payload(e);
-            Delivery {
-                subject: subject.into(),
-                payload,
-                attempt: 1,
-                trace: None,
-                acker: Box::new(CheckingAcker {
-                    index: ix.index.clone(),
-                    manifest_id: (subject == SUBJECT_STORED).then_some(id),
-                    log: log.clone(),
-                }),
-            }
-        })
-        .collect();
+    let deliveries = checked_deliveries(&ix, &events, &log);
     let n = deliveries.len();
     let mut batches = Vec::new();
     let mut it = deliveries.into_iter().peekable();
@@ -368,23 +377,7 @@ async fn a_finished_producer_is_committed_without_waiting_for_idle() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let deliveries: Vec<Delivery> = events
-        .iter()
-        .map(|e| {
-            let (subject, id, payload) = payload(e);
-            Delivery {
-                subject: subject.into(),
-                payload,
-                attempt: 1,
-                trace: None,
-                acker: Box::new(CheckingAcker {
-                    index: ix.index.clone(),
-                    manifest_id: (subject == SUBJECT_STORED).then_some(id),
-                    log: log.clone(),
-                }),
-            }
-        })
-        .collect();
+    let deliveries = checked_deliveries(&ix, &events, &log);
     let n = deliveries.len() as u64;
     // An hour of idle and gathering: the commit can only come from the producer's end.
     let cfg = ConsumeConfig {
