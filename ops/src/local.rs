@@ -456,9 +456,9 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
             insecure_skip_verify: opts.ews.insecure_skip_verify,
             request_timeout: Duration::from_secs(120),
             per_server_concurrency: 8,
-            // Eight folders of a mailbox at once (the collector's default is 4): a pass waits
-            // on each batch's commit, and one big mailbox left both cores idle between round
-            // trips. Exchange's EWSMaxConcurrency is 27 per account.
+            // Eight requests of a mailbox at once (the collector's default is 2): one big
+            // mailbox left both cores idle between round trips. Exchange's EWSMaxConcurrency
+            // is 10 to 27 per account, depending on the version and policy.
             per_account_concurrency: 8,
             backoff: Backoff::default(),
         },
@@ -475,7 +475,10 @@ pub async fn backup_once(opts: LocalBackup) -> anyhow::Result<BackupReport> {
         store: Arc::new(checkpoints),
         opts: SyncOptions {
             source: opts.source.clone(),
-            folder_concurrency: 8,
+            // Sixteen folders at once, though only eight requests: a folder spends most of its
+            // time waiting for its batch's commit, not on EWS (on the dev corpus, 8 → 16 made
+            // the pass 1.23-1.39 s → 1.06-1.18 s; 32 gained nothing more).
+            folder_concurrency: 16,
             ..SyncOptions::default()
         },
         metrics: cmetrics,
