@@ -4,6 +4,7 @@
 //! `parse_error` naming the problems. Work is bounded: at most [`MAX_PARSE_BYTES`] of an item
 //! are parsed and at most [`MAX_BODY_BYTES`] of body text are kept for full text.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use mail_parser::{
@@ -458,31 +459,43 @@ fn importance(msg: &Message<'_>) -> String {
 
 /// The search terms of an address field: the full address, its local part and domain, every
 /// alphanumeric piece of them, and the words of the display name; all lower-case.
-pub fn address_terms(parties: &[Party]) -> Vec<String> {
-    let mut out = Vec::new();
+/// Borrowed where the term is a piece of the party as parsed: a document copies every term
+/// anyway, and allocating each one first was 3 % of a backup's CPU.
+pub fn address_terms(parties: &[Party]) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
     for p in parties {
-        let a = &p.address;
+        let a = p.address.as_str();
         if !a.is_empty() {
-            out.push(a.clone());
+            out.push(Cow::Borrowed(a));
             if let Some((local, domain)) = a.split_once('@') {
-                out.push(local.to_owned());
-                out.push(domain.to_owned());
+                out.push(Cow::Borrowed(local));
+                out.push(Cow::Borrowed(domain));
             }
             out.extend(
                 a.split(|c: char| !c.is_alphanumeric())
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
+                    .filter(|w| !w.is_empty())
+                    .map(Cow::Borrowed),
             );
         }
-        out.extend(
-            p.name
-                .to_lowercase()
-                .split(|c: char| !c.is_alphanumeric())
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-        );
+        if p.name.chars().any(|c| c.to_lowercase().ne([c])) {
+            // Lower-cased as a whole, as before: lower-casing can change where words split.
+            let lower = p.name.to_lowercase();
+            out.extend(
+                lower
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(|w| Cow::Owned(w.to_owned())),
+            );
+        } else {
+            out.extend(
+                p.name
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(Cow::Borrowed),
+            );
+        }
     }
-    out.sort();
+    out.sort_unstable();
     out.dedup();
     out
 }
@@ -546,7 +559,7 @@ JVBERi0xLjcK\n\
             "contoso.com",
             "jürgen",
         ] {
-            assert!(terms.contains(&t.to_owned()), "{t} in {terms:?}");
+            assert!(terms.iter().any(|x| x == t), "{t} in {terms:?}");
         }
     }
 
@@ -640,5 +653,41 @@ MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"declared-one\"\n\n\
         let e = extract(&m);
         assert!(e.body.len() <= MAX_BODY_BYTES);
         assert!(e.truncated);
+    }
+
+    #[test]
+    fn address_terms_of_lower_and_mixed_case_names() {
+        let party = |name: &str, address: &str| Party {
+            name: name.into(),
+            address: address.into(),
+        };
+        let parties = [
+            party("bob smith", "bob.smith@fabrikam.com"),
+            party("Jürgen MÜLLER-Lüdenscheidt", "j.mueller@contoso.com"),
+            party("", "bob.smith@fabrikam.com"),
+        ];
+        let terms = address_terms(&parties);
+        let terms: Vec<&str> = terms.iter().map(|t| t.as_ref()).collect();
+        assert_eq!(
+            terms,
+            [
+                "bob",
+                "bob.smith",
+                "bob.smith@fabrikam.com",
+                "com",
+                "contoso",
+                "contoso.com",
+                "fabrikam",
+                "fabrikam.com",
+                "j",
+                "j.mueller",
+                "j.mueller@contoso.com",
+                "jürgen",
+                "lüdenscheidt",
+                "mueller",
+                "müller",
+                "smith",
+            ]
+        );
     }
 }
