@@ -283,7 +283,32 @@ impl Acker for CheckingAcker {
     }
 }
 
-/// One delivery per event, each acked through a [`CheckingAcker`] that logs into `log`.
+/// A fresh index over `messages` generated items, and one delivery per event, each acked
+/// through a [`CheckingAcker`] that logs into `log`.
+struct Checked {
+    _dir: tempfile::TempDir,
+    ix: Indexer,
+    events: Vec<Event>,
+    log: Arc<Mutex<Vec<String>>>,
+    deliveries: Vec<Delivery>,
+}
+
+async fn checked(seed: u64, messages: usize) -> Checked {
+    let repo = repo().await;
+    let events = populate(&repo, seed, messages).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let deliveries = checked_deliveries(&ix, &events, &log);
+    Checked {
+        _dir: dir,
+        ix,
+        events,
+        log,
+        deliveries,
+    }
+}
+
 fn checked_deliveries(
     ix: &Indexer,
     events: &[Event],
@@ -324,12 +349,13 @@ impl Source for VecSource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_source_acks_only_after_commit() {
-    let repo = repo().await;
-    let events = populate(&repo, 42, 6).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let deliveries = checked_deliveries(&ix, &events, &log);
+    let Checked {
+        _dir,
+        ix,
+        log,
+        deliveries,
+        ..
+    } = checked(42, 6).await;
     let n = deliveries.len();
     let mut batches = Vec::new();
     let mut it = deliveries.into_iter().peekable();
@@ -372,12 +398,13 @@ impl Source for EndingSource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_producer_is_committed_without_waiting_for_idle() {
-    let repo = repo().await;
-    let events = populate(&repo, 43, 12).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let deliveries = checked_deliveries(&ix, &events, &log);
+    let Checked {
+        _dir,
+        ix,
+        events,
+        log,
+        deliveries,
+    } = checked(43, 12).await;
     let n = deliveries.len() as u64;
     // An hour of idle and gathering: the commit can only come from the producer's end.
     let cfg = ConsumeConfig {
