@@ -6,8 +6,10 @@
 # and the exchangelib venv the simulator is cross-checked with;
 # `install-tools.sh nats|garage|helm|otel|prometheus|exchangelib` installs just that one.
 # Prints nothing but progress; safe to run many times and from several shells at once: one
-# install runs at a time (a lock in the tools dir), and the next finds the tool in place. Tests
-# never install anything themselves while others run (a clean clone once failed that way).
+# install runs at a time (a lock in the tools dir, held for the whole run), and the next finds
+# the tool in place. test.sh installs everything before the tests start; a test's own fallback
+# install then finds nothing to do, and if it ever runs, waits on the lock instead of racing
+# (two exchangelib tests on a clean clone once installed the same venv at once, and one failed).
 set -euo pipefail
 
 TOOLS="${MAILVAULT_TOOLS:-$HOME/.cache/mailvault/tools}"
