@@ -152,10 +152,66 @@ pub fn tools_bin(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, never one this process handed out before.
+///
+/// Between this check and the server's own bind the port is free for anyone to take, so the
+/// ports come from below the kernel's ephemeral range: the kernel never gives them to a client
+/// socket's local end (the tests' many NATS and HTTP clients) nor to another `bind(0)`.
+/// Each process starts at its own offset, so two test binaries at once rarely meet; servers
+/// that still lose a race are started again on fresh ports ([`retry_port_clash`]).
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, high) = fixed_port_range();
+    let span = u32::from(high - low);
+    if span < 1000 {
+        // An ephemeral range reaching down to the low ports leaves no safe range: ask the kernel.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        return Ok(listener.local_addr()?.port());
+    }
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+    let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = low + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    err(format!("no free loopback port in {low}..{high}"))
+}
+
+/// Ports tests may pick themselves: from 10000 up to where the ephemeral range starts.
+fn fixed_port_range() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (LOW, ephemeral_low.max(LOW))
+}
+
+/// Whether a server failed to start because a port it was given was taken meanwhile.
+fn port_clash(e: &HarnessError) -> bool {
+    e.0.to_ascii_lowercase().contains("address already in use")
+}
+
+/// Runs `start` (which picks its ports with [`free_port`]) again while it fails on a port
+/// that something else took between the pick and the server's bind.
+pub fn retry_port_clash<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Err(e) if attempt < ATTEMPTS && port_clash(&e) => {
+                eprintln!(
+                    "harness: a port was taken before the server bound it, again on fresh ports: {e}"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Polls `ready` until it returns true or the deadline passes.
@@ -294,19 +350,21 @@ impl NatsServer {
     /// (the monitoring port that tells readiness stays plain HTTP).
     pub fn start_with_args(extra_args: &[&str]) -> Result<Self> {
         let bin = tools_bin("nats-server")?;
-        let dir = tempfile::Builder::new()
-            .prefix("mailvault-nats-")
-            .tempdir()?;
-        let mut server = Self {
-            proc: None,
-            port: free_port()?,
-            monitor_port: free_port()?,
-            bin,
-            dir,
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        server.spawn()?;
-        Ok(server)
+        retry_port_clash(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mailvault-nats-")
+                .tempdir()?;
+            let mut server = Self {
+                proc: None,
+                port: free_port()?,
+                monitor_port: free_port()?,
+                bin: bin.clone(),
+                dir,
+                extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            };
+            server.spawn()?;
+            Ok(server)
+        })
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -397,6 +455,10 @@ impl Garage {
 
     pub fn start_with_bucket(bucket: &str) -> Result<Self> {
         let bin = tools_bin("garage")?;
+        retry_port_clash(|| Self::start_once(&bin, bucket))
+    }
+
+    fn start_once(bin: &Path, bucket: &str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mailvault-garage-")
             .tempdir()?;
@@ -430,7 +492,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         )?;
         let mut garage = Self {
             proc: None,
-            bin,
+            bin: bin.to_path_buf(),
             dir,
             config,
             s3_port,
@@ -648,9 +710,61 @@ mod tests {
 
     #[test]
     fn free_ports_differ_and_polling_has_a_deadline() {
-        assert_ne!(free_port().expect("port"), 0);
+        let ports: Vec<u16> = (0..200).map(|_| free_port().expect("port")).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        let (low, high) = fixed_port_range();
+        if high - low >= 1000 {
+            assert!(
+                ports.iter().all(|p| (low..high).contains(p)),
+                "ports outside {low}..{high}: {ports:?}"
+            );
+        }
         let start = Instant::now();
         assert!(!wait_until(Duration::from_millis(100), || false));
         assert!(start.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_server_whose_port_was_taken_is_started_again_on_fresh_ports() {
+        let bin = tools_bin("nats-server").expect("nats-server");
+        // What a lost race looks like: the picked port is taken before the server binds it.
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let taken_port = taken.local_addr().expect("addr").port();
+        let mut attempts = 0;
+        let nats = retry_port_clash(|| {
+            attempts += 1;
+            let mut server = NatsServer {
+                proc: None,
+                port: free_port()?,
+                monitor_port: if attempts == 1 {
+                    taken_port
+                } else {
+                    free_port()?
+                },
+                bin: bin.clone(),
+                dir: tempfile::tempdir()?,
+                extra_args: Vec::new(),
+            };
+            server.spawn()?;
+            Ok(server)
+        })
+        .expect("started on the second attempt");
+        assert_eq!(attempts, 2);
+        assert_ne!(nats.monitor_port, taken_port);
+        TcpStream::connect((Ipv4Addr::LOCALHOST, nats.port())).expect("client port open");
+
+        // Any other failure is reported at once.
+        let mut calls = 0;
+        let e = retry_port_clash(|| -> Result<()> {
+            calls += 1;
+            err("exited (exit status: 1): bad config")
+        })
+        .expect_err("fails");
+        assert_eq!(calls, 1, "{e}");
     }
 }

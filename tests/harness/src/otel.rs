@@ -14,7 +14,7 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-use super::{HarnessError, Proc, Result, free_port, tools_bin, wait_ready};
+use super::{HarnessError, Proc, Result, free_port, retry_port_clash, tools_bin, wait_ready};
 
 /// rotel with its OTLP/HTTP and OTLP/gRPC receivers on free loopback ports; what it receives
 /// goes to its debug log (and no further).
@@ -35,30 +35,32 @@ impl OtelCollector {
                  otel: {e}"
             ))
         })?;
-        let dir = tempfile::Builder::new()
-            .prefix("mailvault-otel-")
-            .tempdir()?;
-        let http_port = free_port()?;
-        let grpc_port = free_port()?;
-        let mut cmd = Command::new(&rotel);
-        cmd.arg("start")
-            .arg(format!("--otlp-http-endpoint=127.0.0.1:{http_port}"))
-            .arg(format!("--otlp-grpc-endpoint=127.0.0.1:{grpc_port}"))
-            // Received data is logged (ids, parents, links, attributes, values), then dropped.
-            .arg("--exporter=blackhole")
-            .arg("--debug-log=traces")
-            .arg("--debug-log=metrics")
-            .arg("--debug-log-verbosity=detailed")
-            .arg("--batch-timeout=100ms");
-        let mut proc = Proc::spawn(&mut cmd, dir.path(), "rotel")?;
-        wait_ready(&mut proc, "rotel", || {
-            TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, http_port))).is_ok()
-        })?;
-        Ok(Self {
-            proc,
-            http_port,
-            grpc_port,
-            dir,
+        retry_port_clash(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mailvault-otel-")
+                .tempdir()?;
+            let http_port = free_port()?;
+            let grpc_port = free_port()?;
+            let mut cmd = Command::new(&rotel);
+            cmd.arg("start")
+                .arg(format!("--otlp-http-endpoint=127.0.0.1:{http_port}"))
+                .arg(format!("--otlp-grpc-endpoint=127.0.0.1:{grpc_port}"))
+                // Received data is logged (ids, parents, links, attributes, values), then dropped.
+                .arg("--exporter=blackhole")
+                .arg("--debug-log=traces")
+                .arg("--debug-log=metrics")
+                .arg("--debug-log-verbosity=detailed")
+                .arg("--batch-timeout=100ms");
+            let mut proc = Proc::spawn(&mut cmd, dir.path(), "rotel")?;
+            wait_ready(&mut proc, "rotel", || {
+                TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, http_port))).is_ok()
+            })?;
+            Ok(Self {
+                proc,
+                http_port,
+                grpc_port,
+                dir,
+            })
         })
     }
 

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{HarnessError, Proc, Result, err, free_port, http_get_status, tools_bin, wait_ready};
+use super::{
+    HarnessError, Proc, Result, err, free_port, http_get_status, retry_port_clash, tools_bin,
+    wait_ready,
+};
 
 /// A Prometheus server scraping `/metrics` of its targets (job `mailvault`) every second.
 #[derive(Debug)]
@@ -36,45 +39,47 @@ impl Prometheus {
                  (or `install-tools.sh prometheus`): {e}"
             ))
         })?;
-        let dir = tempfile::Builder::new()
-            .prefix("mailvault-prometheus-")
-            .tempdir()?;
-        let port = free_port()?;
-        let config = dir.path().join("prometheus.yml");
-        let list = targets
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rules = rule_files
-            .iter()
-            .map(|f| format!("\"{}\"", f.display()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 rule_files: [{rules}]\n\
-                 scrape_configs:\n  - job_name: mailvault\n    static_configs:\n      - targets: [{list}]\n"
-            ),
-        )?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn");
-        let mut proc = Proc::spawn(&mut cmd, dir.path(), "prometheus")?;
-        wait_ready(&mut proc, "prometheus", || {
-            http_get_status(port, "/-/ready") == Some(200)
-        })?;
-        Ok(Self {
-            proc: Some(proc),
-            port,
-            dir,
+        retry_port_clash(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("mailvault-prometheus-")
+                .tempdir()?;
+            let port = free_port()?;
+            let config = dir.path().join("prometheus.yml");
+            let list = targets
+                .iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rules = rule_files
+                .iter()
+                .map(|f| format!("\"{}\"", f.display()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            fs::write(
+                &config,
+                format!(
+                    "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                     rule_files: [{rules}]\n\
+                     scrape_configs:\n  - job_name: mailvault\n    static_configs:\n      - targets: [{list}]\n"
+                ),
+            )?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn");
+            let mut proc = Proc::spawn(&mut cmd, dir.path(), "prometheus")?;
+            wait_ready(&mut proc, "prometheus", || {
+                http_get_status(port, "/-/ready") == Some(200)
+            })?;
+            Ok(Self {
+                proc: Some(proc),
+                port,
+                dir,
+            })
         })
     }
 
