@@ -46,7 +46,23 @@ impl KdfParams {
     }
 }
 
+/// The most a key header may ask of the machine that unlocks it. A key object comes from
+/// storage, which someone else may be able to write: without bounds it could make every
+/// process that opens the repository allocate gigabytes or hash for hours.
+pub const MAX_KDF: KdfParams = KdfParams {
+    m_cost_kib: 4 * 1024 * 1024,
+    t_cost: 64,
+    p_cost: 16,
+};
+
 fn derive(passphrase: &[u8], h: &KeyHeader) -> Result<Zeroizing<[u8; 32]>> {
+    if h.m_cost_kib > MAX_KDF.m_cost_kib || h.t_cost > MAX_KDF.t_cost || h.p_cost > MAX_KDF.p_cost {
+        return Err(FormatError::Invalid(format!(
+            "argon2 parameters m={} KiB, t={}, p={} exceed what mailvault accepts \
+             (m <= {} KiB, t <= {}, p <= {}): a damaged or planted key object",
+            h.m_cost_kib, h.t_cost, h.p_cost, MAX_KDF.m_cost_kib, MAX_KDF.t_cost, MAX_KDF.p_cost
+        )));
+    }
     let params = argon2::Params::new(h.m_cost_kib, h.t_cost, h.p_cost, Some(32))
         .map_err(|e| FormatError::Invalid(format!("argon2 parameters: {e}")))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -177,4 +193,61 @@ pub fn unwrap(
         .try_into()
         .map_err(|_| FormatError::corrupt(name, "master secret is not 32 bytes"))?;
     Ok(Some(Zeroizing::new(arr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A well-formed key object (checksum right) whose header asks for `params`.
+    fn planted(params: KdfParams) -> Vec<u8> {
+        let header = KeyHeader {
+            kdf: "argon2id".into(),
+            m_cost_kib: params.m_cost_kib,
+            t_cost: params.t_cost,
+            p_cost: params.p_cost,
+            salt: vec![0u8; 16].into(),
+            ..Default::default()
+        };
+        let hbytes = header.encode_to_vec();
+        let mut out = crypto::header(Kind::Key).to_vec();
+        out.extend_from_slice(&(hbytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&hbytes);
+        out.extend_from_slice(&[0u8; NONCE_LEN + 40 + TAG_LEN]);
+        let sum = crypto::checksum(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    #[test]
+    fn key_headers_asking_too_much_are_refused_before_hashing() {
+        for params in [
+            KdfParams {
+                m_cost_kib: 64 * 1024 * 1024,
+                ..KdfParams::default()
+            },
+            KdfParams {
+                t_cost: 1_000_000,
+                ..KdfParams::default()
+            },
+            KdfParams {
+                p_cost: 1000,
+                ..KdfParams::default()
+            },
+        ] {
+            let bytes = planted(params);
+            let key = parse("keys/planted", &bytes).expect("well-formed");
+            let start = std::time::Instant::now();
+            let e = unwrap("keys/planted", &key, b"pass").expect_err("refused");
+            assert!(
+                e.to_string().contains("exceed what mailvault accepts"),
+                "{e}"
+            );
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        }
+        // Within the bounds it derives (and the passphrase simply does not fit).
+        let bytes = planted(KdfParams::fast_insecure());
+        let key = parse("keys/ok", &bytes).expect("well-formed");
+        assert!(unwrap("keys/ok", &key, b"pass").expect("derives").is_none());
+    }
 }
