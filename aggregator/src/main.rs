@@ -78,11 +78,13 @@ async fn main() -> anyhow::Result<()> {
     .context("starting telemetry")?;
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        s.cancel();
-    });
+    // The workers give up on their batches at `shutdown_deadline`; a little later the process
+    // ends whatever still waits (a NATS server that went away, a stuck store).
+    mailvault_runtime::shutdown::on_signals(
+        "mailvault-aggregator",
+        cfg.limits.shutdown_deadline + std::time::Duration::from_secs(5),
+        move || s.cancel(),
+    );
     // Kept alive until main returns: dropping it stops the endpoint.
     let m = metrics.clone();
     let _endpoint = mailvault_runtime::metrics::serve(&cfg.metrics, move || m.render())
@@ -98,26 +100,4 @@ async fn main() -> anyhow::Result<()> {
     }
     result.context("aggregator failed")?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -465,15 +465,10 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
-    let pass = std::fs::read(&cfg.repository.passphrase_file).map_err(RunError::Passphrase)?;
-    let pass = trim_newline(&pass).to_vec();
+    let pass = mailvault_runtime::secret_file::read_secret_file(&cfg.repository.passphrase_file)
+        .map_err(RunError::Passphrase)?;
     let store = open_store(&cfg).await?;
     run_with_store(cfg, store, &pass, metrics, shutdown).await
-}
-
-fn trim_newline(b: &[u8]) -> &[u8] {
-    let b = b.strip_suffix(b"\n").unwrap_or(b);
-    b.strip_suffix(b"\r").unwrap_or(b)
 }
 
 async fn open_store(cfg: &Config) -> Result<Arc<dyn BlobStore>, RunError> {

@@ -160,6 +160,9 @@ pub struct Limits {
     pub pack_max_entries: usize,
     /// Encoded bytes of one packed message, at most (≤ 900 KiB, below NATS's 1 MiB payload).
     pub pack_max_bytes: usize,
+    /// After SIGTERM the process ends within this long, also when NATS or Exchange hang
+    /// (folders not yet checkpointed are read again on the next run).
+    pub shutdown_deadline_ms: u64,
 }
 
 impl Default for Limits {
@@ -179,6 +182,7 @@ impl Default for Limits {
             max_in_flight_publishes: 256,
             pack_max_entries: 64,
             pack_max_bytes: 512 * 1024,
+            shutdown_deadline_ms: 25_000,
         }
     }
 }

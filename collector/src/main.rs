@@ -100,24 +100,15 @@ async fn run(cli: Cli, config: Config, metrics: std::sync::Arc<Metrics>) -> Exit
     let (tx, rx) = tokio::sync::watch::channel(false);
     // Ctrl-C (SIGINT) and SIGTERM (what Kubernetes and systemd send) both stop the run the same
     // way: the current batches finish and are checkpointed, then the process exits.
-    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: installing the SIGTERM handler: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    tokio::spawn(async move {
-        let signal = tokio::select! {
-            r = tokio::signal::ctrl_c() => r.is_ok().then_some("SIGINT"),
-            r = sigterm.recv() => r.map(|()| "SIGTERM"),
-        };
-        if let Some(signal) = signal {
-            tracing::info!(signal, "shutting down");
+    // A second signal, or the drain outliving `limits.shutdown_deadline_ms` (Exchange or NATS
+    // hanging), ends the process at once: un-checkpointed folders are read again next run.
+    mailvault_runtime::shutdown::on_signals(
+        "mailvault-collector",
+        std::time::Duration::from_millis(config.limits.shutdown_deadline_ms),
+        move || {
             let _ = tx.send(true);
-        }
-    });
+        },
+    );
     let mode = if cli.once {
         RunMode::Once
     } else {

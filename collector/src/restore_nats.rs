@@ -24,6 +24,10 @@ use tracing::{debug, error, info, warn};
 use crate::ews::EwsWrite;
 use crate::restore::{ItemLabel, Restorer};
 
+/// The most memory a body's claimed size reserves up front; larger bodies grow as they are
+/// read (a job that claims 1 TiB must not make the collector allocate it).
+const CLAIMED_SIZE_GUESS_MAX: usize = 8 << 20;
+
 /// Settings of the restore edge.
 #[derive(Debug, Clone)]
 pub struct RestoreEdgeConfig {
@@ -369,10 +373,22 @@ impl<E: EwsWrite + ?Sized> RestoreService<E> {
                     .get(&o.name)
                     .await
                     .map_err(|e| BodyError::Retry(format!("object {}: {e}", o.name)))?;
-                let mut buf = Vec::with_capacity(usize::try_from(o.size).unwrap_or(0).min(1 << 30));
+                // The claimed size comes from the job: trust it for a first guess only.
+                let guess = usize::try_from(o.size)
+                    .unwrap_or(0)
+                    .min(CLAIMED_SIZE_GUESS_MAX);
+                let mut buf = Vec::with_capacity(guess);
                 obj.read_to_end(&mut buf)
                     .await
                     .map_err(|e| BodyError::Retry(format!("object {}: {e}", o.name)))?;
+                if o.size != 0 && buf.len() as u64 != o.size {
+                    return Err(BodyError::Permanent(format!(
+                        "object {} holds {} bytes, the job says {}",
+                        o.name,
+                        buf.len(),
+                        o.size
+                    )));
+                }
                 Ok(Bytes::from(buf))
             }
             None => Err(BodyError::Permanent("the job carries no body".into())),

@@ -19,7 +19,9 @@ impl Secret {
 
     /// Reads a secret from a file, trimming one trailing newline.
     pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
-        let s = std::fs::read_to_string(path)?;
+        let raw = mailvault_runtime::secret_file::read_secret_file(path)?;
+        let s = String::from_utf8(raw)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         Ok(Self::new(s.trim_end_matches(['\r', '\n'])))
     }
 }

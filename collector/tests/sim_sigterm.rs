@@ -88,7 +88,7 @@ async fn sigterm_mid_pass_finishes_the_mailbox_in_progress_and_exits_zero() {
         "collector exit status after SIGTERM; output:\n{output}"
     );
     assert!(
-        output.contains("shutting down") && output.contains("SIGTERM"),
+        output.contains("shutdown requested") && output.contains("SIGTERM"),
         "shutdown is logged with the signal; output:\n{output}"
     );
 

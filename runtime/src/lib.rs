@@ -7,5 +7,7 @@ pub mod handoff;
 pub mod metrics;
 pub mod nats;
 pub mod otel;
+pub mod secret_file;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

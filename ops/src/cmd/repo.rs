@@ -70,14 +70,12 @@ impl S3Args {
 impl RepoArgs {
     pub fn passphrase(&self) -> anyhow::Result<Vec<u8>> {
         if let Some(f) = &self.passphrase_file {
-            let raw = std::fs::read(f)
+            let s = mailvault_runtime::secret_file::read_secret_file(f)
                 .with_context(|| format!("reading passphrase file {}", f.display()))?;
-            let s = raw.strip_suffix(b"\n").unwrap_or(&raw);
-            let s = s.strip_suffix(b"\r").unwrap_or(s);
             if s.is_empty() {
                 bail!("passphrase file {} is empty", f.display());
             }
-            return Ok(s.to_vec());
+            return Ok(s);
         }
         match std::env::var("MAILVAULT_PASSPHRASE") {
             Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
