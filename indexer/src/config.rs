@@ -135,6 +135,14 @@ pub struct IndexConfig {
     /// (a backup pass finishing) becomes searchable at once instead of after `wait`.
     #[serde(default = "default_idle", deserialize_with = "duration")]
     pub idle: Duration,
+    /// After SIGTERM the process ends within this long, also when NATS or the store are gone
+    /// (events not yet committed are redelivered).
+    #[serde(default = "default_shutdown_deadline", deserialize_with = "duration")]
+    pub shutdown_deadline: Duration,
+}
+
+fn default_shutdown_deadline() -> Duration {
+    Duration::from_secs(25)
 }
 
 fn default_batch() -> usize {
@@ -163,6 +171,37 @@ pub struct ApiConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Streaming calls (GetItem, Export, Restore) one token may have open at once.
+    #[serde(default = "default_max_streams")]
+    pub max_streams_per_token: usize,
+    /// An export whose client takes nothing for this long is ended.
+    #[serde(default = "default_stream_idle", deserialize_with = "duration")]
+    pub stream_idle_timeout: Duration,
+    /// Export archives written at once (each takes a thread); more wait their turn.
+    #[serde(default = "default_export_threads")]
+    pub export_threads: usize,
+}
+
+fn default_max_streams() -> usize {
+    4
+}
+
+fn default_stream_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_export_threads() -> usize {
+    4
+}
+
+impl ApiConfig {
+    pub fn stream_limits(&self) -> crate::api::service::StreamLimits {
+        crate::api::service::StreamLimits {
+            per_token: self.max_streams_per_token,
+            idle_timeout: self.stream_idle_timeout,
+            export_writers: self.export_threads,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -195,6 +234,15 @@ impl mailvault_runtime::config::Validate for Config {
         }
         if self.index.idle < Duration::from_millis(10) || self.index.idle > self.index.wait {
             p.push("index.idle must be 10ms..=index.wait".into());
+        }
+        if self.api.max_streams_per_token == 0 {
+            p.push("api.max_streams_per_token must be at least 1".into());
+        }
+        if self.api.export_threads == 0 {
+            p.push("api.export_threads must be at least 1".into());
+        }
+        if self.api.stream_idle_timeout.is_zero() {
+            p.push("api.stream_idle_timeout must be more than 0".into());
         }
         if self.api.tokens_file.as_os_str().is_empty() {
             p.push("api.tokens_file is empty".into());

@@ -28,6 +28,14 @@ pub enum IndexError {
     ChangeKind { item: String, kind: String },
     #[error("history record {record} has an undecodable ItemChange: {cause}")]
     HistoryRecord { record: String, cause: String },
+    #[error("recording what the index applied in {path}: {cause}")]
+    Applied { path: String, cause: String },
+    #[error("item {item}: the body of version {manifest} is needed to rewrite it: {cause}")]
+    BodyUnavailable {
+        item: String,
+        manifest: String,
+        cause: String,
+    },
     #[error("index writer lock poisoned")]
     Poisoned,
     #[error("blocking task failed: {0}")]
@@ -44,7 +52,9 @@ impl IndexError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            IndexError::Repository { .. } | IndexError::Tantivy { .. }
+            IndexError::Repository { .. }
+                | IndexError::Tantivy { .. }
+                | IndexError::BodyUnavailable { .. }
         )
     }
 }

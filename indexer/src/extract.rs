@@ -111,6 +111,11 @@ pub struct Extracted {
     pub parse_error: Option<String>,
     #[prost(message, optional, tag = "15")]
     pub journal: Option<JournalInfo>,
+    /// The index stored this record without `body` (mail text stays encrypted in the
+    /// repository, never in clear on the index's disk); it is extracted again from the
+    /// repository when the item's documents are rewritten.
+    #[prost(bool, tag = "16")]
+    pub body_at_rest_omitted: bool,
 }
 
 impl Extracted {

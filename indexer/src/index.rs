@@ -10,6 +10,11 @@
 //!
 //! Every event on an item deletes all its documents (term `item_key`) and re-adds them from
 //! the updated record. Events already in the record change nothing (idempotent).
+//!
+//! At rest the index holds no mail text in clear where it can be read back: the `meta` record
+//! is stored without body text (a rewrite extracts it again from the encrypted repository
+//! through the [`BodySource`] the indexer installs), body terms exist only inverted, and
+//! the directory is created `0700`. See docs/indexer.md, "What the index holds at rest".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
@@ -25,6 +30,7 @@ use tantivy::schema::{
 };
 use tantivy::{DocAddress, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, Term};
 
+use crate::applied::AppliedLog;
 use crate::error::IndexError;
 use crate::extract::{self, Extracted};
 use crate::history::{
@@ -213,13 +219,24 @@ struct WriterState {
     pending: HashMap<String, ItemRecord>,
     /// Distinguished folder documents written (or found) already.
     folders: HashSet<String>,
+    /// Manifest ids applied since the last commit, listed in the applied log after it.
+    applied: Vec<mailvault_format::BlobId>,
+}
+
+/// Where the body text of a stored version comes from when the index rewrites an item whose
+/// record it keeps without bodies: the repository, read and extracted again.
+pub trait BodySource: Send + Sync {
+    /// The body text [`extract::extract`] gives for this manifest's content.
+    fn body(&self, manifest_id: &str) -> Result<String, IndexError>;
 }
 
 struct Inner {
+    bodies: std::sync::RwLock<Option<Arc<dyn BodySource>>>,
     index: tantivy::Index,
     reader: IndexReader,
     f: Fields,
     writer: Mutex<WriterState>,
+    applied: AppliedLog,
 }
 
 /// The search index. Cheap to clone; searches run concurrently with one writer.
@@ -234,6 +251,22 @@ impl std::fmt::Debug for Index {
             .field("docs", &self.inner.reader.searcher().num_docs())
             .finish()
     }
+}
+
+/// The record as stored: without body text (see [`Extracted::body_at_rest_omitted`]).
+fn at_rest(rec: &ItemRecord) -> ItemRecord {
+    let mut stored = rec.clone();
+    for c in stored
+        .versions
+        .iter_mut()
+        .filter_map(|v| v.content.as_mut())
+    {
+        if !c.body.is_empty() {
+            c.body = String::new();
+            c.body_at_rest_omitted = true;
+        }
+    }
+    stored
 }
 
 fn item_key(mailbox: &str, item_id: &str) -> String {
@@ -252,7 +285,15 @@ impl Index {
             cause,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        // The index holds subjects, addresses and body terms: its owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| open_err(format!("restricting permissions: {e}")))?;
+        }
         let (schema, f) = schema();
+        let applied = AppliedLog::in_dir(dir);
         let index = if dir.join("meta.json").exists() {
             let index = tantivy::Index::open_in_dir(dir).map_err(|e| open_err(e.to_string()))?;
             if index.schema() != schema {
@@ -262,7 +303,14 @@ impl Index {
             }
             index
         } else {
-            tantivy::Index::create_in_dir(dir, schema).map_err(|e| open_err(e.to_string()))?
+            let index =
+                tantivy::Index::create_in_dir(dir, schema).map_err(|e| open_err(e.to_string()))?;
+            // A new index holds nothing, and says so; an old one without the file is caught
+            // up from the whole repository once.
+            applied
+                .create_if_missing()
+                .map_err(|e| open_err(format!("{}: {e}", applied.path().display())))?;
+            index
         };
         let reader = index
             .reader_builder()
@@ -281,9 +329,53 @@ impl Index {
                     w,
                     pending: HashMap::new(),
                     folders: HashSet::new(),
+                    applied: Vec::new(),
                 }),
+                applied,
+                bodies: std::sync::RwLock::new(None),
             }),
         })
+    }
+
+    /// Installs where body text comes from when an item is rewritten (the indexer does this).
+    pub fn set_body_source(&self, source: Arc<dyn BodySource>) {
+        let mut b = self
+            .inner
+            .bodies
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *b = Some(source);
+    }
+
+    /// Fills in the body text of versions whose record was stored without it.
+    fn restore_bodies(&self, key: &str, rec: &mut ItemRecord) -> Result<(), IndexError> {
+        let source = self
+            .inner
+            .bodies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for v in &mut rec.versions {
+            let Some(c) = v.content.as_mut().filter(|c| c.body_at_rest_omitted) else {
+                continue;
+            };
+            let Some(source) = &source else {
+                return Err(IndexError::BodyUnavailable {
+                    item: key.replace(SEP, "/"),
+                    manifest: v.manifest_id.clone(),
+                    cause: "no repository to read it from (open the index through an indexer)"
+                        .into(),
+                });
+            };
+            c.body = source.body(&v.manifest_id)?;
+            c.body_at_rest_omitted = false;
+        }
+        Ok(())
+    }
+
+    /// What this index has applied from the repository (see [`crate::applied`]).
+    pub fn applied_log(&self) -> &AppliedLog {
+        &self.inner.applied
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, WriterState>, IndexError> {
@@ -327,16 +419,17 @@ impl Index {
     pub fn add_version(&self, stored: &ItemStoredInput, mime: &[u8]) -> Result<(), IndexError> {
         let key = item_key(&stored.mailbox, &stored.item_id);
         let manifest_id = stored.manifest_id.to_ascii_lowercase();
-        if mailvault_format::BlobId::from_hex(&manifest_id).is_none() {
+        let Some(id) = mailvault_format::BlobId::from_hex(&manifest_id) else {
             return Err(IndexError::BadManifestId(stored.manifest_id.clone()));
-        }
+        };
         let searcher = self.inner.reader.searcher();
         {
-            let st = self.writer()?;
+            let mut st = self.writer()?;
             if self
                 .load_record(&st, &searcher, &key)?
                 .has_version(&manifest_id)
             {
+                st.applied.push(id);
                 return Ok(());
             }
         }
@@ -378,6 +471,7 @@ impl Index {
         if rec.add_version(v) {
             self.rewrite(&mut st, &key, rec)?;
         }
+        st.applied.push(id);
         Ok(())
     }
 
@@ -400,6 +494,10 @@ impl Index {
         };
         if rec.add_change(c) {
             self.rewrite(&mut st, &key, rec)?;
+        }
+        // Changes observed without a stored record (none today) have no id to list.
+        if let Some(id) = mailvault_format::BlobId::from_hex(&change.record_id) {
+            st.applied.push(id);
         }
         Ok(())
     }
@@ -441,13 +539,19 @@ impl Index {
         Ok(())
     }
 
-    fn rewrite(&self, st: &mut WriterState, key: &str, rec: ItemRecord) -> Result<(), IndexError> {
+    fn rewrite(
+        &self,
+        st: &mut WriterState,
+        key: &str,
+        mut rec: ItemRecord,
+    ) -> Result<(), IndexError> {
         let f = &self.inner.f;
+        self.restore_bodies(key, &mut rec)?;
         st.w.delete_term(Term::from_field_text(f.item_key, key));
         let mut meta = TantivyDocument::new();
         meta.add_text(f.kind, "meta");
         meta.add_text(f.item_key, key);
-        meta.add_bytes(f.record, &rec.encode_to_vec());
+        meta.add_bytes(f.record, &at_rest(&rec).encode_to_vec());
         st.w.add_document(meta)
             .map_err(IndexError::tantivy("adding an item record"))?;
         for seg in rec.segments() {
@@ -544,7 +648,16 @@ impl Index {
             .reload()
             .map_err(IndexError::tantivy("reloading the index reader"))?;
         let pending = std::mem::take(&mut st.pending);
+        let applied = std::mem::take(&mut st.applied);
         drop(st);
+        // Only after the commit: the log may lag the index, never lead it.
+        self.inner
+            .applied
+            .append(&applied)
+            .map_err(|e| IndexError::Applied {
+                path: self.inner.applied.path().display().to_string(),
+                cause: e.to_string(),
+            })?;
         // The records hold every body indexed since the last commit: freeing them took tens of
         // milliseconds at the end of a pass, on the path to its end, with the other core idle.
         if pending.len() > 1000 {
@@ -620,6 +733,10 @@ impl Index {
         let mut b = Builder {
             f: &self.inner.f,
             analyzer,
+            user: match &opts.scope {
+                Scope::All => None,
+                Scope::User(u) => Some(u.trim().to_lowercase()),
+            },
         };
         let mut clauses = self.live_at(opts.as_of, expr.mentions_deleted());
         clauses.push((Occur::Must, b.build(&expr)));

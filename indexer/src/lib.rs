@@ -9,7 +9,8 @@
 //! * [`index`] — the tantivy index: [`Index`] (open, apply, commit, search, browse).
 //! * [`query`] — the search language → tantivy queries.
 //! * [`order`] — the search order (newest first, ties by manifest id) as a collector.
-//! * [`stage`] — [`Indexer`] (events + repository → index) and [`reindex`].
+//! * [`stage`] — [`Indexer`] (events + repository → index), [`reindex`] and [`catch_up`].
+//! * [`applied`] — which repository records the index holds (what [`catch_up`] compares).
 //! * [`config`] — the service configuration of the `mailvault-indexer` binary.
 //! * [`consume`] — the JetStream edge (durable pull consumer, ack after commit).
 //! * [`service`] — the `mailvault-indexer` service wired up (what the binary runs).
@@ -19,6 +20,7 @@
 //! See `docs/indexer.md`.
 
 pub mod api;
+pub mod applied;
 pub mod config;
 pub mod consume;
 pub mod error;
@@ -36,4 +38,4 @@ pub use error::IndexError;
 pub use history::{ChangeInput, ChangeKind, ItemStoredInput};
 pub use index::{FolderInfo, Hit, Index, MailboxInfo, Scope, SearchOptions, SearchPage};
 pub use metrics::Metrics;
-pub use stage::{Indexer, ReindexReport, reindex};
+pub use stage::{Indexer, ReindexReport, catch_up, reindex};

@@ -99,6 +99,9 @@ enum Command {
         /// Mailbox of a `user` token.
         #[arg(long)]
         mailbox: Option<String>,
+        /// Refuse the token after this long (`90d`, `12h`); without it, it never expires.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
 }
 
@@ -109,9 +112,10 @@ fn main() -> anyhow::Result<()> {
         name,
         role,
         mailbox,
+        expires_in,
     }) = &args.command
     {
-        return issue_token(tokens_file, name, role, mailbox.as_deref());
+        return issue_token(tokens_file, name, role, mailbox.as_deref(), *expires_in);
     }
     let cfg = load_config(&args)?;
     if args.check {
@@ -171,7 +175,13 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-fn issue_token(path: &Path, name: &str, role: &str, mailbox: Option<&str>) -> anyhow::Result<()> {
+fn issue_token(
+    path: &Path,
+    name: &str,
+    role: &str,
+    mailbox: Option<&str>,
+    expires_in: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let role: Role = toml::Value::String(role.to_owned())
         .try_into()
         .with_context(|| format!("role {role:?}: expected admin, operator, auditor or user"))?;
@@ -183,9 +193,9 @@ fn issue_token(path: &Path, name: &str, role: &str, mailbox: Option<&str>) -> an
     if role == Role::User && mailbox.is_none_or(str::is_empty) {
         bail!("role user needs --mailbox");
     }
-    let token = tokens.issue(name, role, mailbox);
-    std::fs::write(path, tokens.to_toml())
-        .with_context(|| format!("writing {}", path.display()))?;
+    let token = tokens.issue_expiring(name, role, mailbox, expires_in);
+    tokens.save(path)?;
+    // The only time the token is shown; a running server picks the file up by itself.
     println!("{token}");
     Ok(())
 }
@@ -196,11 +206,11 @@ async fn run(
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested");
-        s.cancel();
-    });
+    mailvault_runtime::shutdown::on_signals(
+        "mailvault-indexer",
+        cfg.index.shutdown_deadline,
+        move || s.cancel(),
+    );
     // Kept alive until run returns: dropping it stops the endpoint.
     let m = metrics.clone();
     let _endpoint = mailvault_runtime::metrics::serve(&cfg.metrics, move || m.render())
@@ -255,26 +265,4 @@ async fn reindex(cfg: Config) -> anyhow::Result<()> {
         started.elapsed()
     );
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

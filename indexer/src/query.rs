@@ -16,6 +16,11 @@
 //! `is:deleted`, `is:unread`, `is:read`. Free words must all match somewhere in subject, body,
 //! from, to, cc or attachment names; a quoted phrase must occur in subject, body or attachment
 //! names. `AND`, `OR`, `NOT` are operators only in upper case.
+//!
+//! A query is at most [`MAX_QUERY_CHARS`] characters and nests (brackets and negations) at most
+//! [`MAX_DEPTH`] deep: the parser, the query builder and tantivy all recurse over the tree, and
+//! any caller holding a token may send the query, so its shape must not be able to exhaust a
+//! thread's stack.
 
 use std::ops::Bound;
 
@@ -35,6 +40,11 @@ pub struct QueryError {
     pub pos: usize,
     pub problem: String,
 }
+
+/// The longest query accepted, in characters.
+pub const MAX_QUERY_CHARS: usize = 4096;
+/// The deepest nesting of brackets and negations accepted.
+pub const MAX_DEPTH: usize = 64;
 
 fn err<T>(pos: usize, problem: impl Into<String>) -> Result<T, QueryError> {
     Err(QueryError {
@@ -212,15 +222,25 @@ struct Parser {
     toks: Vec<(usize, Tok)>,
     i: usize,
     end: usize,
+    /// Brackets and negations open around the current token.
+    depth: usize,
 }
 
 /// Parses a query. An empty query matches everything.
 pub fn parse(input: &str) -> Result<Expr, QueryError> {
+    let end = input.chars().count();
+    if end > MAX_QUERY_CHARS {
+        return err(
+            MAX_QUERY_CHARS,
+            format!("query is {end} characters long, more than the {MAX_QUERY_CHARS} allowed"),
+        );
+    }
     let toks = lex(input)?;
     let mut p = Parser {
         toks,
         i: 0,
-        end: input.chars().count(),
+        end,
+        depth: 0,
     };
     if p.toks.is_empty() {
         return Ok(Expr::All);
@@ -287,11 +307,30 @@ impl Parser {
         })
     }
 
+    /// Runs `inner` one level deeper, refusing to go past [`MAX_DEPTH`].
+    fn nested<T>(
+        &mut self,
+        pos: usize,
+        inner: impl FnOnce(&mut Self) -> Result<T, QueryError>,
+    ) -> Result<T, QueryError> {
+        if self.depth >= MAX_DEPTH {
+            return err(
+                pos,
+                format!("brackets and negations nest more than {MAX_DEPTH} deep"),
+            );
+        }
+        self.depth += 1;
+        let out = inner(self);
+        self.depth -= 1;
+        out
+    }
+
     fn unary(&mut self) -> Result<Expr, QueryError> {
         match self.peek() {
             Some(Tok::Not) | Some(Tok::Minus) => {
+                let pos = self.pos();
                 self.i += 1;
-                Ok(Expr::Not(Box::new(self.unary()?)))
+                self.nested(pos, |p| Ok(Expr::Not(Box::new(p.unary()?))))
             }
             _ => self.primary(),
         }
@@ -305,7 +344,7 @@ impl Parser {
         self.i += 1;
         match tok {
             Tok::LParen => {
-                let e = self.or()?;
+                let e = self.nested(pos, Self::or)?;
                 if self.peek() != Some(&Tok::RParen) {
                     return err(self.pos(), format!("missing ')' for '(' at position {pos}"));
                 }
@@ -406,6 +445,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub(crate) struct Builder<'a> {
     pub f: &'a Fields,
     pub analyzer: TextAnalyzer,
+    /// The searching user's address (lower case) when the search is scoped to one user: who
+    /// was Bcc'd is theirs to know only where they sent the message or were Bcc'd themselves.
+    pub user: Option<String>,
 }
 
 fn term_q(t: Term) -> Box<dyn Query> {
@@ -471,6 +513,29 @@ impl Builder<'_> {
         )
     }
 
+    /// Items whose Bcc recipients user `u` may search for `value`: their own mailbox's
+    /// copies, messages they sent, and, when they look for themselves, those they were
+    /// Bcc'd on (a journal copy lists every Bcc recipient; the other recipients never saw them).
+    fn may_see_bcc(&mut self, u: &str, value: &str) -> Box<dyn Query> {
+        let f = self.f;
+        let mut allowed = vec![
+            basic_q(Term::from_field_text(f.mailbox, u)),
+            basic_q(Term::from_field_text(f.from_t, u)),
+        ];
+        let own: Vec<String> = crate::extract::address_terms(&[crate::extract::Party {
+            name: String::new(),
+            address: u.to_owned(),
+        }])
+        .into_iter()
+        .map(|t| t.into_owned())
+        .collect();
+        let v = value.trim().to_lowercase();
+        if v.split_whitespace().all(|w| own.iter().any(|o| o == w)) {
+            allowed.push(basic_q(Term::from_field_text(f.bcc_t, u)));
+        }
+        any_of(allowed)
+    }
+
     pub fn build(&mut self, e: &Expr) -> Box<dyn Query> {
         let f = self.f;
         match e {
@@ -511,7 +576,16 @@ impl Builder<'_> {
                 Field::From => self.address_in(f.from_t, value),
                 Field::To => self.address_in(f.to_t, value),
                 Field::Cc => self.address_in(f.cc_t, value),
-                Field::Bcc => self.address_in(f.bcc_t, value),
+                Field::Bcc => {
+                    let matches = self.address_in(f.bcc_t, value);
+                    match self.user.clone() {
+                        None => matches,
+                        Some(u) => Box::new(BooleanQuery::new(vec![
+                            (Occur::Must, matches),
+                            (Occur::Must, self.may_see_bcc(&u, value)),
+                        ])),
+                    }
+                }
                 Field::Subject => self.text_in(f.subject, value),
                 Field::Attachment => self.text_in(f.attachment, value),
                 Field::Mailbox => basic_q(Term::from_field_text(
@@ -616,6 +690,30 @@ mod tests {
             parse("a or b").expect("ok"),
             Expr::And(vec![t("a"), t("or"), t("b")])
         );
+    }
+
+    #[test]
+    fn hostile_shapes_are_refused_without_recursing_deep() {
+        // Each of these used to overflow the stack of the thread that parsed it.
+        for q in [
+            "(".repeat(3000),
+            "-".repeat(3000) + "x",
+            "NOT ".repeat(3000) + "x",
+        ] {
+            let q = q.chars().take(MAX_QUERY_CHARS).collect::<String>();
+            let e = parse(&q).expect_err("too deep");
+            assert!(e.problem.contains("nest more than 64"), "{e}");
+        }
+        let long = "a ".repeat(MAX_QUERY_CHARS);
+        let e = parse(&long).expect_err("too long");
+        assert!(e.problem.contains("more than the 4096 allowed"), "{e}");
+        // At the limit it still parses.
+        let deep = format!("{}x{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert_eq!(parse(&deep), Ok(t("x")));
+        let too_deep = format!("({deep})");
+        assert!(parse(&too_deep).is_err());
+        let nots = format!("{}x", "-".repeat(MAX_DEPTH));
+        assert!(parse(&nots).is_ok());
     }
 
     #[test]

@@ -12,11 +12,14 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{
-    Api, AuditLog, GrpcArchive, NatsRestoreTarget, RestoreTarget, TlsFiles, Tokens, grpc,
+    Api, AuditLog, GrpcArchive, NatsRestoreTarget, RestoreTarget, TlsFiles, TokenFile, grpc,
 };
 use crate::config::Config;
 use crate::consume::{self, ConsumeReport, JsSource};
 use crate::{Index, Indexer, Metrics};
+
+/// How often the token file is checked for changes.
+const TOKEN_FILE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +59,12 @@ pub struct ServiceReport {
 
 /// Reads the passphrase file (trailing newline ignored), opens the store and the repository.
 pub async fn open_repository(cfg: &Config) -> Result<Repository, ServiceError> {
-    let raw = std::fs::read(&cfg.repository.passphrase_file).map_err(|source| {
-        ServiceError::Passphrase {
+    let pass = mailvault_runtime::secret_file::read_secret_file(&cfg.repository.passphrase_file)
+        .map_err(|source| ServiceError::Passphrase {
             path: cfg.repository.passphrase_file.display().to_string(),
             source,
-        }
-    })?;
-    let pass = raw.strip_suffix(b"\n").unwrap_or(&raw);
-    let pass = pass.strip_suffix(b"\r").unwrap_or(pass);
+        })?;
+    let pass = pass.as_slice();
     let url = &cfg.repository.url;
     let store = mailvault_runtime::storage::open_store(url, cfg.s3.clone())
         .await
@@ -113,8 +114,13 @@ pub async fn run_with_metrics(
 ) -> Result<ServiceReport, ServiceError> {
     let repo = open_repository(&cfg).await?;
     let index = open_index(&cfg.index.dir).await?;
-    let tokens =
-        Tokens::load(&cfg.api.tokens_file).map_err(|e| ServiceError::Tokens(e.to_string()))?;
+    // Issued, revoked and expired tokens take effect without a restart.
+    let tokens = TokenFile::watch(
+        &cfg.api.tokens_file,
+        TOKEN_FILE_CHECK_EVERY,
+        shutdown.clone(),
+    )
+    .map_err(|e| ServiceError::Tokens(e.to_string()))?;
     let nats = |what: &'static str| {
         let url = mailvault_runtime::nats::redact_url(&cfg.nats.url);
         move |e: String| ServiceError::Nats {
@@ -159,6 +165,24 @@ pub async fn run_with_metrics(
         )
     };
     let indexer = Indexer::new(repo.clone(), index.clone()).with_metrics(metrics.clone());
+    // Events acked by an earlier run whose index commit never happened, or that left the
+    // stream before this index existed, are in the repository: apply what the index lacks.
+    let caught_up = crate::stage::catch_up(&indexer)
+        .await
+        .map_err(|e| ServiceError::Index {
+            dir: cfg.index.dir.display().to_string(),
+            cause: format!("catching up with the repository: {e}"),
+        })?;
+    if caught_up.versions + caught_up.changes > 0 {
+        tracing::info!(
+            versions = caught_up.versions,
+            changes = caught_up.changes,
+            "the index was behind the repository; caught up"
+        );
+    }
+    for f in &caught_up.failures {
+        tracing::warn!(failure = %f, "catching the index up with the repository");
+    }
     let consume_cfg = cfg.consume();
     let consumer = {
         let shutdown = shutdown.clone();
@@ -168,7 +192,9 @@ pub async fn run_with_metrics(
     };
 
     let audit = AuditLog::start(repo.clone());
-    let api = Api::new(index, repo, audit.clone(), Some(restore)).with_metrics(metrics);
+    let api = Api::new(index, repo, audit.clone(), Some(restore))
+        .with_metrics(metrics)
+        .with_stream_limits(cfg.api.stream_limits());
     let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -187,7 +213,7 @@ pub async fn run_with_metrics(
             }
             grpc::serve(
                 listener,
-                GrpcArchive::new(api, tokens),
+                GrpcArchive::with_token_file(api, tokens),
                 tls,
                 shutdown.clone().cancelled_owned(),
             )

@@ -85,8 +85,34 @@ fn change_from_record(
     })
 }
 
+/// Body text read back from the repository, for rewrites of items the index keeps without it.
+#[derive(Debug)]
+struct RepositoryBodies {
+    repo: Repository,
+}
+
+impl crate::index::BodySource for RepositoryBodies {
+    fn body(&self, manifest_id: &str) -> Result<String, IndexError> {
+        let id = blob_id(manifest_id)?;
+        // Index writes run on the blocking pool, where waiting on the runtime is allowed.
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|e| IndexError::BodyUnavailable {
+                item: String::new(),
+                manifest: manifest_id.to_owned(),
+                cause: format!("no async runtime to read the repository with: {e}"),
+            })?;
+        let mime = handle
+            .block_on(self.repo.read_item(&id))
+            .map_err(repo_err(format!(
+                "item {id} (its body, to rewrite the item)"
+            )))?;
+        Ok(crate::extract::extract(&mime).body)
+    }
+}
+
 impl Indexer {
     pub fn new(repo: Repository, index: Index) -> Self {
+        index.set_body_source(Arc::new(RepositoryBodies { repo: repo.clone() }));
         Indexer {
             repo,
             index,
@@ -208,7 +234,7 @@ pub struct ReindexReport {
 }
 
 /// Builds an index in `dir` from the repository alone: every manifest (item versions and
-/// history records), applied in time order.
+/// history records) applied in collection order.
 pub async fn reindex(repo: &Repository, dir: &Path) -> Result<ReindexReport, IndexError> {
     repo.refresh()
         .await
@@ -219,10 +245,49 @@ pub async fn reindex(repo: &Repository, dir: &Path) -> Result<ReindexReport, Ind
             .await
             .map_err(|e| IndexError::Join(e.to_string()))??
     };
-    let indexer = Indexer::new(repo.clone(), index.clone());
+    let indexer = Indexer::new(repo.clone(), index);
+    apply_manifests(&indexer, repo.manifests()).await
+}
+
+/// Applies to `indexer`'s index whatever the repository holds that the index does not (after
+/// a crash between a repository flush and the index commit that would have followed), and
+/// commits. On an index that never recorded what it applied, that is everything once.
+/// Applying is idempotent, so an item applied twice is still one item in the index.
+pub async fn catch_up(indexer: &Indexer) -> Result<ReindexReport, IndexError> {
+    indexer
+        .repo
+        .refresh()
+        .await
+        .map_err(repo_err("the repository index (refresh)".into()))?;
+    let log = indexer.index.applied_log().clone();
+    let path = log.path().display().to_string();
+    let applied = tokio::task::spawn_blocking(move || log.load())
+        .await
+        .map_err(|e| IndexError::Join(e.to_string()))?
+        .map_err(|e| IndexError::Applied {
+            path,
+            cause: e.to_string(),
+        })?;
+    let missing: Vec<BlobId> = indexer
+        .repo
+        .manifests()
+        .into_iter()
+        .filter(|id| !applied.contains(id))
+        .collect();
+    drop(applied);
+    if missing.is_empty() {
+        return Ok(ReindexReport::default());
+    }
+    apply_manifests(indexer, missing).await
+}
+
+/// Applies these manifests in collection order, committing every [`REINDEX_COMMIT_EVERY`]
+/// and at the end; what cannot be read or applied is reported, not fatal.
+async fn apply_manifests(indexer: &Indexer, ids: Vec<BlobId>) -> Result<ReindexReport, IndexError> {
+    let repo = &indexer.repo;
     let mut report = ReindexReport::default();
     let mut all = Vec::new();
-    for id in repo.manifests() {
+    for id in ids {
         match repo.manifest(&id).await {
             Ok(m) => all.push((id, m)),
             Err(e) => report.failures.push(format!("manifest {id}: {e}")),

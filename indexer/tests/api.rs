@@ -249,7 +249,17 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
         .await
         .expect_err("bad query");
     assert_eq!(e.code(), Code::InvalidArgument);
-    calls += 3;
+    // Nesting that once overflowed the server's stack: refused, and the server still answers.
+    for hostile in ["(".repeat(3000), "-".repeat(3000) + "x"] {
+        let e = search_all(&mut c, &hostile, &alice)
+            .await
+            .expect_err("hostile query");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("nest more than"), "{e:?}");
+    }
+    let again = search_all(&mut c, "", &alice).await.expect("still serving");
+    assert_eq!(again.len(), hits.len());
+    calls += 6;
 
     // GetItem: byte-identical for every stored version (deleted ones included).
     let mut n = 0;
@@ -417,12 +427,58 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
         assert_eq!(body.as_ref(), want.as_slice());
     }
 
+    // A user restoring a journal copy that names them: it goes to their own mailbox, through
+    // the collector that holds it (not the one asked for), and never with replace.
+    let journal_copy = pb::restore_request::What::Items(pb::ItemIds {
+        ids: vec![jcopy.manifest_id.clone()],
+    });
+    let e = c
+        .restore(req(
+            pb::RestoreRequest {
+                what: Some(journal_copy.clone()),
+                collision: pb::Collision::Replace as i32,
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .expect_err("user restores with replace");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("replace"), "{e:?}");
+    let before = recording.items.lock().expect("lock").len();
+    let mut s = c
+        .restore(req(
+            pb::RestoreRequest {
+                what: Some(journal_copy),
+                target_source: "somewhere-else".into(),
+                collision: pb::Collision::Copy as i32,
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .expect("user restores a journal copy")
+        .into_inner();
+    while let Some(p) = s.next().await {
+        p.expect("progress");
+    }
+    calls += 2;
+    let restored = recording.items.lock().expect("lock").clone();
+    assert_eq!(restored.len(), before + 1);
+    let (it, body) = restored.last().expect("restored");
+    assert_eq!(
+        it.target_mailbox, user,
+        "a user restores into their own mailbox"
+    );
+    assert_eq!(it.collision, wire::Collision::Copy as i32);
+    assert_eq!(body.as_ref(), &full[off as usize..(off + len) as usize]);
+
     let _ = stop.send(());
     server.await.expect("server task").expect("server");
     audit.flush().await.expect("flush audit");
     let records = AuditLog::read_all(&repo).await.expect("read audit");
     let restore_started = records.iter().filter(|r| r.result == "started").count();
-    assert_eq!(restore_started, 1);
+    assert_eq!(restore_started, 2);
     assert_eq!(
         records.len() - restore_started,
         calls,

@@ -107,10 +107,40 @@ fn history() -> Vec<Ev> {
     ]
 }
 
+/// Every item's MIME by manifest id: what the repository is to an indexer, for items
+/// rewritten after their record was committed without body text.
+static MIME: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+struct TestBodies;
+
+impl mailvault_indexer::index::BodySource for TestBodies {
+    fn body(&self, manifest_id: &str) -> Result<String, mailvault_indexer::IndexError> {
+        let mime = MIME
+            .lock()
+            .expect("lock")
+            .get(manifest_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no MIME recorded for {manifest_id}"));
+        Ok(mailvault_indexer::extract::extract(&mime).body)
+    }
+}
+
+fn open(dir: &std::path::Path) -> Index {
+    let ix = Index::open(dir).expect("open");
+    ix.set_body_source(std::sync::Arc::new(TestBodies));
+    ix
+}
+
 fn apply(ix: &Index, evs: &[Ev]) {
     for e in evs {
         match e {
-            Ev::S(s, m) => ix.add_version(s, m).expect("add"),
+            Ev::S(s, m) => {
+                MIME.lock()
+                    .expect("lock")
+                    .insert(s.manifest_id.clone(), m.clone());
+                ix.add_version(s, m).expect("add")
+            }
             Ev::C(c) => ix.apply_change(c).expect("change"),
         }
     }
@@ -190,7 +220,7 @@ fn check_history(ix: &Index) {
 #[test]
 fn as_of_deleted_and_idempotent_in_any_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Index::open(dir.path()).expect("open");
+    let ix = open(dir.path());
     let evs = history();
     // Events of one batch: the change sees the version before any commit.
     apply(&ix, &evs);
@@ -203,12 +233,12 @@ fn as_of_deleted_and_idempotent_in_any_order() {
     check_history(&ix);
     drop(ix);
     // Reopened from disk.
-    let ix = Index::open(dir.path()).expect("reopen");
+    let ix = open(dir.path());
     check_history(&ix);
 
     // Reverse arrival order, one commit per event.
     let dir2 = tempfile::tempdir().expect("tempdir");
-    let ix2 = Index::open(dir2.path()).expect("open");
+    let ix2 = open(dir2.path());
     for e in evs.iter().rev() {
         apply(&ix2, std::slice::from_ref(e));
         ix2.commit().expect("commit");
@@ -224,7 +254,7 @@ fn journal_reports_are_scoped_to_listed_users() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Index::open(dir.path()).expect("open");
+    let ix = open(dir.path());
     let mut reports = Vec::new();
     for (i, g) in corpus.items.iter().enumerate() {
         let s = ItemStoredInput {
@@ -338,7 +368,7 @@ fn oracle_queries_match_string_logic_over_generated_mail() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Index::open(dir.path()).expect("open");
+    let ix = open(dir.path());
     for (i, g) in corpus.items.iter().enumerate() {
         let s = ItemStoredInput {
             manifest_id: mid(&format!("{i}")),
@@ -465,7 +495,7 @@ fn oracle_queries_match_string_logic_over_generated_mail() {
 #[test]
 fn query_errors_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Index::open(dir.path()).expect("open");
+    let ix = open(dir.path());
     let e = ix
         .search("from:alice (x", &SearchOptions::default())
         .expect_err("bad query");
@@ -475,7 +505,7 @@ fn query_errors_are_reported() {
 #[test]
 fn results_are_newest_first_then_by_manifest_id_across_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ix = Index::open(dir.path()).expect("open");
+    let ix = open(dir.path());
     // Few distinct dates, many items each (mail sent to many mailboxes shares its date), and
     // a commit every 7 items: equal dates spread over many index segments.
     let days = ["01", "02", "03"];
@@ -532,4 +562,58 @@ Date: Tue, {day} Jan 2024 10:00:00 +0000\r\n\r\nbody\r\n"
     let none = page(3, 0);
     assert!(none.hits.is_empty());
     assert_eq!(none.total, 60);
+}
+
+/// An envelope journal report: boss sent to alice, with carol in Bcc.
+fn journal_report() -> Vec<u8> {
+    let original = "From: boss@contoso.com\r\nTo: alice@contoso.com\r\nSubject: Quiet plans\r\n\
+Date: Tue, 02 Jan 2024 10:00:00 +0000\r\nMessage-ID: <quiet@contoso.com>\r\n\r\nnothing to see\r\n";
+    format!(
+        "From: Microsoft Exchange <journaling@contoso.com>\r\nTo: journal@contoso.com\r\n\
+Subject: Quiet plans\r\nX-MS-Journal-Report:\r\n\
+Content-Type: multipart/mixed; boundary=\"JR\"\r\nMIME-Version: 1.0\r\n\r\n\
+--JR\r\nContent-Type: text/plain; charset=\"us-ascii\"\r\n\r\n\
+Sender: boss@contoso.com\r\nSubject: Quiet plans\r\nMessage-Id: <quiet@contoso.com>\r\n\
+To: alice@contoso.com\r\nBcc: carol@contoso.com\r\n\
+\r\n--JR\r\nContent-Type: message/rfc822\r\n\r\n{original}\r\n--JR--\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn journal_bcc_is_searchable_only_by_the_sender_the_bcc_recipient_and_auditors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = open(dir.path());
+    let mut s = stored("jr-1", "ck1", &["Inbox"], "inbox", 1_704_189_600_000);
+    s.mailbox = "journal@contoso.com".into();
+    ix.add_version(&s, &journal_report()).expect("add");
+    ix.commit().expect("commit");
+    let find = |scope: Scope, q: &str| {
+        ix.search(
+            q,
+            &SearchOptions {
+                scope,
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .expect("search")
+        .total
+    };
+    let user = |a: &str| Scope::User(a.to_owned());
+    // Alice sees the journal copy (she received it) but not who else was Bcc'd.
+    assert_eq!(find(user("alice@contoso.com"), "quiet"), 1);
+    assert_eq!(find(user("alice@contoso.com"), "bcc:carol"), 0);
+    assert_eq!(find(user("alice@contoso.com"), "bcc:carol@contoso.com"), 0);
+    assert_eq!(find(user("alice@contoso.com"), "quiet bcc:contoso.com"), 0);
+    assert_eq!(find(user("alice@contoso.com"), "NOT bcc:carol"), 1);
+    // Carol may find what she was Bcc'd on; the sender knows whom he Bcc'd.
+    assert_eq!(find(user("carol@contoso.com"), "bcc:carol@contoso.com"), 1);
+    assert_eq!(find(user("carol@contoso.com"), "bcc:carol"), 1);
+    assert_eq!(find(user("boss@contoso.com"), "bcc:carol"), 1);
+    // Auditors and administrators see everything.
+    assert_eq!(find(Scope::All, "bcc:carol"), 1);
+    // Someone the message never reached sees nothing of it.
+    assert_eq!(find(user("mallory@contoso.com"), "quiet"), 0);
+    assert_eq!(find(user("mallory@contoso.com"), "bcc:carol"), 0);
 }

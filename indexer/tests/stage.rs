@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use mailvault_indexer::{Index, Indexer, reindex};
+use mailvault_indexer::{Index, Indexer, catch_up, reindex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_matches_the_event_built_index() {
@@ -91,6 +91,65 @@ async fn reindex_matches_the_event_built_index() {
             rebuilt.folder_items(&m.address, &[], None).expect("items")
         );
     }
+}
+
+/// A process killed after its items were durable in the repository but before the index
+/// committed them: the next start applies exactly what is missing, and the index answers as
+/// one built from the repository alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_applies_what_the_index_missed_and_only_that() {
+    let repo = repo().await;
+    let events = populate(&repo, 32, 60).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let total = events.len();
+    let committed = total / 3;
+    {
+        let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("open"));
+        for (n, e) in events.iter().enumerate() {
+            match e {
+                Event::Stored(s) => ix.handle_stored(s).await.expect("stored"),
+                Event::Changed(c) => ix.handle_changed(c).await.expect("changed"),
+            }
+            if n + 1 == committed {
+                ix.commit().await.expect("commit");
+            }
+        }
+        // Dropped here with two thirds applied and never committed: the crash.
+    }
+    let ix = Indexer::new(repo.clone(), Index::open(dir.path()).expect("reopen"));
+    let before = ix.index.doc_count();
+    let report = catch_up(&ix).await.expect("catch up");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        report.versions + report.changes,
+        total - committed,
+        "exactly the events never committed are applied again"
+    );
+    assert!(ix.index.doc_count() > before);
+
+    let b = tempfile::tempdir().expect("tempdir");
+    reindex(&repo, b.path()).await.expect("reindex");
+    let rebuilt = Index::open(b.path()).expect("open rebuilt");
+    let users: Vec<String> = rebuilt
+        .list_mailboxes(&mailvault_indexer::Scope::All)
+        .expect("mailboxes")
+        .into_iter()
+        .map(|m| m.address)
+        .take(3)
+        .collect();
+    assert_eq!(ix.index.doc_count(), rebuilt.doc_count());
+    assert_eq!(snapshot(&ix.index, &users), snapshot(&rebuilt, &users));
+
+    // Nothing is missing any more.
+    let again = catch_up(&ix).await.expect("catch up again");
+    assert_eq!(again, mailvault_indexer::ReindexReport::default());
+
+    // An index from before the applied log: everything is applied once more, nothing doubles.
+    std::fs::remove_file(ix.index.applied_log().path()).expect("remove log");
+    let legacy = catch_up(&ix).await.expect("legacy catch up");
+    assert_eq!(legacy.versions + legacy.changes, total);
+    assert_eq!(ix.index.doc_count(), rebuilt.doc_count());
+    assert_eq!(snapshot(&ix.index, &users), snapshot(&rebuilt, &users));
 }
 
 /// An item an aggregator of this process handed over is indexed from the hand-off, without a

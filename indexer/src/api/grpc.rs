@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures::{Stream, StreamExt as _};
 use mailvault_proto::api::v1 as pb;
@@ -13,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
-use super::auth::{Principal, Tokens};
+use super::auth::{Principal, TokenFile, Tokens};
 use super::service::{Api, ApiError};
 
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -22,15 +21,18 @@ type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct GrpcArchive {
     api: Api,
-    tokens: Arc<Tokens>,
+    tokens: TokenFile,
 }
 
 impl GrpcArchive {
+    /// With a fixed token list.
     pub fn new(api: Api, tokens: Tokens) -> GrpcArchive {
-        GrpcArchive {
-            api,
-            tokens: Arc::new(tokens),
-        }
+        Self::with_token_file(api, TokenFile::fixed(tokens))
+    }
+
+    /// With a token file the server reads again when it changes.
+    pub fn with_token_file(api: Api, tokens: TokenFile) -> GrpcArchive {
+        GrpcArchive { api, tokens }
     }
 
     async fn principal<T>(&self, call: &str, req: &Request<T>) -> Result<Principal, Status> {
@@ -137,8 +139,8 @@ impl Archive for GrpcArchive {
         req: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         let p = self.principal("Export", &req).await?;
-        let rx = self.api.export(&p, req.get_ref()).await?;
-        let out = ReceiverStream::new(rx).map(|r| {
+        let bytes = self.api.export(&p, req.get_ref()).await?;
+        let out = bytes.map(|r| {
             r.map(|data| pb::ExportChunk { data, items: 0 })
                 .map_err(Status::from)
         });

@@ -10,7 +10,7 @@ pub mod restore;
 pub mod service;
 
 pub use audit::{AuditLog, AuditRecord};
-pub use auth::{Principal, Role, Tokens};
+pub use auth::{Principal, Role, TokenFile, Tokens};
 pub use grpc::{GrpcArchive, TlsFiles, serve};
 pub use restore::{NatsRestoreTarget, RestoreTarget};
-pub use service::{Api, ApiError};
+pub use service::{Api, ApiError, StreamLimits};

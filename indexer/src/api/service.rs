@@ -14,7 +14,7 @@ use mailvault_proto::restore::v1 as wire;
 use tokio::sync::mpsc;
 
 use super::audit::{AuditLog, AuditRecord};
-use super::auth::Principal;
+use super::auth::{Principal, Role};
 use super::export::{self, Input, ItemLabel};
 use super::restore::RestoreTarget;
 use crate::metrics::Metrics;
@@ -35,6 +35,8 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -45,6 +47,7 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::PermissionDenied(_) => "denied",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) => "invalid",
+            ApiError::ResourceExhausted(_) => "refused",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "error",
         }
     }
@@ -59,6 +62,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
             ApiError::Unavailable(_) => tonic::Status::unavailable(msg),
+            ApiError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -83,6 +87,56 @@ struct Inner {
     audit: AuditLog,
     restore: Option<Arc<dyn RestoreTarget>>,
     metrics: Arc<Metrics>,
+    limits: StreamLimits,
+    /// Streaming calls open per token name.
+    open_streams: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Export archives being written at once (each takes a blocking thread).
+    export_writers: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bounds on streaming calls (GetItem, Export, Restore), so that a few clients that stop
+/// reading can neither pin the threads searches and index commits need nor hold the server's
+/// memory: see `[api]` in docs/indexer.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams one token may have open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub per_token: usize,
+    /// An export or restore whose client takes nothing for this long is ended.
+    pub idle_timeout: std::time::Duration,
+    /// Export archives written at once; more wait their turn (without a thread).
+    pub export_writers: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            per_token: 4,
+            idle_timeout: std::time::Duration::from_secs(60),
+            export_writers: 4,
+        }
+    }
+}
+
+/// One open stream of a token; the count goes down when this is dropped.
+#[derive(Debug)]
+struct StreamSlot {
+    name: String,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.name) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.name);
+            }
+        }
+    }
 }
 
 fn as_of(ms: i64) -> Option<i64> {
@@ -149,29 +203,84 @@ impl Api {
         audit: AuditLog,
         restore: Option<Arc<dyn RestoreTarget>>,
     ) -> Api {
+        Self::build(
+            index,
+            repo,
+            audit,
+            restore,
+            Arc::default(),
+            StreamLimits::default(),
+        )
+    }
+
+    fn build(
+        index: Index,
+        repo: Repository,
+        audit: AuditLog,
+        restore: Option<Arc<dyn RestoreTarget>>,
+        metrics: Arc<Metrics>,
+        limits: StreamLimits,
+    ) -> Api {
         Api {
             inner: Arc::new(Inner {
                 index,
                 repo,
                 audit,
                 restore,
-                metrics: Arc::default(),
+                metrics,
+                limits,
+                open_streams: Arc::default(),
+                export_writers: Arc::new(tokio::sync::Semaphore::new(limits.export_writers.max(1))),
             }),
         }
+    }
+
+    /// With these bounds on streaming calls (see [`StreamLimits`]).
+    pub fn with_stream_limits(self, limits: StreamLimits) -> Api {
+        let i = &self.inner;
+        Self::build(
+            i.index.clone(),
+            i.repo.clone(),
+            i.audit.clone(),
+            i.restore.clone(),
+            i.metrics.clone(),
+            limits,
+        )
+    }
+
+    /// Takes one of `p`'s stream slots, or refuses.
+    fn stream_slot(&self, p: &Principal) -> Result<StreamSlot, ApiError> {
+        let mut open = self
+            .inner
+            .open_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(p.name.clone()).or_insert(0);
+        if *n >= self.inner.limits.per_token {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{} already has {} streams open (the most one token may have); \
+                 finish or cancel one first",
+                p.name, *n
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            name: p.name.clone(),
+            open: self.inner.open_streams.clone(),
+        })
     }
 
     /// Counts searches and gets into `metrics` (the process's, served at `/metrics`).
     pub fn with_metrics(self, metrics: Arc<Metrics>) -> Api {
         let i = &self.inner;
-        Api {
-            inner: Arc::new(Inner {
-                index: i.index.clone(),
-                repo: i.repo.clone(),
-                audit: i.audit.clone(),
-                restore: i.restore.clone(),
-                metrics,
-            }),
-        }
+        Self::build(
+            i.index.clone(),
+            i.repo.clone(),
+            i.audit.clone(),
+            i.restore.clone(),
+            metrics,
+            i.limits,
+        )
     }
 
     pub fn index(&self) -> &Index {
@@ -423,12 +532,20 @@ impl Api {
     }
 
     pub async fn get_item(&self, p: &Principal, id: &str) -> Result<(u64, ByteStream), ApiError> {
-        let res = match self.readable(p, id).await {
-            Ok(hit) => self.item_bytes(p, &hit).await.map(|(n, s)| {
-                Metrics::add(&self.inner.metrics.gets, 1);
-                ((n, s), format!("{n} bytes"))
-            }),
+        let res = match self.stream_slot(p) {
             Err(e) => Err(e),
+            Ok(slot) => match self.readable(p, id).await {
+                Ok(hit) => self.item_bytes(p, &hit).await.map(|(n, s)| {
+                    Metrics::add(&self.inner.metrics.gets, 1);
+                    // The slot is given back when the stream is dropped (read or abandoned).
+                    let s: ByteStream = Box::pin(s.map(move |c| {
+                        let _held = &slot;
+                        c
+                    }));
+                    ((n, s), format!("{n} bytes"))
+                }),
+                Err(e) => Err(e),
+            },
         };
         self.audited(p, "GetItem", id.to_owned(), res).await
     }
@@ -438,12 +555,16 @@ impl Api {
         &self,
         p: &Principal,
         req: &pb::ExportRequest,
-    ) -> Result<mpsc::Receiver<Result<Bytes, ApiError>>, ApiError> {
+    ) -> Result<ByteStream, ApiError> {
         let target = format!("{} format={}", req.query, req.format);
         if !p.may_restore_or_export() {
             let e = ApiError::PermissionDenied(format!("role {} may not export", p.role.as_str()));
             return self.audited(p, "Export", target, Err(e)).await;
         }
+        let slot = match self.stream_slot(p) {
+            Ok(s) => s,
+            Err(e) => return self.audited(p, "Export", target, Err(e)).await,
+        };
         // Validate the query before streaming anything.
         if let Err(e) = self
             .search_page(p, &req.query, req.as_of_unix_ms, 0, 1)
@@ -547,34 +668,69 @@ impl Api {
         });
         drop(in_tx);
 
-        // Writer: a blocking thread turns the input into archive bytes.
+        // Writer: a blocking thread turns the input into archive bytes, once one of the
+        // export writer permits is free (exports beyond them wait without taking a thread).
         let api = self.clone();
         let principal = p.clone();
+        let writers = self.inner.export_writers.clone();
+        let idle = self.inner.limits.idle_timeout;
+        // The token's slot and how the export failed, shared by the writer (which gives the
+        // slot back when it is done with the stream) and the stream (which reports the failure
+        // after the bytes it still holds, and gives the slot back when dropped).
+        let shared = Arc::new(ExportEnd {
+            slot: std::sync::Mutex::new(Some(slot)),
+            failure: std::sync::Mutex::new(None),
+        });
+        let writer_end = shared.clone();
+        let dropped = tokio_util::sync::CancellationToken::new();
+        let stream_dropped = dropped.clone().drop_guard();
         tokio::spawn(async move {
-            let tx = out_tx.clone();
+            let permit = writers.acquire_owned().await;
+            let tx = out_tx;
+            let handle = tokio::runtime::Handle::current();
             let res = tokio::task::spawn_blocking(move || {
                 let out = ChannelWriter {
                     tx,
                     buf: Vec::with_capacity(CHUNK),
+                    handle,
+                    idle,
                 };
                 export::write_archive(format, std::iter::from_fn(|| in_rx.blocking_recv()), out)
             })
             .await;
+            drop(permit);
             let (result, detail) = match res {
                 Ok(Ok(n)) => ("ok", format!("{n} items")),
                 Ok(Err(e)) => {
-                    let _ = out_tx.send(Err(internal("export", &e))).await;
+                    writer_end.fail(internal("export", &e));
                     ("error", e.to_string())
                 }
                 Err(e) => {
-                    let _ = out_tx.send(Err(internal("export task", &e))).await;
+                    writer_end.fail(internal("export task", &e));
                     ("error", e.to_string())
                 }
             };
             api.record(&principal, "Export", target, result, detail)
                 .await;
+            // What is written waits in buffers for the client; its slot comes back when the
+            // client has taken it all (the stream is dropped), at the latest after `idle`.
+            if result == "ok" {
+                tokio::select! {
+                    () = tokio::time::sleep(idle) => {}
+                    () = dropped.cancelled() => {}
+                }
+            }
+            writer_end.release();
         });
-        Ok(out_rx)
+        let end = shared;
+        let tail = futures::stream::once(async move {
+            let _stream_dropped = stream_dropped;
+            end.take_failure()
+        })
+        .filter_map(|f| async move { f.map(Err) });
+        Ok(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx).chain(tail),
+        ))
     }
 
     /// Resolves what to restore, sends it to the collector serving the target and streams
@@ -585,6 +741,10 @@ impl Api {
         req: &pb::RestoreRequest,
     ) -> Result<mpsc::Receiver<Result<pb::RestoreProgress, ApiError>>, ApiError> {
         let target = describe_restore(req);
+        let slot = match self.stream_slot(p) {
+            Ok(s) => s,
+            Err(e) => return self.audited(p, "Restore", target, Err(e)).await,
+        };
         let res = self.plan_restore(p, req).await;
         let plan = match res {
             Ok(plan) => plan,
@@ -608,6 +768,7 @@ impl Api {
         let api = self.clone();
         let principal = p.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let total = plan.items.len() as u64;
             let (item_tx, item_rx) = mpsc::channel::<(wire::RestoreItem, Bytes)>(4);
             let (res_tx, mut res_rx) = mpsc::channel::<wire::RestoreResult>(64);
@@ -700,7 +861,8 @@ impl Api {
 
     async fn collect_body(&self, p: &Principal, hit: &Hit) -> Result<Bytes, ApiError> {
         let (size, mut s) = self.item_bytes(p, hit).await?;
-        let mut buf = Vec::with_capacity(size as usize);
+        // The manifest's size is a first guess only (a damaged manifest must not reserve it).
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(8 << 20));
         while let Some(c) = s.next().await {
             buf.extend_from_slice(&c?);
         }
@@ -772,6 +934,29 @@ impl Api {
                 p.name, req.to_mailbox
             )));
         }
+        // A user restores into their own mailbox only, whatever mailbox an item came from (a
+        // journal copy naming them lives in the journal mailbox), never overwriting anything
+        // there, and through whichever collector holds the items.
+        let own_mailbox = match p.role {
+            Role::User => {
+                if req.collision == pb::Collision::Replace as i32 {
+                    return Err(ApiError::PermissionDenied(format!(
+                        "{} may not restore with collision=replace (it deletes the item \
+                         found in the mailbox); use skip or copy",
+                        p.name
+                    )));
+                }
+                Some(p.mailbox.clone().ok_or_else(|| {
+                    ApiError::PermissionDenied(format!("{} has no mailbox to restore into", p.name))
+                })?)
+            }
+            _ => None,
+        };
+        let requested_source = if own_mailbox.is_some() {
+            String::new()
+        } else {
+            req.target_source.clone()
+        };
 
         // Well-known folders of each source mailbox, so paths map to the target's own.
         let mut wellknown: BTreeMap<String, BTreeMap<Vec<String>, String>> = BTreeMap::new();
@@ -788,7 +973,7 @@ impl Api {
             wellknown.insert(h.mailbox.clone(), map);
         }
 
-        let mut source = req.target_source.clone();
+        let mut source = requested_source;
         let mut items = Vec::with_capacity(hits.len());
         let mut ids = Vec::with_capacity(hits.len());
         for h in hits {
@@ -816,10 +1001,10 @@ impl Api {
             } else {
                 map_folder(&h.folder_path, wellknown.get(&h.mailbox))
             };
-            let target_mailbox = if req.to_mailbox.is_empty() {
-                h.mailbox.clone()
-            } else {
-                req.to_mailbox.to_ascii_lowercase()
+            let target_mailbox = match &own_mailbox {
+                Some(own) => own.to_ascii_lowercase(),
+                None if req.to_mailbox.is_empty() => h.mailbox.clone(),
+                None => req.to_mailbox.to_ascii_lowercase(),
             };
             let collision = match pb::Collision::try_from(req.collision) {
                 Ok(pb::Collision::Copy) => wire::Collision::Copy,
@@ -906,9 +1091,44 @@ struct Plan {
 const CHUNK: usize = 256 * 1024;
 
 /// A `Write` that hands full chunks to an async channel (from a blocking thread).
+/// How an export ended, as its writer and its stream both see it.
+#[derive(Debug)]
+struct ExportEnd {
+    slot: std::sync::Mutex<Option<StreamSlot>>,
+    failure: std::sync::Mutex<Option<ApiError>>,
+}
+
+impl ExportEnd {
+    fn fail(&self, e: ApiError) {
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+    }
+
+    fn take_failure(&self) -> Option<ApiError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn release(&self) {
+        drop(
+            self.slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+    }
+}
+
 struct ChannelWriter {
     tx: mpsc::Sender<Result<Bytes, ApiError>>,
     buf: Vec<u8>,
+    handle: tokio::runtime::Handle,
+    /// A client that takes nothing for this long ends the export (and frees its thread).
+    idle: std::time::Duration,
 }
 
 impl std::io::Write for ChannelWriter {
@@ -925,9 +1145,17 @@ impl std::io::Write for ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::other("export receiver went away"))
+        match self
+            .handle
+            .block_on(tokio::time::timeout(self.idle, self.tx.send(Ok(chunk))))
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::other("export receiver went away")),
+            Err(_) => Err(std::io::Error::other(format!(
+                "the client took nothing for {:?}: export ended",
+                self.idle
+            ))),
+        }
     }
 }
 

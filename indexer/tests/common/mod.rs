@@ -85,6 +85,7 @@ pub async fn populate(repo: &Repository, seed: u64, messages: usize) -> Vec<Even
             format: 1,
             collected_unix_ms: t,
             is_read: g.is_read,
+            source: "exch01".into(),
             ..Default::default()
         };
         let r = w.add_item(m.clone(), &g.mime).expect("add item");
