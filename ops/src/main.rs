@@ -8,6 +8,7 @@ mod cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -103,12 +104,30 @@ enum Command {
         repo: RepoArgs,
         #[arg(long, env = "MAILVAULT_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Swap in the rebuilt index even if some records could not be read (they are listed);
+        /// without it such a rebuild is kept aside and the live index stays.
+        #[arg(long)]
+        accept_failures: bool,
     },
-    /// Issues an API bearer token and appends its hash to a token file.
+    /// API bearer tokens: issue, revoke, list. The token file holds hashes only; a running
+    /// server reads it again when it changes (no restart).
     Token {
-        /// Token file (TOML) the server reads.
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Benchmarks a full backup, incremental, search and get, against restic on the same corpus.
+    Bench(cmd::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Issues a token, appends its hash to the file and prints the token (the only time it is
+    /// shown).
+    Issue {
+        /// Token file (TOML) the server reads; created `0600` if missing.
         #[arg(long)]
         file: PathBuf,
+        /// Who holds it (recorded in the audit log).
         #[arg(long)]
         name: String,
         #[arg(long, value_enum)]
@@ -116,9 +135,22 @@ enum Command {
         /// The user's own mailbox (role `user`).
         #[arg(long)]
         mailbox: Option<String>,
+        /// Refuse the token after this long (`90d`, `12h`); without it, it never expires.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
     },
-    /// Benchmarks a full backup, incremental, search and get, against restic on the same corpus.
-    Bench(cmd::bench::BenchArgs),
+    /// Removes every token with this name.
+    Revoke {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Lists the tokens (names, roles, mailboxes, expiry; never the tokens).
+    List {
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -163,7 +195,7 @@ async fn connect(t: &Target) -> anyhow::Result<(Client, Option<cmd::local::Local
     };
     let r = args.open().await?;
     let state = cmd::local::state_dir(t.state_dir.as_deref(), &r)?;
-    let index = cmd::backup::open_index(&state)?;
+    let index = cmd::backup::open_index_caught_up(&state, &r).await?;
     let local = cmd::local::LocalApi::start(r, index, None).await?;
     Ok((local.client.clone(), Some(local)))
 }
@@ -227,23 +259,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Verify { repo, read_data } => cmd::repo::verify_cmd(&repo, read_data, json).await,
         Command::Stats { repo } => cmd::repo::stats_cmd(&repo, json).await.map(|_| 0),
-        Command::Reindex { repo, state_dir } => {
-            cmd::backup::reindex(&repo, state_dir.as_deref(), json)
-                .await
-                .map(|_| 0)
+        Command::Reindex {
+            repo,
+            state_dir,
+            accept_failures,
+        } => cmd::backup::reindex(&repo, state_dir.as_deref(), accept_failures, json)
+            .await
+            .map(|_| 0),
+        Command::Token { cmd } => token(cmd, json).map(|_| 0),
+        Command::Bench(a) => cmd::bench::run(a, json).await.map(|_| 0),
+    }
+}
+
+fn token(cmd: TokenCmd, json: bool) -> anyhow::Result<()> {
+    use mailvault_indexer::api::{Role, Tokens};
+    let load = |file: &std::path::Path| -> anyhow::Result<Tokens> {
+        if file.exists() {
+            Tokens::load(file).with_context(|| format!("reading token file {}", file.display()))
+        } else {
+            Ok(Tokens::default())
         }
-        Command::Token {
+    };
+    match cmd {
+        TokenCmd::Issue {
             file,
             name,
             role,
             mailbox,
+            expires_in,
         } => {
-            use mailvault_indexer::api::{Role, Tokens};
-            let mut tokens = if file.exists() {
-                Tokens::load(&file)?
-            } else {
-                Tokens::default()
-            };
             let role = match role {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Operator => Role::Operator,
@@ -253,15 +297,55 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if role == Role::User && mailbox.is_none() {
                 anyhow::bail!("role user needs --mailbox (the user's own address)");
             }
-            let token = tokens.issue(&name, role, mailbox.as_deref());
-            std::fs::write(&file, tokens.to_toml())
-                .with_context(|| format!("writing token file {}", file.display()))?;
+            let mut tokens = load(&file)?;
+            let token = tokens.issue_expiring(&name, role, mailbox.as_deref(), expires_in);
+            tokens.save(&file)?;
             // The only time the token is shown.
             println!("{token}");
-            Ok(0)
         }
-        Command::Bench(a) => cmd::bench::run(a, json).await.map(|_| 0),
+        TokenCmd::Revoke { file, name } => {
+            let mut tokens = load(&file)?;
+            let n = tokens.revoke(&name);
+            if n == 0 {
+                anyhow::bail!("no token named {name:?} in {}", file.display());
+            }
+            tokens.save(&file)?;
+            if json {
+                println!("{}", serde_json::json!({"revoked": n, "name": name}));
+            } else {
+                println!("revoked {n} token(s) named {name:?}");
+            }
+        }
+        TokenCmd::List { file } => {
+            for e in load(&file)?.tokens {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": e.name, "role": e.role, "mailbox": e.mailbox,
+                            "created_unix": e.created_unix, "expires_unix": e.expires_unix})
+                    );
+                } else {
+                    let expires = e.expires_unix.map_or_else(
+                        || "never".to_owned(),
+                        |t| {
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH
+                                    + Duration::from_secs(u64::try_from(t).unwrap_or(0)),
+                            )
+                            .to_string()
+                        },
+                    );
+                    println!(
+                        "{:<20} {:<9} {:<32} expires {expires}",
+                        e.name,
+                        e.role.as_str(),
+                        e.mailbox.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {

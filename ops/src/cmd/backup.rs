@@ -14,6 +14,7 @@ use mailvault_collector::ews::client::{EwsAuth, HttpEws, HttpEwsConfig};
 use mailvault_collector::restore::Restorer;
 use mailvault_collector::secret::Secret;
 use mailvault_collector::throttle::Backoff;
+use mailvault_format::Repository;
 use mailvault_indexer::api::{ApiError, RestoreTarget};
 use mailvault_indexer::consume::{self, Acker, Delivery, EdgeError, Source};
 use mailvault_indexer::{Index, Indexer};
@@ -175,6 +176,28 @@ pub struct RestoreArgs {
 pub fn open_index(state: &Path) -> anyhow::Result<Index> {
     let dir = state.join("index");
     Index::open(&dir).with_context(|| format!("opening search index {}", dir.display()))
+}
+
+/// Opens the index and applies what the repository holds that it does not: a pass killed
+/// after its items were durable but before the index committed them left them unsearchable,
+/// and the folder checkpoints will not bring them again.
+pub async fn open_index_caught_up(state: &Path, repo: &Repository) -> anyhow::Result<Index> {
+    let index = open_index(state)?;
+    let ix = Indexer::new(repo.clone(), index.clone());
+    let report = mailvault_indexer::catch_up(&ix)
+        .await
+        .context("catching the search index up with the repository")?;
+    if report.versions + report.changes > 0 {
+        tracing::info!(
+            versions = report.versions,
+            changes = report.changes,
+            "the search index was behind the repository; caught up"
+        );
+    }
+    for f in &report.failures {
+        tracing::warn!(failure = %f, "catching up the search index");
+    }
+    Ok(index)
 }
 
 fn read_mailboxes(args: &BackupArgs) -> anyhow::Result<Vec<String>> {
@@ -390,7 +413,7 @@ pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<()> {
     }
     let repo = args.repo.open().await?;
     let state = state_dir(args.state_dir.as_deref(), &repo)?;
-    let index = open_index(&state)?;
+    let index = open_index_caught_up(&state, &repo).await?;
     loop {
         let opts = LocalBackup::new(
             args.ews.local()?,
@@ -515,7 +538,7 @@ pub async fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<i32> {
     let req = restore_request(&a)?;
     let repo = a.repo.open().await?;
     let state = state_dir(a.state_dir.as_deref(), &repo)?;
-    let index = open_index(&state)?;
+    let index = open_index_caught_up(&state, &repo).await?;
     let target: Arc<dyn RestoreTarget> = Arc::new(DirectRestore::new(a.ews.client()?));
     let local = LocalApi::start(repo, index, Some(target)).await?;
     let mut c = local.client.clone();
@@ -545,6 +568,7 @@ pub async fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<i32> {
 pub async fn reindex(
     repo: &RepoArgs,
     state_dir_arg: Option<&Path>,
+    accept_failures: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let r = repo.open().await?;
@@ -556,13 +580,33 @@ pub async fn reindex(
     let report = mailvault_indexer::reindex(&r, &fresh)
         .await
         .context("rebuilding the index")?;
-    // Swap in the new index only once it is complete.
+    if !report.failures.is_empty() && !accept_failures {
+        for f in &report.failures {
+            eprintln!("  {f}");
+        }
+        bail!(
+            "the rebuilt index lacks {} records that could not be read (listed above); the \
+             live index is unchanged and the rebuild is kept in {}. Pass --accept-failures to \
+             use it anyway",
+            report.failures.len(),
+            fresh.display()
+        );
+    }
+    // The live index stays in place until the new one is complete: moved aside, the new one
+    // moved in, and only then the old one removed. A crash leaves one of them at `index`.
     let live = state.join("index");
+    let old = state.join("index.old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
     if live.exists() {
-        std::fs::remove_dir_all(&live).with_context(|| format!("removing {}", live.display()))?;
+        std::fs::rename(&live, &old).with_context(|| format!("moving {} aside", live.display()))?;
     }
     std::fs::rename(&fresh, &live)
         .with_context(|| format!("moving index into {}", live.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
     if json {
         println!(
             "{}",
