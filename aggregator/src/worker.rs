@@ -276,6 +276,28 @@ pub async fn run_worker<S: Source>(
                 report.add(c);
             }
         }
+        if shutdown.is_cancelled() {
+            // What the server already sent to this pull (some of it may still be in the
+            // socket) would be dropped with it and come back only after `ack_wait`: take it
+            // and flush it with the rest at the final commit below.
+            let wait = source.in_flight_wait();
+            let mut late = Vec::new();
+            loop {
+                let next = if wait.is_zero() {
+                    batch.next().now_or_never().flatten()
+                } else {
+                    tokio::time::timeout(wait, batch.next())
+                        .await
+                        .ok()
+                        .flatten()
+                };
+                let Some(Ok(d)) = next else { break };
+                late.push(d);
+            }
+            if !late.is_empty() {
+                p.handle_many(late).await?;
+            }
+        }
         if received == 0 && !shutdown.is_cancelled() && p.idle_commit_due(Instant::now()) {
             // The source ran dry: commit what is pending now instead of waiting out
             // `max_delay` with nothing else to do (the acks would only come later).
