@@ -90,6 +90,12 @@ pub struct NatsConfig {
     pub max_ack_pending: i64,
     /// Delete Object Store bodies once their item is acknowledged.
     pub delete_bodies: bool,
+    /// Accept `nats://` without TLS to a server off this machine (mail and credentials in
+    /// clear on the network).
+    pub allow_plaintext: bool,
+    /// Copies JetStream keeps of the streams this creates (3 on a cluster); existing streams
+    /// are never changed.
+    pub replicas: usize,
 }
 
 impl NatsConfig {
@@ -97,6 +103,7 @@ impl NatsConfig {
         mailvault_runtime::nats::NatsAuth {
             creds_file: self.creds_file.clone(),
             ca_file: self.ca_file.clone(),
+            allow_plaintext: self.allow_plaintext,
         }
     }
 }
@@ -116,6 +123,8 @@ impl Default for NatsConfig {
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 2000,
             delete_bodies: true,
+            allow_plaintext: false,
+            replicas: 1,
         }
     }
 }
@@ -297,6 +306,9 @@ impl Config {
                 "nats.filter_subjects must take item batches ({}): collectors pack small items",
                 mailvault_proto::ingest_wire::FILTER_BATCH
             ));
+        }
+        if !(1..=5).contains(&n.replicas) {
+            p.push("nats.replicas must be 1..=5 (JetStream keeps at most 5 copies)".to_owned());
         }
         if n.ack_wait < Duration::from_secs(5) {
             p.push("nats.ack_wait must be at least 5s".to_owned());

@@ -42,6 +42,7 @@ async fn aggregator_stores_items_over_tls_with_a_private_ca_and_a_password() {
     let auth = NatsAuth {
         creds_file: None,
         ca_file: Some(ca.clone()),
+        allow_plaintext: false,
     };
 
     // Without the private CA the server's certificate is not trusted.

@@ -96,6 +96,10 @@ pub struct EwsConfig {
     /// Also collect each mailbox's in-place archive (below `archivemsgfolderroot`).
     #[serde(default)]
     pub include_archives: bool,
+    /// Accept `http://` to a server off this machine (the password or NTLM exchange and every
+    /// mail in clear on the network).
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 fn yes() -> bool {
@@ -202,6 +206,17 @@ pub struct NatsConfig {
     pub kv_bucket: String,
     #[serde(default = "default_objects")]
     pub object_bucket: String,
+    /// Accept `nats://` without TLS to a server off this machine.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Copies JetStream keeps of what this creates (stream, buckets): 1 on a single server,
+    /// 3 on a cluster. Existing streams are never changed.
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
+}
+
+fn one_replica() -> usize {
+    1
 }
 
 fn default_stream() -> String {
@@ -242,6 +257,13 @@ impl Config {
                 "ews.url must be an http(s) URL, got {:?}",
                 self.ews.url
             ));
+        } else if let Err(e) = mailvault_runtime::plaintext::check(
+            &self.ews.url,
+            "the EWS credentials and mail",
+            "[ews] allow_plaintext = true",
+            self.ews.allow_plaintext,
+        ) {
+            p.push(format!("ews.url: {e}"));
         }
         if self.ews.username.is_empty() {
             p.push("ews.username is empty".into());
@@ -296,6 +318,9 @@ impl Config {
             if v == 0 {
                 p.push(format!("{name} must be at least 1"));
             }
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            p.push("nats.replicas must be 1..=5 (JetStream keeps at most 5 copies)".into());
         }
         if !(1..=512).contains(&l.max_changes) {
             p.push(format!(

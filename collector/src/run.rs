@@ -141,6 +141,7 @@ pub async fn run_with_metrics(
         &mailvault_runtime::nats::NatsAuth {
             creds_file: config.nats.creds_file.clone(),
             ca_file: config.nats.ca_file.clone(),
+            allow_plaintext: config.nats.allow_plaintext,
         },
     )
     .await?;
@@ -155,19 +156,25 @@ pub async fn run_with_metrics(
                 max_entries: l.pack_max_entries,
                 max_bytes: l.pack_max_bytes,
             },
+            replicas: config.nats.replicas,
             ..PublisherConfig::default()
         },
         metrics.clone(),
     )
     .await?;
-    let store = KvCheckpointStore::new(client.clone(), &config.nats.kv_bucket).await?;
+    let store =
+        KvCheckpointStore::new(client.clone(), &config.nats.kv_bucket, config.nats.replicas)
+            .await?;
     let ews = Arc::new(ews);
     // Restore jobs are served while the collector runs continuously.
     let restore_task = match mode {
         RunMode::Daemon { .. } if config.restore.enabled => {
             let service = RestoreService::new(
                 client.clone(),
-                RestoreEdgeConfig::new(&config.source),
+                RestoreEdgeConfig {
+                    replicas: config.nats.replicas,
+                    ..RestoreEdgeConfig::new(&config.source)
+                },
                 Arc::new(Restorer::new(ews.clone())),
             )
             .await?;

@@ -78,6 +78,11 @@ pub struct NatsConfig {
     /// A restore fails with `UNAVAILABLE` when the collector sends no result for this long.
     #[serde(deserialize_with = "duration")]
     pub restore_timeout: Duration,
+    /// Accept `nats://` without TLS to a server off this machine.
+    pub allow_plaintext: bool,
+    /// Copies JetStream keeps of the streams and buckets this creates (3 on a cluster);
+    /// existing ones are never changed.
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
@@ -87,6 +92,8 @@ impl Default for NatsConfig {
             creds_file: None,
             ca_file: None,
             restore_timeout: Duration::from_secs(120),
+            allow_plaintext: false,
+            replicas: 1,
         }
     }
 }
@@ -180,10 +187,14 @@ pub struct ApiConfig {
     /// Export archives written at once (each takes a thread); more wait their turn.
     #[serde(default = "default_export_threads")]
     pub export_threads: usize,
+    /// Serve without TLS on an address other machines reach (bearer tokens and mail in clear
+    /// on the network): only behind a mesh or proxy that provides TLS.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 fn default_max_streams() -> usize {
-    4
+    16
 }
 
 fn default_stream_idle() -> Duration {
@@ -235,6 +246,9 @@ impl mailvault_runtime::config::Validate for Config {
         if self.index.idle < Duration::from_millis(10) || self.index.idle > self.index.wait {
             p.push("index.idle must be 10ms..=index.wait".into());
         }
+        if !(1..=5).contains(&self.nats.replicas) {
+            p.push("nats.replicas must be 1..=5 (JetStream keeps at most 5 copies)".into());
+        }
         if self.api.max_streams_per_token == 0 {
             p.push("api.max_streams_per_token must be at least 1".into());
         }
@@ -249,6 +263,16 @@ impl mailvault_runtime::config::Validate for Config {
         }
         if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
             p.push("api.tls_cert and api.tls_key must be given together".into());
+        }
+        if self.api.tls_cert.is_none()
+            && let Err(e) = mailvault_runtime::plaintext::check_listen(
+                self.api.listen,
+                "the API (bearer tokens and mail)",
+                "[api] allow_plaintext = true",
+                self.api.allow_plaintext,
+            )
+        {
+            p.push(format!("api.listen: {e}"));
         }
         match mailvault_runtime::storage::StoreLocation::parse(&self.repository.url) {
             Err(e) => p.push(format!("repository.url: {e}")),
@@ -336,9 +360,18 @@ mod tests {
             ("MAILVAULT_INDEXER_CONFIG".to_owned(), "/x.toml".to_owned()),
             ("MAILVAULT_CORPUS".to_owned(), "/c".to_owned()),
         ];
+        // Beyond loopback without TLS only when the configuration says so.
+        let e = Config::parse(MIN, env.clone()).expect_err("plain text on 0.0.0.0");
+        assert!(e.to_string().contains("api.listen"), "{e}");
+        let mut env = env.to_vec();
+        env.push((
+            "MAILVAULT_API_ALLOW_PLAINTEXT".to_owned(),
+            "true".to_owned(),
+        ));
         let c = Config::parse(MIN, env).expect("parse");
         assert_eq!(c.nats.url, "nats://n:4222");
         assert_eq!(c.api.listen.port(), 6000);
+        assert!(c.api.allow_plaintext);
         assert_eq!(c.telemetry.otlp_endpoint, None, "OTLP is off by default");
     }
 

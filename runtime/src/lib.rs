@@ -7,6 +7,7 @@ pub mod handoff;
 pub mod metrics;
 pub mod nats;
 pub mod otel;
+pub mod plaintext;
 pub mod secret_file;
 pub mod shutdown;
 pub mod storage;

@@ -15,6 +15,8 @@ pub struct NatsAuth {
     /// PEM CA certificate(s) to trust for the server's TLS certificate, in addition to the
     /// system's roots. Setting it requires TLS.
     pub ca_file: Option<PathBuf>,
+    /// Connect with `nats://` (no TLS) to a server off this machine.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,8 @@ pub enum NatsConnectError {
     },
     #[error("connecting to NATS at {url}: {cause}")]
     Connect { url: String, cause: String },
+    #[error("NATS: {0}")]
+    Plaintext(String),
 }
 
 /// Connects as `name` to `url` with `auth`.
@@ -40,6 +44,18 @@ pub async fn connect(
     // one and panic at the first tls:// connect. Ring, like every other client here; an error
     // only means a provider was installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // With a CA file the client requires TLS whatever the URL says.
+    if auth.ca_file.is_none() {
+        for one in url.split(',') {
+            crate::plaintext::check(
+                &redact_url(one.trim()),
+                "credentials and mail",
+                "[nats] allow_plaintext = true",
+                auth.allow_plaintext,
+            )
+            .map_err(NatsConnectError::Plaintext)?;
+        }
+    }
     let mut opts = async_nats::ConnectOptions::new().name(name);
     if let Some(creds) = &auth.creds_file {
         opts =

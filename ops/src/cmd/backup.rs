@@ -55,6 +55,10 @@ pub struct EwsArgs {
     /// Log on as each mailbox's owner would (no ExchangeImpersonation header).
     #[arg(long)]
     pub no_impersonation: bool,
+    /// Talk to an `http://` EWS URL off this machine (the credentials and every mail cross
+    /// the network in clear).
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +77,16 @@ impl From<AuthArg> for EwsAuth {
 }
 
 impl EwsArgs {
+    fn refuse_plaintext(&self) -> anyhow::Result<()> {
+        mailvault_runtime::plaintext::check(
+            &self.ews,
+            "the EWS credentials and mail",
+            "--allow-plaintext",
+            self.allow_plaintext,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
     fn password(&self) -> anyhow::Result<String> {
         let text = std::fs::read_to_string(&self.password_file).with_context(|| {
             format!("reading EWS password file {}", self.password_file.display())
@@ -81,6 +95,7 @@ impl EwsArgs {
     }
 
     pub fn local(&self) -> anyhow::Result<LocalEws> {
+        self.refuse_plaintext()?;
         let mut e = LocalEws::new(&self.ews, &self.user, &self.password()?);
         e.auth = self.auth.into();
         e.impersonation = !self.no_impersonation;
@@ -90,6 +105,7 @@ impl EwsArgs {
     }
 
     pub fn client(&self) -> anyhow::Result<HttpEws> {
+        self.refuse_plaintext()?;
         HttpEws::new(
             HttpEwsConfig {
                 url: self.ews.clone(),

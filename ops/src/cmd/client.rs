@@ -24,6 +24,10 @@ pub struct ServerArgs {
     /// PEM CA certificate to trust for an https:// server.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Send the token to an `http://` server off this machine (anyone on the path can read
+    /// and reuse it).
+    #[arg(long)]
+    pub allow_plaintext: bool,
 }
 
 /// A connected client and the token it sends.
@@ -64,6 +68,13 @@ impl Client {
         let Some(tf) = &args.token_file else {
             bail!("--server needs --token-file (a token from `mailvault token issue`)");
         };
+        mailvault_runtime::plaintext::check(
+            url,
+            "the bearer token",
+            "--allow-plaintext",
+            args.allow_plaintext,
+        )
+        .map_err(anyhow::Error::msg)?;
         let token = std::fs::read_to_string(tf)
             .with_context(|| format!("reading token file {}", tf.display()))?
             .trim()

@@ -88,6 +88,8 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         ca_file: None,
         insecure_skip_verify: false,
         no_impersonation: false,
+        // The embedded simulator listens on loopback.
+        allow_plaintext: false,
     };
     let opts = |init: bool| -> anyhow::Result<LocalBackup> {
         let mut o = LocalBackup::new(
