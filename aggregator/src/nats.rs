@@ -227,6 +227,7 @@ pub async fn ensure_consumer(
             subjects: vec![INGEST_SUBJECTS.into()],
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: n.replicas,
             ..Default::default()
         })
         .await
@@ -236,6 +237,7 @@ pub async fn ensure_consumer(
         subjects: vec![EVENTS_SUBJECTS.into()],
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: n.replicas,
         ..Default::default()
     })
     .await

@@ -40,6 +40,9 @@ pub struct PublisherConfig {
     pub duplicate_window: Duration,
     /// How small items and changes are packed into `ItemBatch` messages.
     pub pack: PackLimits,
+    /// Copies JetStream keeps of the stream and the object bucket when it creates them (3 on
+    /// a NATS cluster: a server lost loses nothing acknowledged).
+    pub replicas: usize,
 }
 
 impl Default for PublisherConfig {
@@ -51,6 +54,7 @@ impl Default for PublisherConfig {
             max_in_flight: 256,
             duplicate_window: Duration::from_secs(120),
             pack: PackLimits::default(),
+            replicas: 1,
         }
     }
 }
@@ -76,18 +80,20 @@ impl std::fmt::Debug for JetStreamPublisher {
 }
 
 impl JetStreamPublisher {
-    /// Creates or updates the stream and the object store bucket (idempotent).
+    /// Creates the stream and the object store bucket if they are missing. Existing ones are
+    /// left as they are: an operator's changes (more replicas, limits) are never undone.
     pub async fn new(
         client: async_nats::Client,
         cfg: PublisherConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PublishError> {
         let js = jetstream::new(client);
-        js.create_or_update_stream(stream::Config {
+        js.get_or_create_stream(stream::Config {
             name: cfg.stream.clone(),
             subjects: vec![SUBJECTS.into()],
             storage: stream::StorageType::File,
             duplicate_window: cfg.duplicate_window,
+            num_replicas: cfg.replicas,
             ..Default::default()
         })
         .await
@@ -98,6 +104,7 @@ impl JetStreamPublisher {
                 .create_object_store(object_store::Config {
                     bucket: cfg.object_bucket.clone(),
                     description: Some("mailvault item bodies over the inline limit".into()),
+                    num_replicas: cfg.replicas,
                     ..Default::default()
                 })
                 .await
@@ -199,8 +206,12 @@ fn hkey(prefix: &str, parts: &[&str]) -> String {
 }
 
 impl KvCheckpointStore {
-    /// Opens (or creates) the bucket.
-    pub async fn new(client: async_nats::Client, bucket: &str) -> Result<Self, CheckpointError> {
+    /// Opens (or creates, with `replicas` copies) the bucket.
+    pub async fn new(
+        client: async_nats::Client,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<Self, CheckpointError> {
         let js = jetstream::new(client);
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
@@ -209,6 +220,7 @@ impl KvCheckpointStore {
                     bucket: bucket.to_owned(),
                     history: 1,
                     storage: stream::StorageType::File,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

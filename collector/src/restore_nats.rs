@@ -43,6 +43,8 @@ pub struct RestoreEdgeConfig {
     /// Delay of a nak (body unreadable, result not publishable).
     pub retry_delay: Duration,
     pub duplicate_window: Duration,
+    /// Copies of the restore stream and body bucket when this creates them.
+    pub replicas: usize,
 }
 
 impl RestoreEdgeConfig {
@@ -54,6 +56,7 @@ impl RestoreEdgeConfig {
             max_body_attempts: 5,
             retry_delay: Duration::from_secs(2),
             duplicate_window: Duration::from_secs(120),
+            replicas: 1,
         }
     }
 }
@@ -95,16 +98,18 @@ pub enum Handled {
     Poison,
 }
 
-/// Creates or updates the restore stream (idempotent; the sender may call it too).
+/// Creates the restore stream if missing (idempotent; the sender may call it too).
 pub async fn ensure_restore_stream(
     js: &jetstream::Context,
     duplicate_window: Duration,
+    replicas: usize,
 ) -> Result<stream::Stream, async_nats::jetstream::context::CreateStreamError> {
     js.get_or_create_stream(stream::Config {
         name: restore_wire::STREAM.into(),
         subjects: vec![restore_wire::STREAM_SUBJECTS.into()],
         storage: stream::StorageType::File,
         duplicate_window,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -113,6 +118,7 @@ pub async fn ensure_restore_stream(
 /// Opens (creating if missing) the restore body bucket.
 pub async fn restore_body_store(
     js: &jetstream::Context,
+    replicas: usize,
 ) -> Result<object_store::ObjectStore, String> {
     match js.get_object_store(restore_wire::BODY_BUCKET).await {
         Ok(o) => Ok(o),
@@ -120,6 +126,7 @@ pub async fn restore_body_store(
             .create_object_store(object_store::Config {
                 bucket: restore_wire::BODY_BUCKET.into(),
                 description: Some("mailvault restore bodies over the inline limit".into()),
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
@@ -170,10 +177,10 @@ impl<E: EwsWrite + ?Sized> RestoreService<E> {
             ));
         }
         let js = jetstream::new(client);
-        let stream = ensure_restore_stream(&js, cfg.duplicate_window)
+        let stream = ensure_restore_stream(&js, cfg.duplicate_window, cfg.replicas)
             .await
             .map_err(|e| err("creating the restore stream", e.to_string()))?;
-        let objects = restore_body_store(&js)
+        let objects = restore_body_store(&js, cfg.replicas)
             .await
             .map_err(|e| err("opening the restore body bucket", e))?;
         let name = restore_wire::consumer_name(&cfg.source);

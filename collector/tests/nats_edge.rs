@@ -135,7 +135,7 @@ async fn publisher_dedupes_and_offloads_large_bodies() {
 async fn kv_checkpoints_round_trip() {
     let server = mailvault_harness::NatsServer::start().expect("start nats-server");
     let client = async_nats::connect(server.url()).await.expect("connect");
-    let store = KvCheckpointStore::new(client.clone(), "mailvault-checkpoints")
+    let store = KvCheckpointStore::new(client.clone(), "mailvault-checkpoints", 1)
         .await
         .expect("kv");
     let mb = "Bob.Smith+x@example.com";
@@ -173,7 +173,7 @@ async fn kv_checkpoints_round_trip() {
     assert!(store.has_version(mb, &v).await.expect("has"));
 
     // A second store on the same bucket sees the same state (restart).
-    let again = KvCheckpointStore::new(client, "mailvault-checkpoints")
+    let again = KvCheckpointStore::new(client, "mailvault-checkpoints", 1)
         .await
         .expect("kv");
     assert!(again.has_version(mb, &v).await.expect("has"));

@@ -44,10 +44,10 @@ async fn jobs_over_jetstream_are_applied_and_answered() {
     let running = tokio::spawn(async move { service.run(rx).await });
 
     // The sending side, with nothing but mailvault-proto's names.
-    ensure_restore_stream(&js, Duration::from_secs(120))
+    ensure_restore_stream(&js, Duration::from_secs(120), 1)
         .await
         .expect("stream");
-    let bodies = restore_body_store(&js).await.expect("bucket");
+    let bodies = restore_body_store(&js, 1).await.expect("bucket");
     let small = message("nats-small", 0);
     let big = message("nats-big", 2 * 1024 * 1024);
     let job = "j42";
@@ -298,7 +298,7 @@ async fn daemon_serves_restore_jobs() {
         let client = async_nats::connect(nats.url()).await.expect("connect");
         let js = jetstream::new(client);
         // The stream may not exist yet: the sender creates it idempotently, too.
-        let stream = ensure_restore_stream(&js, Duration::from_secs(120))
+        let stream = ensure_restore_stream(&js, Duration::from_secs(120), 1)
             .await
             .expect("stream");
         let results = stream

@@ -538,14 +538,16 @@ impl JsSource {
         self.consumer.clone()
     }
 
-    /// Creates (if missing) the events stream and the durable consumer.
-    pub async fn new(js: &jetstream::Context) -> Result<JsSource, EdgeError> {
+    /// Creates (if missing, with `replicas` copies) the events stream, and the durable
+    /// consumer.
+    pub async fn new(js: &jetstream::Context, replicas: usize) -> Result<JsSource, EdgeError> {
         let s = js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
                 subjects: vec![EVENTS_SUBJECTS.into()],
                 storage: stream::StorageType::File,
                 duplicate_window: Duration::from_secs(120),
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await

@@ -133,7 +133,7 @@ async fn jetstream_setup(
     let events = populate(&repo, seed, 25).await;
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = jetstream::new(client);
-    let source = JsSource::new(&js).await.expect("consumer");
+    let source = JsSource::new(&js, 1).await.expect("consumer");
     (nats, repo, events, js, source)
 }
 
@@ -242,7 +242,7 @@ async fn a_consumer_made_before_event_batches_gets_the_batch_subject() {
         })
         .await
         .expect("old consumer");
-    JsSource::new(&js).await.expect("consumer");
+    JsSource::new(&js, 1).await.expect("consumer");
     let mut c: jetstream::consumer::PullConsumer = stream
         .get_consumer(consume::CONSUMER)
         .await

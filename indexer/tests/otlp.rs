@@ -83,7 +83,7 @@ async fn commit_spans_continue_or_link_the_event_traces() {
 
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = jetstream::new(client);
-    let mut source = JsSource::new(&js).await.expect("consumer");
+    let mut source = JsSource::new(&js, 1).await.expect("consumer");
     // Two messages waiting before the consumer starts: one commit takes both.
     let (half, rest) = events.split_at(events.len() / 2);
     let (last, rest) = rest.split_last().expect("events");

@@ -159,6 +159,10 @@ chart's keys win. Call with (dict "root" $ "extra" MAP); returns JSON.
 {{- define "mailvault.natsSection" -}}
 {{- $n := mergeOverwrite (deepCopy (default (dict) .extra)) (dict "url" (include "mailvault.natsUrl" .root)) }}
 {{- if include "mailvault.hasNatsCa" .root }}{{ $_ := set $n "ca_file" "/etc/mailvault/secrets/nats-ca/ca.crt" }}{{ end }}
+{{- $plain := and (contains "nats://" (include "mailvault.natsUrl" .root)) (not (include "mailvault.hasNatsCa" .root)) }}
+{{- if and $plain (not .root.Values.nats.allowPlaintext) }}{{ fail "nats.url is nats:// (no TLS): use tls:// (with nats.tls.ca for a private CA), or set nats.allowPlaintext: true where the network path is protected otherwise" }}{{ end }}
+{{- if .root.Values.nats.allowPlaintext }}{{ $_ := set $n "allow_plaintext" true }}{{ end }}
+{{- $_ := set $n "replicas" (int (default 1 .root.Values.nats.replicas)) }}
 {{- if include "mailvault.hasNatsCreds" .root }}{{ $_ := set $n "creds_file" "/etc/mailvault/secrets/nats/nats.creds" }}{{ end }}
 {{- toJson $n }}
 {{- end }}

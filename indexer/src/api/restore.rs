@@ -56,9 +56,11 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 impl NatsRestoreTarget {
+    /// Creates the restore stream and body bucket (with `replicas` copies) if missing.
     pub async fn connect(
         client: async_nats::Client,
         idle_timeout: Duration,
+        replicas: usize,
     ) -> Result<NatsRestoreTarget, ApiError> {
         use mailvault_proto::restore_wire as names;
         let js = jetstream::new(client.clone());
@@ -66,6 +68,7 @@ impl NatsRestoreTarget {
             name: names::STREAM.into(),
             subjects: vec![names::STREAM_SUBJECTS.into()],
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -76,6 +79,7 @@ impl NatsRestoreTarget {
                 .create_object_store(object_store::Config {
                     bucket: names::BODY_BUCKET.into(),
                     description: Some("mailvault restore bodies over the inline limit".into()),
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await

@@ -110,7 +110,7 @@ pub struct StreamLimits {
 impl Default for StreamLimits {
     fn default() -> Self {
         StreamLimits {
-            per_token: 4,
+            per_token: 16,
             idle_timeout: std::time::Duration::from_secs(60),
             export_writers: 4,
         }
@@ -537,11 +537,16 @@ impl Api {
             Ok(slot) => match self.readable(p, id).await {
                 Ok(hit) => self.item_bytes(p, &hit).await.map(|(n, s)| {
                     Metrics::add(&self.inner.metrics.gets, 1);
-                    // The slot is given back when the stream is dropped (read or abandoned).
-                    let s: ByteStream = Box::pin(s.map(move |c| {
-                        let _held = &slot;
-                        c
-                    }));
+                    // The slot is given back at the stream's end, or when it is dropped unread.
+                    let s: ByteStream = Box::pin(futures::stream::unfold(
+                        (s, Some(slot)),
+                        |(mut s, slot)| async move {
+                            let slot = slot?;
+                            // At the end `slot` is dropped here, with the stream's last poll.
+                            let next = s.next().await;
+                            next.map(|chunk| (chunk, (s, Some(slot))))
+                        },
+                    ));
                     ((n, s), format!("{n} bytes"))
                 }),
                 Err(e) => Err(e),

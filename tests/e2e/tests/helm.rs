@@ -1085,6 +1085,11 @@ fn chart_refuses_bad_values() {
             json!({"nats": {"url": "nats://a:4222,http://b:4222"}}),
             "url",
         ),
+        // Plain-text NATS only when asked for in so many words.
+        (
+            json!({"nats": {"url": "nats://nats:4222"}}),
+            "nats.allowPlaintext",
+        ),
         (
             json!({"metrics": {"enabled": false, "serviceMonitor": {"enabled": true}}}),
             "needs metrics.enabled",
@@ -1096,6 +1101,41 @@ fn chart_refuses_bad_values() {
             refusal.contains(expect),
             "values {values} were not refused for {expect:?}: {refusal:?}"
         );
+    }
+}
+
+#[test]
+fn plain_text_nats_is_rendered_only_when_allowed() {
+    let r = render_values(&json!({"nats": {"url": "nats://nats:4222", "allowPlaintext": true}}));
+    let nats = |text: &str| -> toml::Value {
+        let t: toml::Table = toml::from_str(text).expect("rendered TOML");
+        t["nats"].clone()
+    };
+    let mut seen = 0;
+    for (workload, _, _, _, text) in configs(&r) {
+        assert_eq!(
+            nats(&text)["allow_plaintext"].as_bool(),
+            Some(true),
+            "{workload}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 2, "{seen} configs");
+    // The default is TLS, and nothing says plain text is fine.
+    let r = render(None);
+    for (workload, _, _, _, text) in configs(&r) {
+        let n = nats(&text);
+        assert!(
+            n["url"].as_str().is_some_and(|u| u.starts_with("tls://")),
+            "{workload}: {n}"
+        );
+        assert!(n.get("allow_plaintext").is_none(), "{workload}");
+        assert_eq!(n["replicas"].as_integer(), Some(1), "{workload}");
+    }
+    // Against a cluster: three copies of what the services create.
+    let r = render(Some(&full_values()));
+    for (workload, _, _, _, text) in configs(&r) {
+        assert_eq!(nats(&text)["replicas"].as_integer(), Some(3), "{workload}");
     }
 }
 
