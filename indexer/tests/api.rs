@@ -477,19 +477,47 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
     server.await.expect("server task").expect("server");
     audit.flush().await.expect("flush audit");
     let records = AuditLog::read_all(&repo).await.expect("read audit");
-    let restore_started = records.iter().filter(|r| r.result == "started").count();
-    assert_eq!(restore_started, 2);
-    assert_eq!(
-        records.len() - restore_started,
-        calls,
-        "one record per call: {records:#?}"
-    );
-    assert_eq!(
+    let started = |call: &str| {
         records
             .iter()
-            .filter(|r| r.who == "anonymous" && r.result == "denied")
-            .count(),
-        2
+            .filter(|r| r.result == "started" && r.call == call)
+            .count()
+    };
+    assert_eq!(started("Restore"), 2);
+    assert_eq!(started("Export"), 1, "the one export that went out");
+    // The two calls without a valid token are one aggregated record.
+    assert_eq!(
+        records.len() - started("Restore") - started("Export"),
+        calls - 1,
+        "one record per call: {records:#?}"
+    );
+    let anonymous: Vec<_> = records
+        .iter()
+        .filter(|r| r.who == "anonymous" && r.result == "denied")
+        .collect();
+    assert_eq!(anonymous.len(), 1, "{anonymous:#?}");
+    assert!(anonymous[0].detail.ends_with("×2"), "{anonymous:#?}");
+    assert!(
+        records.iter().all(|r| r.peer.starts_with("127.0.0.1:")),
+        "every record names the caller's address"
+    );
+    // The batches form one unbroken chain.
+    let chain = AuditLog::verify(&repo).await.expect("verify");
+    assert!(chain.problems.is_empty(), "{chain:#?}");
+    assert_eq!(chain.records, records.len());
+    assert_eq!(chain.unchained, 0);
+    assert!(chain.batches >= 3, "{chain:?}");
+    // A batch deleted from the middle breaks it, and the break names the batch after it.
+    let names = repo.store().list("audit/").await.expect("list");
+    repo.store()
+        .delete(&names[1])
+        .await
+        .expect("delete a batch");
+    let chain = AuditLog::verify(&repo).await.expect("verify");
+    assert_eq!(chain.problems.len(), 1, "{chain:#?}");
+    assert!(
+        chain.problems[0].starts_with(names[2].as_str()),
+        "{chain:#?}"
     );
     assert!(
         records

@@ -93,6 +93,15 @@ enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// The audit log: every API call (who, from where, what, result), oldest first, and
+    /// whether its chain of batches is intact (exit 3 if not).
+    Audit {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Only records from this time on (RFC 3339, a date, or unix milliseconds).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Items, mailboxes, logical and stored bytes.
     Stats {
         #[command(flatten)]
@@ -259,6 +268,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Verify { repo, read_data } => cmd::repo::verify_cmd(&repo, read_data, json).await,
         Command::Stats { repo } => cmd::repo::stats_cmd(&repo, json).await.map(|_| 0),
+        Command::Audit { repo, since } => {
+            let since = since.as_deref().map(client::parse_time).transpose()?;
+            cmd::repo::audit_cmd(&repo, since, json).await
+        }
         Command::Reindex {
             repo,
             state_dir,

@@ -102,6 +102,43 @@ fn demo_restores_byte_identical_and_the_cli_reads_what_it_kept() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"clean\":true"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("verify JSON");
+    assert!(
+        v["audit"]["records"].as_u64().expect("audit records") > 0,
+        "{v}"
+    );
+
+    // The audit log: the searches above are in it, and its chain is intact.
+    let (code, out, err) = mailvault(&[
+        "audit",
+        "--json",
+        "--repo",
+        &repo,
+        "--passphrase-file",
+        &pass,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record JSON"))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["call"] == "Search" && r["target"] == "has:attachment"),
+        "{out}"
+    );
+    let (code, out, _) = mailvault(&[
+        "audit",
+        "--json",
+        "--since",
+        "2999-01-01",
+        "--repo",
+        &repo,
+        "--passphrase-file",
+        &pass,
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "nothing from the future");
     let bad = dir.path().join("bad");
     std::fs::write(&bad, "wrong\n").expect("write");
     let (code, _, err) = mailvault(&[

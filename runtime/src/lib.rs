@@ -11,4 +11,3 @@ pub mod plaintext;
 pub mod secret_file;
 pub mod shutdown;
 pub mod storage;
-pub mod telemetry;

@@ -47,13 +47,22 @@ pub struct Principal {
     pub role: Role,
     /// The caller's own mailbox (lower-cased); required for `user`.
     pub mailbox: Option<String>,
+    /// Where the call came from (`ip:port`), for the audit log; empty in-process.
+    pub peer: String,
 }
 
 impl Principal {
+    /// The same caller, calling from `peer`.
+    pub fn from_peer(mut self, peer: String) -> Principal {
+        self.peer = peer;
+        self
+    }
+
     /// The local operator of a single-process install: the person holding the repository
     /// passphrase can read everything anyway.
     pub fn local_admin() -> Principal {
         Principal {
+            peer: String::new(),
             name: "local".into(),
             role: Role::Admin,
             mailbox: None,
@@ -282,6 +291,7 @@ impl Tokens {
                 && e.expires_unix.is_none_or(|t| now < t)
             {
                 found = Some(Principal {
+                    peer: String::new(),
                     name: e.name.clone(),
                     role: e.role,
                     mailbox: e.mailbox.as_ref().map(|m| m.to_ascii_lowercase()),
@@ -463,6 +473,7 @@ mod tests {
     #[test]
     fn auditors_never_restore_or_export() {
         let p = Principal {
+            peer: String::new(),
             name: "a".into(),
             role: Role::Auditor,
             mailbox: None,

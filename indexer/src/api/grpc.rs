@@ -42,9 +42,10 @@ impl GrpcArchive {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         match token.and_then(|t| self.tokens.authenticate(t)) {
-            Some(p) => Ok(p),
-            None => Err(self.api.deny_anonymous(call).await.into()),
+            Some(p) => Ok(p.from_peer(peer)),
+            None => Err(self.api.deny_anonymous(call, &peer).await.into()),
         }
     }
 }
@@ -88,7 +89,9 @@ impl Archive for GrpcArchive {
             .search_page(&p, &req.query, req.as_of_unix_ms, req.offset as usize, 1)
             .await;
         if let Err(e) = first {
-            self.api
+            // Refused either way; a failure to store the record is logged by `record`.
+            let _ = self
+                .api
                 .record(&p, "Search", req.query.clone(), "invalid", e.to_string())
                 .await;
             return Err(e.into());

@@ -307,10 +307,13 @@ impl Api {
             Ok((_, d)) => ("ok", d.clone()),
             Err(e) => (e.audit_result(), e.to_string()),
         };
-        self.record(p, call, target, result, detail).await;
+        // No answer goes out whose record is not stored.
+        self.record(p, call, target, result, detail).await?;
         res.map(|(t, _)| t)
     }
 
+    /// Stores one audit record of `p`'s call; an error means it could not be stored (and the
+    /// call must not be answered).
     pub async fn record(
         &self,
         p: &Principal,
@@ -318,7 +321,7 @@ impl Api {
         target: String,
         result: &str,
         detail: String,
-    ) {
+    ) -> Result<(), ApiError> {
         self.inner
             .audit
             .record(AuditRecord {
@@ -329,24 +332,19 @@ impl Api {
                 target,
                 result: result.into(),
                 detail,
+                peer: p.peer.clone(),
             })
-            .await;
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, call, who = %p.name, "audit record not stored; call refused");
+                ApiError::Unavailable(format!("the audit log cannot be written ({e}); try again"))
+            })
     }
 
-    /// An unauthenticated attempt: recorded, then refused.
-    pub async fn deny_anonymous(&self, call: &str) -> ApiError {
-        self.inner
-            .audit
-            .record(AuditRecord {
-                unix_ms: now_ms(),
-                who: "anonymous".into(),
-                role: String::new(),
-                call: call.into(),
-                target: String::new(),
-                result: "denied".into(),
-                detail: ApiError::Unauthenticated.to_string(),
-            })
-            .await;
+    /// An unauthenticated attempt: counted for the audit log (one record per peer and call
+    /// per window), then refused.
+    pub async fn deny_anonymous(&self, call: &str, peer: &str) -> ApiError {
+        self.inner.audit.denied(call, peer).await;
         ApiError::Unauthenticated
     }
 
@@ -463,28 +461,49 @@ impl Api {
         };
         let mut offset = req.offset as usize;
         let mut sent = 0usize;
-        let mut total = 0u64;
-        let res = loop {
+        let want = page.min(limit);
+        let first = self
+            .search_page(p, &req.query, req.as_of_unix_ms, offset, want)
+            .await;
+        let first = match first {
+            Ok(r) => r,
+            Err(e) => return self.audited(p, "Search", req.query.clone(), Err(e)).await,
+        };
+        let total = first.total;
+        // Recorded (stored) before the first hit goes out.
+        self.record(
+            p,
+            "Search",
+            req.query.clone(),
+            "ok",
+            format!("{total} hits"),
+        )
+        .await?;
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            let n = r.hits.len();
+            let want = page.min(limit - sent);
+            sent += n;
+            offset += n;
+            let more = n == want && sent < limit && (offset as u64) < r.total;
+            if out.send(Ok(r)).await.is_err() || !more {
+                break;
+            }
             let want = page.min(limit - sent);
             match self
                 .search_page(p, &req.query, req.as_of_unix_ms, offset, want)
                 .await
             {
-                Ok(r) => {
-                    total = r.total;
-                    let n = r.hits.len();
-                    sent += n;
-                    offset += n;
-                    let more = n == want && sent < limit && (offset as u64) < r.total;
-                    if out.send(Ok(r)).await.is_err() || !more {
-                        break Ok(());
-                    }
+                Ok(r) => next = Some(r),
+                Err(e) => {
+                    let _ = self
+                        .record(p, "Search", req.query.clone(), "error", e.to_string())
+                        .await;
+                    return Err(e);
                 }
-                Err(e) => break Err(e),
             }
-        };
-        let res = res.map(|()| (total, format!("{total} hits, {sent} returned")));
-        self.audited(p, "Search", req.query.clone(), res).await
+        }
+        Ok(total)
     }
 
     /// The item's hit, if the caller may read it.
@@ -577,6 +596,9 @@ impl Api {
         {
             return self.audited(p, "Export", target, Err(e)).await;
         }
+        // Mail leaves with the stream: its record is stored before the first byte.
+        self.record(p, "Export", target.clone(), "started", String::new())
+            .await?;
         let format = if req.format == pb::ExportFormat::Mbox as i32 {
             export::Format::Mbox
         } else {
@@ -715,7 +737,8 @@ impl Api {
                     ("error", e.to_string())
                 }
             };
-            api.record(&principal, "Export", target, result, detail)
+            let _ = api
+                .record(&principal, "Export", target, result, detail)
                 .await;
             // What is written waits in buffers for the client; its slot comes back when the
             // client has taken it all (the stream is dropped), at the latest after `idle`.
@@ -767,7 +790,7 @@ impl Api {
             "started",
             format!("job {job_id}: {} items", plan.items.len()),
         )
-        .await;
+        .await?;
 
         let (progress_tx, progress_rx) = mpsc::channel(64);
         let api = self.clone();
@@ -858,7 +881,9 @@ impl Api {
             if let Some(e) = err {
                 let _ = progress_tx.send(Err(ApiError::Internal(e))).await;
             }
-            api.record(&principal, "Restore", target, result, detail)
+            // A failure is logged by `record`; the job ran, whatever its record.
+            let _ = api
+                .record(&principal, "Restore", target, result, detail)
                 .await;
         });
         Ok(progress_rx)

@@ -203,6 +203,10 @@ pub async fn verify_cmd(repo: &RepoArgs, read_data: bool, json: bool) -> anyhow:
     let report = verify(&r, VerifyOptions { read_data })
         .await
         .context("verifying")?;
+    let chain = mailvault_indexer::api::AuditLog::verify(&r)
+        .await
+        .context("verifying the audit log's chain")?;
+    let clean = report.is_clean() && chain.problems.is_empty();
     if json {
         let problems: Vec<_> = report
             .problems
@@ -212,12 +216,14 @@ pub async fn verify_cmd(repo: &RepoArgs, read_data: bool, json: bool) -> anyhow:
         println!(
             "{}",
             serde_json::json!({
-                "clean": report.is_clean(),
+                "clean": clean,
                 "packs": report.packs,
                 "blobs": report.blobs,
                 "blobs_read": report.blobs_read,
                 "manifests": report.manifests,
                 "problems": problems,
+                "audit": {"batches": chain.batches, "records": chain.records,
+                          "unchained": chain.unchained, "problems": chain.problems},
             })
         );
     } else {
@@ -236,8 +242,21 @@ pub async fn verify_cmd(repo: &RepoArgs, read_data: bool, json: bool) -> anyhow:
         for p in &report.problems {
             println!("  {}: {}", p.object, p.cause);
         }
+        println!(
+            "audit log: {} batches, {} records: {}",
+            chain.batches,
+            chain.records,
+            if chain.problems.is_empty() {
+                "chain intact".to_owned()
+            } else {
+                format!("{} BREAKS", chain.problems.len())
+            }
+        );
+        for p in &chain.problems {
+            println!("  {p}");
+        }
     }
-    Ok(if report.is_clean() { 0 } else { 3 })
+    Ok(if clean { 0 } else { 3 })
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -320,4 +339,50 @@ pub async fn stats_cmd(repo: &RepoArgs, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `mailvault audit`: the records from `since` on, then the chain's state. Exit 3 on a break.
+pub async fn audit_cmd(repo: &RepoArgs, since: Option<i64>, json: bool) -> anyhow::Result<i32> {
+    use mailvault_indexer::api::AuditLog;
+    let r = repo.open().await?;
+    let records = AuditLog::read_all(&r)
+        .await
+        .context("reading the audit log")?;
+    for rec in records
+        .iter()
+        .filter(|x| since.is_none_or(|s| x.unix_ms >= s))
+    {
+        if json {
+            println!("{}", serde_json::to_string(rec)?);
+        } else {
+            let when = humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(rec.unix_ms).unwrap_or(0)),
+            );
+            println!(
+                "{when} {:<12} {:<8} {:<21} {:<13} {:<9} {} {}",
+                rec.who, rec.role, rec.peer, rec.call, rec.result, rec.target, rec.detail
+            );
+        }
+    }
+    let chain = AuditLog::verify(&r)
+        .await
+        .context("verifying the audit log's chain")?;
+    if !json {
+        eprintln!(
+            "audit log: {} batches, {} records, {} writers: {}",
+            chain.batches,
+            chain.records,
+            chain.writers,
+            if chain.problems.is_empty() {
+                "chain intact".to_owned()
+            } else {
+                format!("{} BREAKS", chain.problems.len())
+            }
+        );
+    }
+    for p in &chain.problems {
+        eprintln!("  {p}");
+    }
+    Ok(if chain.problems.is_empty() { 0 } else { 3 })
 }
