@@ -146,6 +146,11 @@ pub struct IndexConfig {
     /// (events not yet committed are redelivered).
     #[serde(default = "default_shutdown_deadline", deserialize_with = "duration")]
     pub shutdown_deadline: Duration,
+    /// The journal mailboxes (Exchange's journaling recipients): only their journal reports
+    /// are unwrapped and shown to the recipients the envelope lists. Unset, every mailbox's
+    /// are (anyone can send a message with an `X-MS-Journal-Report` header: set it).
+    #[serde(default)]
+    pub journal_mailboxes: Option<Vec<String>>,
 }
 
 fn default_shutdown_deadline() -> Duration {

@@ -127,6 +127,13 @@ impl Extracted {
 /// Extracts the fields of an item. Journal reports are unwrapped: the fields are the original
 /// message's, and `journal` carries the envelope's recipients and the original's byte range.
 pub fn extract(mime: &[u8]) -> Extracted {
+    extract_item(mime, true)
+}
+
+/// [`extract`], unwrapping a journal report only when `unwrap_journal` (the item lives in a
+/// journal mailbox): anyone can send a message with an `X-MS-Journal-Report` header, and an
+/// unwrapped report makes its item visible to everyone its envelope lists.
+pub fn extract_item(mime: &[u8], unwrap_journal: bool) -> Extracted {
     let (input, truncated) = if mime.len() > MAX_PARSE_BYTES {
         (&mime[..MAX_PARSE_BYTES], true)
     } else {
@@ -139,7 +146,8 @@ pub fn extract(mime: &[u8]) -> Extracted {
             ..Default::default()
         };
     };
-    if journal::is_journal_report(&msg)
+    if unwrap_journal
+        && journal::is_journal_report(&msg)
         && let Some(j) = journal::unwrap(&msg, input)
     {
         let start = j.offset as usize;

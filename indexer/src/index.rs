@@ -226,12 +226,14 @@ struct WriterState {
 /// Where the body text of a stored version comes from when the index rewrites an item whose
 /// record it keeps without bodies: the repository, read and extracted again.
 pub trait BodySource: Send + Sync {
-    /// The body text [`extract::extract`] gives for this manifest's content.
-    fn body(&self, manifest_id: &str) -> Result<String, IndexError>;
+    /// The body text [`extract::extract_item`] gives for this manifest's content.
+    fn body(&self, manifest_id: &str, unwrap_journal: bool) -> Result<String, IndexError>;
 }
 
 struct Inner {
     bodies: std::sync::RwLock<Option<Arc<dyn BodySource>>>,
+    /// Mailboxes whose journal reports are unwrapped; `None`: every mailbox's.
+    journal_mailboxes: std::sync::RwLock<Option<HashSet<String>>>,
     index: tantivy::Index,
     reader: IndexReader,
     f: Fields,
@@ -333,6 +335,7 @@ impl Index {
                 }),
                 applied,
                 bodies: std::sync::RwLock::new(None),
+                journal_mailboxes: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -345,6 +348,28 @@ impl Index {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *b = Some(source);
+    }
+
+    /// Unwraps journal reports only in these mailboxes (the Exchange journal recipients); with
+    /// `None`, in every mailbox. Set it before the first item is applied: an item indexed
+    /// under one setting keeps it until a reindex.
+    pub fn set_journal_mailboxes(&self, mailboxes: Option<Vec<String>>) {
+        let set = mailboxes.map(|v| v.iter().map(|m| m.trim().to_lowercase()).collect());
+        *self
+            .inner
+            .journal_mailboxes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+    }
+
+    /// Whether journal reports in `mailbox` are unwrapped.
+    pub fn unwraps_journal(&self, mailbox: &str) -> bool {
+        self.inner
+            .journal_mailboxes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(|s| s.contains(&mailbox.to_lowercase()))
     }
 
     /// Fills in the body text of versions whose record was stored without it.
@@ -367,7 +392,7 @@ impl Index {
                         .into(),
                 });
             };
-            c.body = source.body(&v.manifest_id)?;
+            c.body = source.body(&v.manifest_id, self.unwraps_journal(&rec.mailbox))?;
             c.body_at_rest_omitted = false;
         }
         Ok(())
@@ -437,7 +462,7 @@ impl Index {
         let content = if stored.format == 2 {
             Extracted::default()
         } else {
-            extract::extract(mime)
+            extract::extract_item(mime, self.unwraps_journal(&stored.mailbox))
         };
         let v = VersionRecord {
             manifest_id,

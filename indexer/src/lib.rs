@@ -38,4 +38,4 @@ pub use error::IndexError;
 pub use history::{ChangeInput, ChangeKind, ItemStoredInput};
 pub use index::{FolderInfo, Hit, Index, MailboxInfo, Scope, SearchOptions, SearchPage};
 pub use metrics::Metrics;
-pub use stage::{Indexer, ReindexReport, catch_up, reindex};
+pub use stage::{Indexer, ReindexReport, catch_up, reindex, reindex_with};

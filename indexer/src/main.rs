@@ -235,9 +235,10 @@ async fn reindex(cfg: Config) -> anyhow::Result<()> {
     let fresh = parent.join(format!(".{name}.reindex-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let started = std::time::Instant::now();
-    let report = mailvault_indexer::reindex(&repo, &fresh)
-        .await
-        .with_context(|| format!("rebuilding the index in {}", fresh.display()))?;
+    let report =
+        mailvault_indexer::reindex_with(&repo, &fresh, cfg.index.journal_mailboxes.clone())
+            .await
+            .with_context(|| format!("rebuilding the index in {}", fresh.display()))?;
     for f in &report.failures {
         tracing::error!(failure = %f, "not indexed");
     }

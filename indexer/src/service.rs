@@ -114,6 +114,17 @@ pub async fn run_with_metrics(
 ) -> Result<ServiceReport, ServiceError> {
     let repo = open_repository(&cfg).await?;
     let index = open_index(&cfg.index.dir).await?;
+    match &cfg.index.journal_mailboxes {
+        Some(m) => {
+            tracing::info!(mailboxes = ?m, "journal reports unwrapped in these mailboxes only")
+        }
+        None => tracing::warn!(
+            "[index] journal_mailboxes is not set: journal reports are unwrapped in every \
+             mailbox, so a crafted message can make itself visible to whoever it names; set it \
+             to the journaling recipients"
+        ),
+    }
+    index.set_journal_mailboxes(cfg.index.journal_mailboxes.clone());
     // Issued, revoked and expired tokens take effect without a restart.
     let tokens = TokenFile::watch(
         &cfg.api.tokens_file,

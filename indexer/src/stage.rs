@@ -92,7 +92,7 @@ struct RepositoryBodies {
 }
 
 impl crate::index::BodySource for RepositoryBodies {
-    fn body(&self, manifest_id: &str) -> Result<String, IndexError> {
+    fn body(&self, manifest_id: &str, unwrap_journal: bool) -> Result<String, IndexError> {
         let id = blob_id(manifest_id)?;
         // Index writes run on the blocking pool, where waiting on the runtime is allowed.
         let handle =
@@ -106,7 +106,7 @@ impl crate::index::BodySource for RepositoryBodies {
             .map_err(repo_err(format!(
                 "item {id} (its body, to rewrite the item)"
             )))?;
-        Ok(crate::extract::extract(&mime).body)
+        Ok(crate::extract::extract_item(&mime, unwrap_journal).body)
     }
 }
 
@@ -234,8 +234,18 @@ pub struct ReindexReport {
 }
 
 /// Builds an index in `dir` from the repository alone: every manifest (item versions and
-/// history records) applied in collection order.
+/// history records) applied in collection order. Journal reports are unwrapped in every
+/// mailbox; see [`reindex_with`].
 pub async fn reindex(repo: &Repository, dir: &Path) -> Result<ReindexReport, IndexError> {
+    reindex_with(repo, dir, None).await
+}
+
+/// [`reindex`], unwrapping journal reports only in `journal_mailboxes` when given.
+pub async fn reindex_with(
+    repo: &Repository,
+    dir: &Path,
+    journal_mailboxes: Option<Vec<String>>,
+) -> Result<ReindexReport, IndexError> {
     repo.refresh()
         .await
         .map_err(repo_err("the repository index (refresh)".into()))?;
@@ -245,6 +255,7 @@ pub async fn reindex(repo: &Repository, dir: &Path) -> Result<ReindexReport, Ind
             .await
             .map_err(|e| IndexError::Join(e.to_string()))??
     };
+    index.set_journal_mailboxes(journal_mailboxes);
     let indexer = Indexer::new(repo.clone(), index);
     apply_manifests(&indexer, repo.manifests()).await
 }

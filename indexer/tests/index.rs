@@ -115,14 +115,18 @@ static MIME: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<Stri
 struct TestBodies;
 
 impl mailvault_indexer::index::BodySource for TestBodies {
-    fn body(&self, manifest_id: &str) -> Result<String, mailvault_indexer::IndexError> {
+    fn body(
+        &self,
+        manifest_id: &str,
+        unwrap_journal: bool,
+    ) -> Result<String, mailvault_indexer::IndexError> {
         let mime = MIME
             .lock()
             .expect("lock")
             .get(manifest_id)
             .cloned()
             .unwrap_or_else(|| panic!("no MIME recorded for {manifest_id}"));
-        Ok(mailvault_indexer::extract::extract(&mime).body)
+        Ok(mailvault_indexer::extract::extract_item(&mime, unwrap_journal).body)
     }
 }
 
@@ -616,4 +620,47 @@ fn journal_bcc_is_searchable_only_by_the_sender_the_bcc_recipient_and_auditors()
     // Someone the message never reached sees nothing of it.
     assert_eq!(find(user("mallory@contoso.com"), "quiet"), 0);
     assert_eq!(find(user("mallory@contoso.com"), "bcc:carol"), 0);
+}
+
+#[test]
+fn journal_reports_are_unwrapped_only_in_journal_mailboxes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ix = open(dir.path());
+    ix.set_journal_mailboxes(Some(vec!["Journal@Contoso.com".into()]));
+    // The same report delivered to an ordinary mailbox (anyone can send such a message) and
+    // to the journal mailbox.
+    let mut planted = stored("jr-planted", "ck1", &["Inbox"], "inbox", 1_704_189_600_000);
+    planted.mailbox = "boss@contoso.com".into();
+    let mut real = stored("jr-real", "ck1", &["Inbox"], "inbox", 1_704_189_600_000);
+    real.mailbox = "journal@contoso.com".into();
+    for s in [&planted, &real] {
+        MIME.lock()
+            .expect("lock")
+            .insert(s.manifest_id.clone(), journal_report());
+        ix.add_version(s, &journal_report()).expect("add");
+    }
+    ix.commit().expect("commit");
+    let as_alice = |q: &str| {
+        ix.search(
+            q,
+            &SearchOptions {
+                scope: Scope::User("alice@contoso.com".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .expect("search")
+        .hits
+    };
+    // Alice sees the journal mailbox's copy (she is on its envelope), not the planted one.
+    let hits = as_alice("quiet");
+    assert_eq!(ids(&hits), ["jr-real"]);
+    assert!(hits[0].embedded.is_some());
+    let all = search(&ix, "mailbox:boss@contoso.com", None);
+    assert_eq!(ids(&all), ["jr-planted"]);
+    assert!(
+        all[0].embedded.is_none(),
+        "not unwrapped outside the journal mailbox"
+    );
+    assert!(all[0].visible_to.is_empty());
 }

@@ -317,6 +317,14 @@ impl Collector {
         Some((info.num_pending, info.num_ack_pending))
     }
 
+    /// The stream sequence below which the aggregators' consumer has settled everything.
+    pub async fn ack_floor(&self) -> Option<u64> {
+        let s = self.js.get_stream("MAILVAULT_INGEST").await.ok()?;
+        let mut c: consumer::PullConsumer = s.get_consumer("mailvault-aggregator").await.ok()?;
+        let info = c.info().await.ok()?;
+        Some(info.ack_floor.stream_sequence)
+    }
+
     /// Waits until the consumer has delivered and settled everything.
     pub async fn wait_drained(&self, timeout: Duration) {
         let end = Instant::now() + timeout;

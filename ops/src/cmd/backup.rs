@@ -147,6 +147,12 @@ pub struct BackupArgs {
     pub once: bool,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
     pub interval: Duration,
+    /// The journal mailboxes (Exchange's journaling recipients), comma-separated: only their
+    /// journal reports are unwrapped and shown to the recipients the envelope names. Kept in
+    /// the state directory for later commands. Never given, every mailbox's reports are
+    /// unwrapped (anyone can send a message that looks like one).
+    #[arg(long, value_delimiter = ',')]
+    pub journal_mailboxes: Option<Vec<String>>,
     /// Local state: search index, sync checkpoints, bodies in transit. Default:
     /// ~/.local/state/mailvault/<repository id>.
     #[arg(long, env = "MAILVAULT_STATE_DIR")]
@@ -191,7 +197,53 @@ pub struct RestoreArgs {
 
 pub fn open_index(state: &Path) -> anyhow::Result<Index> {
     let dir = state.join("index");
-    Index::open(&dir).with_context(|| format!("opening search index {}", dir.display()))
+    let index =
+        Index::open(&dir).with_context(|| format!("opening search index {}", dir.display()))?;
+    index.set_journal_mailboxes(journal_mailboxes(state)?);
+    Ok(index)
+}
+
+/// The state file naming the journal mailboxes (one address per line).
+fn journal_file(state: &Path) -> PathBuf {
+    state.join("journal-mailboxes")
+}
+
+/// The journal mailboxes this state directory was given (`backup --journal-mailboxes`), or
+/// `None` when never given (every mailbox's journal reports are unwrapped then).
+pub fn journal_mailboxes(state: &Path) -> anyhow::Result<Option<Vec<String>>> {
+    let f = journal_file(state);
+    match std::fs::read_to_string(&f) {
+        Ok(text) => Ok(Some(
+            text.lines()
+                .map(|l| l.trim().to_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", f.display())),
+    }
+}
+
+/// Records the journal mailboxes for every later command on this state directory; says so
+/// when they change (items indexed before keep the old setting until `mailvault reindex`).
+pub fn set_journal_mailboxes(state: &Path, mailboxes: &[String]) -> anyhow::Result<()> {
+    let mut want: Vec<String> = mailboxes
+        .iter()
+        .map(|m| m.trim().to_lowercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    want.sort();
+    want.dedup();
+    if let Some(before) = journal_mailboxes(state)?
+        && before != want
+    {
+        eprintln!(
+            "journal mailboxes changed from {before:?} to {want:?}: items indexed before keep \
+             the old setting until `mailvault reindex`"
+        );
+    }
+    let f = journal_file(state);
+    std::fs::write(&f, want.join("\n") + "\n").with_context(|| format!("writing {}", f.display()))
 }
 
 /// Opens the index and applies what the repository holds that it does not: a pass killed
@@ -429,6 +481,9 @@ pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<()> {
     }
     let repo = args.repo.open().await?;
     let state = state_dir(args.state_dir.as_deref(), &repo)?;
+    if let Some(j) = &args.journal_mailboxes {
+        set_journal_mailboxes(&state, j)?;
+    }
     let index = open_index_caught_up(&state, &repo).await?;
     loop {
         let opts = LocalBackup::new(
@@ -593,7 +648,7 @@ pub async fn reindex(
     if fresh.exists() {
         std::fs::remove_dir_all(&fresh).with_context(|| format!("removing {}", fresh.display()))?;
     }
-    let report = mailvault_indexer::reindex(&r, &fresh)
+    let report = mailvault_indexer::reindex_with(&r, &fresh, journal_mailboxes(&state)?)
         .await
         .context("rebuilding the index")?;
     if !report.failures.is_empty() && !accept_failures {

@@ -110,6 +110,13 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         s3: Default::default(),
     };
     let repo = super::repo::create(&repo_args).await?;
+    // The generated journal mailbox is the one whose reports are unwrapped.
+    let journals: Vec<String> = mailboxes
+        .iter()
+        .filter(|m| m.starts_with("journal@"))
+        .cloned()
+        .collect();
+    super::backup::set_journal_mailboxes(&state, &journals)?;
     let index = open_index(&state)?;
 
     // 2. Full backup.

@@ -415,6 +415,7 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
             wait: Duration::from_millis(500),
             idle: Duration::from_millis(100),
             shutdown_deadline: Duration::from_secs(25),
+            journal_mailboxes: None,
         },
         api: icfg::ApiConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
