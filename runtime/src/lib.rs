@@ -11,3 +11,10 @@ pub mod plaintext;
 pub mod secret_file;
 pub mod shutdown;
 pub mod storage;
+
+/// Makes ring rustls' process-wide crypto provider. A workspace build enables two (ring here,
+/// aws-lc-rs through tonic), and rustls then refuses to pick one and panics at the first TLS
+/// connection or handshake. Idempotent: an error only means a provider is installed already.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -43,7 +43,7 @@ pub async fn connect(
     // build enables two (ring here, aws-lc-rs through tonic), so rustls would refuse to pick
     // one and panic at the first tls:// connect. Ring, like every other client here; an error
     // only means a provider was installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_crypto_provider();
     // With a CA file the client requires TLS whatever the URL says.
     if auth.ca_file.is_none() {
         for one in url.split(',') {

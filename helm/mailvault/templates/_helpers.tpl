@@ -314,3 +314,14 @@ returns JSON, or nothing when OTLP is off.
   readOnly: true
 {{- end }}
 {{- end }}
+
+{{/*
+The Secret holding the API's certificate: the operator's, else the chart-made self-signed one,
+else none (plain text).
+*/}}
+{{- define "mailvault.indexerTlsSecret" -}}
+{{- $t := .Values.indexer.tls }}
+{{- if $t.existingSecret }}{{ $t.existingSecret }}
+{{- else if $t.selfSigned }}{{ include "mailvault.fullname" . }}-indexer-tls
+{{- end }}
+{{- end }}

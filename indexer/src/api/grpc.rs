@@ -202,6 +202,7 @@ pub async fn serve(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = tls {
+        mailvault_runtime::install_crypto_provider();
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|source| ServeError::Tls {
                 path: p.display().to_string(),

@@ -43,6 +43,7 @@ impl Client {
             .with_context(|| format!("server address {url:?}"))?
             .tcp_nodelay(true);
         if url.starts_with("https://") {
+            mailvault_runtime::install_crypto_provider();
             let mut tls = tonic::transport::ClientTlsConfig::new().with_enabled_roots();
             if let Some(ca) = ca {
                 let pem = std::fs::read(ca)

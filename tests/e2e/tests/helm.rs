@@ -157,6 +157,20 @@ impl Rendered {
     }
 }
 
+/// The documents with the chart-made API certificate's data left out: a new key pair is made on
+/// every render (an install keeps the first through `lookup`).
+fn without_generated_keys(docs: &[(String, Value)]) -> Vec<(String, Value)> {
+    let mut out = docs.to_vec();
+    for (_, d) in &mut out {
+        if d["kind"] == "Secret"
+            && d["metadata"]["name"] == format!("{FULLNAME}-indexer-tls").as_str()
+        {
+            d["data"] = json!("<made at render time>");
+        }
+    }
+    out
+}
+
 /// Lints, renders and validates with `values` (None: the chart's defaults); panics on any lint
 /// warning, schema or render error, or invalid manifest.
 fn render(values: Option<&Path>) -> Rendered {
@@ -219,7 +233,11 @@ fn render(values: Option<&Path>) -> Rendered {
         notes = out["notes"].as_str().expect("NOTES.txt").to_owned();
         match &first {
             None => first = Some(docs),
-            Some(f) => assert_eq!(f, &docs, "rendering differs between Kubernetes versions"),
+            Some(f) => assert_eq!(
+                without_generated_keys(f),
+                without_generated_keys(&docs),
+                "rendering differs between Kubernetes versions"
+            ),
         }
     }
     Rendered {
@@ -904,12 +922,17 @@ fn chart_defaults_lint_render_validate_and_load() {
     let r = render(None);
     check_pods_least_privilege(&r);
     check_no_secret_in_config_maps(&r, &[]);
-    check_workloads(&r, 2, false);
+    // TLS by default: the chart makes the API's certificate; no other secret value is in it.
+    check_workloads(&r, 2, true);
+    let secrets: Vec<&Value> = r.of_kind("Secret").collect();
+    assert_eq!(secrets.len(), 1, "only the API certificate: {secrets:?}");
+    assert_eq!(secrets[0]["type"], "kubernetes.io/tls");
     assert_eq!(
-        r.of_kind("Secret").count(),
-        0,
-        "no secret values by default"
+        secrets[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
     );
+    assert!(r.notes.contains("self-signed"), "{}", r.notes);
+    assert!(r.notes.contains("--ca-cert api-ca.crt"), "{}", r.notes);
     assert_eq!(r.of_kind("NetworkPolicy").count(), 0);
     assert!(
         r.of_kind("Deployment").all(|d| !d["metadata"]["name"]
@@ -928,7 +951,11 @@ fn chart_defaults_lint_render_validate_and_load() {
         .collect();
     assert_eq!(
         secrets,
-        BTreeSet::from(["mv-mailvault-passphrase", "mv-mailvault-tokens"])
+        BTreeSet::from([
+            "mv-mailvault-passphrase",
+            "mv-mailvault-tokens",
+            "mv-mailvault-indexer-tls"
+        ])
     );
     assert_eq!(check_configs(&r), 2, "the aggregator and the indexer");
     check_metrics(&r, Some(9464));
@@ -1139,6 +1166,97 @@ fn plain_text_nats_is_rendered_only_when_allowed() {
     }
 }
 
+/// The chart-made certificate is one the API serves and a client verifies: rendered, written
+/// where the pod would mount it, served by the real gRPC API, and trusted with `--ca-cert` as
+/// NOTES say (through the port-forward, as `localhost`). With `selfSigned: false` the API is
+/// plain text and the config says so in so many words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_made_api_certificate_serves_and_verifies() {
+    use base64::Engine as _;
+    use mailvault_indexer::api::{self, Api, AuditLog, GrpcArchive, Role, TlsFiles, Tokens};
+    use mailvault_proto::api::v1 as pb;
+    mailvault_runtime::install_crypto_provider();
+    let r = tokio::task::block_in_place(|| render(None));
+    let secret = r.named("Secret", &format!("{FULLNAME}-indexer-tls"));
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let field = |k: &str| {
+        b64.decode(secret["data"][k].as_str().expect("data"))
+            .expect("base64")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, field("tls.crt")).expect("cert");
+    std::fs::write(&key, field("tls.key")).expect("key");
+
+    let repo = mailvault_format::Repository::init(
+        std::sync::Arc::new(mailvault_format::MemoryStore::new()),
+        b"pass",
+        mailvault_format::InitOptions {
+            kdf: mailvault_format::KdfParams::fast_insecure(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("repository");
+    let index = mailvault_indexer::Index::open(&dir.path().join("index")).expect("index");
+    let mut tokens = Tokens::default();
+    let token = tokens.issue("admin", Role::Admin, None);
+    let apis = Api::new(index, repo.clone(), AuditLog::start(repo), None);
+    let (listener, addr) = api::grpc::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(
+        listener,
+        GrpcArchive::new(apis, tokens),
+        Some(TlsFiles { cert, key }),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(field("tls.crt")))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("TLS handshake with the chart-made certificate");
+    let mut c = pb::archive_client::ArchiveClient::new(channel);
+    let mut req = tonic::Request::new(pb::ListMailboxesRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    c.list_mailboxes(req).await.expect("a call over TLS");
+    // Without trusting it, the handshake fails.
+    let untrusted = tonic::transport::Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tonic::transport::ClientTlsConfig::new().domain_name("localhost"))
+        .expect("tls config")
+        .connect()
+        .await;
+    assert!(untrusted.is_err(), "an unknown certificate was trusted");
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server");
+
+    // Opting out: plain text, said in the config and in NOTES.
+    let r = tokio::task::block_in_place(|| {
+        render_values(&json!({"indexer": {"tls": {"selfSigned": false}}}))
+    });
+    assert_eq!(r.of_kind("Secret").count(), 0);
+    let (_, _, _, _, text) = configs(&r)
+        .into_iter()
+        .find(|(w, ..)| w.ends_with("-indexer"))
+        .expect("indexer config");
+    let cfg: toml::Table = toml::from_str(&text).expect("toml");
+    assert_eq!(cfg["api"]["allow_plaintext"].as_bool(), Some(true));
+    assert!(cfg["api"].get("tls_cert").is_none());
+    assert!(r.notes.contains("plain text"), "{}", r.notes);
+}
+
 fn render_values(values: &Value) -> Rendered {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("values.yaml");
@@ -1200,11 +1318,12 @@ fn chart_metrics_off() {
             "{workload}: {args:?}"
         );
     }
-    // The indexer is still probed, on its API port.
+    // The indexer is still probed, on its API port (TLS by default: a TCP probe; Kubernetes'
+    // gRPC probe cannot speak TLS).
     let sts = r.named("StatefulSet", &format!("{FULLNAME}-indexer"));
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
-    assert!(
-        c["livenessProbe"]["grpc"].is_object(),
+    assert_eq!(
+        c["livenessProbe"]["tcpSocket"]["port"], "grpc",
         "{}",
         c["livenessProbe"]
     );
