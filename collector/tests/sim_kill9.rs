@@ -2,7 +2,7 @@
 //! (at least 5 kills that land mid-run) and restarted; after the final completed run every item
 //! is on the stream, item versions only ever carry their one `Nats-Msg-Id`, and what was
 //! fetched or published twice stays within the un-checkpointed window (one SyncFolderItems page
-//! per mailbox in progress, per kill).
+//! per folder in progress, per kill).
 
 mod common;
 
@@ -46,6 +46,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let mut cfg = config(dir.path(), &sim.url(), &nats.url(), &mailboxes);
     cfg.limits.max_changes = MAX_CHANGES;
     cfg.limits.mailbox_concurrency = MAILBOX_CONCURRENCY;
+    let folder_concurrency = cfg.limits.folder_concurrency;
     cfg.limits.get_item_batch = 4;
     let cfg_path = write_config_file(dir.path(), &cfg);
     let bin = env!("CARGO_BIN_EXE_mailvault-collector");
@@ -203,7 +204,9 @@ async fn sigkill_at_random_points_loses_nothing() {
         );
         duplicates += ids.len() - 1;
     }
-    let window = kills as usize * MAILBOX_CONCURRENCY * MAX_CHANGES as usize;
+    // Each mailbox in progress syncs up to `folder_concurrency` folders at once, each with one
+    // page not yet checkpointed.
+    let window = kills as usize * MAILBOX_CONCURRENCY * folder_concurrency * MAX_CHANGES as usize;
     // Every publish the subscriber saw (the stream holds each version once; re-publishes after
     // a kill were dropped by JetStream's duplicate window): same version → same Nats-Msg-Id.
     // Everything the collector published reached the server before its JetStream ack, so a

@@ -508,6 +508,12 @@ impl Api {
 
     /// The item's hit, if the caller may read it.
     async fn readable(&self, p: &Principal, id: &str) -> Result<Hit, ApiError> {
+        if BlobId::from_hex(id).is_none() {
+            return Err(ApiError::InvalidArgument(format!(
+                "{:?} is not an item id (64 hex digits, as Search returns them)",
+                id.chars().take(80).collect::<String>()
+            )));
+        }
         let owned = id.to_owned();
         let hit = self
             .blocking(move |ix| ix.get(&owned))
