@@ -389,6 +389,17 @@ impl Repository {
         Ok(out)
     }
 
+    /// The newest audit batch (by name, which sorts by time), decrypted; `None` if there is
+    /// none. Reads one object, whatever the length of the log.
+    pub async fn newest_audit_batch(&self) -> Result<Option<(String, Vec<u8>)>> {
+        let Some(name) = self.inner.store.list(names::AUDIT).await?.into_iter().max() else {
+            return Ok(None);
+        };
+        let bytes = self.inner.store.get(&name).await?;
+        let plain = self.inner.keys.open_object(Kind::Audit, &name, &bytes)?;
+        Ok(Some((name, plain)))
+    }
+
     /// A writer with the default seal policy (pack size from the config).
     pub fn writer(&self) -> Result<Writer> {
         let policy = SealPolicy {

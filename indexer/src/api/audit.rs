@@ -350,13 +350,12 @@ async fn store(
         return Ok(());
     }
     if chain.is_none() {
-        // Anchor this writer to the newest batch there is.
+        // Anchor this writer to the newest batch there is (one read, however long the log).
         let prev = repo
-            .audit_batches()
+            .newest_audit_batch()
             .await
             .map_err(|e: FormatError| FormatErrorText(e.to_string()))?
-            .last()
-            .map(|(_, b)| blake3::hash(b).to_hex().to_string())
+            .map(|(_, b)| blake3::hash(&b).to_hex().to_string())
             .unwrap_or_default();
         *chain = Some(ChainState {
             writer: format!("{:016x}", rand::random::<u64>()),
