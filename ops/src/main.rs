@@ -2,7 +2,8 @@
 //! restore, export, repository care, benchmarks.
 //!
 //! Exit codes: 0 success; 1 failure (the message says what to do); 2 bad usage (clap);
-//! 3 `verify` found damage; 4 a restore finished with failed items.
+//! 3 `verify` found damage (or `audit` a broken chain); 4 a restore finished with failed items;
+//! 5 `backup --once` left mailboxes or folders out (retried on the next pass).
 
 mod cmd;
 
@@ -47,7 +48,9 @@ enum Command {
         #[command(subcommand)]
         cmd: KeyCommand,
     },
-    /// Backs up mailboxes from Exchange (EWS) into the repository, in this process.
+    /// Backs up mailboxes from Exchange (EWS) into the repository, in this process. With
+    /// --once, exit status 5 when some mailbox or folder could not be backed up (it is retried
+    /// on the next pass; the output names how many, the log why).
     Backup(cmd::backup::BackupArgs),
     /// Searches the archive (query language: docs/indexer.md).
     Search {
@@ -229,7 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(a) => cmd::demo::run(a, json).await.map(|_| 0),
         Command::Init { repo } => cmd::repo::init(&repo, json).await.map(|_| 0),
         Command::Key { repo, cmd } => cmd::repo::key(&repo, cmd, json).await.map(|_| 0),
-        Command::Backup(a) => cmd::backup::backup(a, json).await.map(|_| 0),
+        Command::Backup(a) => cmd::backup::backup(a, json).await,
         Command::Search {
             target,
             query,

@@ -185,3 +185,34 @@ async fn sigkill_mid_backup_then_every_item_is_searchable_once() {
         "every item the mailboxes hold is searchable after the crash and a new pass"
     );
 }
+
+/// A pass in which every mailbox fails (here: a wrong EWS password) is not a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_backs_up_nothing_is_not_a_success() {
+    let mut sc = SimConfig::new("contoso.com");
+    sc.generate = Some(GenConfig {
+        seed: 27,
+        domain: "contoso.com".into(),
+        users: 2,
+        messages: 10,
+        ..GenConfig::default()
+    });
+    let sim = Simulator::start(sc).await.expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = Paths::new(dir.path());
+    std::fs::write(&paths.ews_password, "not the password\n").expect("password");
+    let args = paths.backup_args(&sim);
+    let (code, out, err) = tokio::task::spawn_blocking(move || mailvault(&args))
+        .await
+        .expect("join");
+    assert_eq!(code, 5, "{out}\n{err}");
+    let failed = format!("{} mailboxes and 0 folders failed", sim.mailboxes().len());
+    assert!(out.contains(&failed), "{out}");
+    // Right password: the same command succeeds.
+    std::fs::write(&paths.ews_password, "secret\n").expect("password");
+    let args = paths.backup_args(&sim);
+    let (code, out, err) = tokio::task::spawn_blocking(move || mailvault(&args))
+        .await
+        .expect("join");
+    assert_eq!(code, 0, "{out}\n{err}");
+}

@@ -460,7 +460,12 @@ fn print_pass(p: &Pass, json: bool) {
     }
 }
 
-pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<()> {
+/// Exit status of a `backup --once` whose pass left mailboxes or folders out (wrong password,
+/// mailbox not found, Exchange unreachable): they are retried on the next pass.
+pub const EXIT_INCOMPLETE: i32 = 5;
+
+/// Runs the backup; with `--once`, exits [`EXIT_INCOMPLETE`] when anything failed.
+pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<i32> {
     if args.repo.repo.starts_with("s3://") {
         bail!(
             "single-process backup writes to a local directory; for S3 run the distributed install (README, \"Distributed run\")"
@@ -500,12 +505,14 @@ pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<()> {
         })
         .await;
         bar.finish_and_clear();
-        print_pass(&p?, json);
+        let p = p?;
+        print_pass(&p, json);
         if args.once {
-            return Ok(());
+            let failed = p.backup.failed_mailboxes + p.backup.failed_folders;
+            return Ok(if failed > 0 { EXIT_INCOMPLETE } else { 0 });
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(0),
             () = tokio::time::sleep(args.interval) => {}
         }
     }
