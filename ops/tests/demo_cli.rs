@@ -139,6 +139,22 @@ fn demo_restores_byte_identical_and_the_cli_reads_what_it_kept() {
         &pass,
     ]);
     assert_eq!((code, out.as_str()), (0, ""), "nothing from the future");
+    // A read command on a path with no repository says so and creates nothing there.
+    let nowhere = dir.path().join("no-such-repo");
+    let (code, _, err) = mailvault(&[
+        "stats",
+        "--repo",
+        nowhere.to_str().expect("utf8"),
+        "--passphrase-file",
+        &pass,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no repository at"), "{err}");
+    assert!(
+        !nowhere.exists(),
+        "a read command created {}",
+        nowhere.display()
+    );
     let bad = dir.path().join("bad");
     std::fs::write(&bad, "wrong\n").expect("write");
     let (code, _, err) = mailvault(&[

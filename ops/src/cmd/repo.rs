@@ -1,6 +1,6 @@
 //! Repository commands: init, key management, verify, stats.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -96,6 +96,14 @@ impl RepoArgs {
     }
 
     pub async fn open(&self) -> anyhow::Result<Repository> {
+        // Opening never creates anything: a mistyped path is an error, not a new directory.
+        if !self.repo.starts_with("s3://") && !Path::new(&self.repo).join("config").is_file() {
+            bail!(
+                "no repository at {}: check the path, or create one with `mailvault init --repo {}`",
+                self.repo,
+                self.repo
+            );
+        }
         let pass = self.passphrase()?;
         let store = self.store().await?;
         Repository::open(store, &pass).await.with_context(|| {
