@@ -255,20 +255,30 @@ impl std::fmt::Debug for Index {
     }
 }
 
-/// The record as stored: without body text (see [`Extracted::body_at_rest_omitted`]).
-fn at_rest(rec: &ItemRecord) -> ItemRecord {
-    let mut stored = rec.clone();
-    for c in stored
+/// The record as stored: encoded without body text (see
+/// [`Extracted::body_at_rest_omitted`]). The bodies are moved out for the encoding and back,
+/// not copied: every item rewrite passes here.
+fn encode_at_rest(rec: &mut ItemRecord) -> Vec<u8> {
+    let bodies: Vec<String> = rec
         .versions
         .iter_mut()
         .filter_map(|v| v.content.as_mut())
+        .map(|c| {
+            c.body_at_rest_omitted = !c.body.is_empty();
+            std::mem::take(&mut c.body)
+        })
+        .collect();
+    let bytes = rec.encode_to_vec();
+    for (c, body) in rec
+        .versions
+        .iter_mut()
+        .filter_map(|v| v.content.as_mut())
+        .zip(bodies)
     {
-        if !c.body.is_empty() {
-            c.body = String::new();
-            c.body_at_rest_omitted = true;
-        }
+        c.body = body;
+        c.body_at_rest_omitted = false;
     }
-    stored
+    bytes
 }
 
 fn item_key(mailbox: &str, item_id: &str) -> String {
@@ -576,7 +586,7 @@ impl Index {
         let mut meta = TantivyDocument::new();
         meta.add_text(f.kind, "meta");
         meta.add_text(f.item_key, key);
-        meta.add_bytes(f.record, &at_rest(&rec).encode_to_vec());
+        meta.add_bytes(f.record, &encode_at_rest(&mut rec));
         st.w.add_document(meta)
             .map_err(IndexError::tantivy("adding an item record"))?;
         for seg in rec.segments() {

@@ -179,22 +179,12 @@ pub async fn run_with_metrics(
     let indexer = Indexer::new(repo.clone(), index.clone()).with_metrics(metrics.clone());
     // Events acked by an earlier run whose index commit never happened, or that left the
     // stream before this index existed, are in the repository: apply what the index lacks.
-    let caught_up = crate::stage::catch_up(&indexer)
+    crate::stage::catch_up(&indexer)
         .await
         .map_err(|e| ServiceError::Index {
             dir: cfg.index.dir.display().to_string(),
             cause: format!("catching up with the repository: {e}"),
         })?;
-    if caught_up.versions + caught_up.changes > 0 {
-        tracing::info!(
-            versions = caught_up.versions,
-            changes = caught_up.changes,
-            "the index was behind the repository; caught up"
-        );
-    }
-    for f in &caught_up.failures {
-        tracing::warn!(failure = %f, "catching the index up with the repository");
-    }
     let consume_cfg = cfg.consume();
     let consumer = {
         let shutdown = shutdown.clone();

@@ -289,7 +289,17 @@ pub async fn catch_up(indexer: &Indexer) -> Result<ReindexReport, IndexError> {
     if missing.is_empty() {
         return Ok(ReindexReport::default());
     }
-    apply_manifests(indexer, missing).await
+    let report = apply_manifests(indexer, missing).await?;
+    tracing::info!(
+        versions = report.versions,
+        changes = report.changes,
+        failures = report.failures.len(),
+        "the index was behind the repository; caught up"
+    );
+    for f in &report.failures {
+        tracing::warn!(failure = %f, "not applied while catching up (tried again next start)");
+    }
+    Ok(report)
 }
 
 /// Applies these manifests in collection order, committing every [`REINDEX_COMMIT_EVERY`]

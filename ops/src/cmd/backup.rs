@@ -88,9 +88,12 @@ impl EwsArgs {
     }
 
     fn password(&self) -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(&self.password_file).with_context(|| {
-            format!("reading EWS password file {}", self.password_file.display())
-        })?;
+        // The shared reader: a file others may read is warned about, as for every secret.
+        let raw = mailvault_runtime::secret_file::read_secret_file(&self.password_file)
+            .with_context(|| {
+                format!("reading EWS password file {}", self.password_file.display())
+            })?;
+        let text = String::from_utf8(raw).context("the EWS password file is not UTF-8")?;
         Ok(text.lines().next().unwrap_or_default().to_owned())
     }
 
@@ -252,19 +255,9 @@ pub fn set_journal_mailboxes(state: &Path, mailboxes: &[String]) -> anyhow::Resu
 pub async fn open_index_caught_up(state: &Path, repo: &Repository) -> anyhow::Result<Index> {
     let index = open_index(state)?;
     let ix = Indexer::new(repo.clone(), index.clone());
-    let report = mailvault_indexer::catch_up(&ix)
+    mailvault_indexer::catch_up(&ix)
         .await
         .context("catching the search index up with the repository")?;
-    if report.versions + report.changes > 0 {
-        tracing::info!(
-            versions = report.versions,
-            changes = report.changes,
-            "the search index was behind the repository; caught up"
-        );
-    }
-    for f in &report.failures {
-        tracing::warn!(failure = %f, "catching up the search index");
-    }
     Ok(index)
 }
 
