@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::*;
 use futures::StreamExt as _;
 use mailvault_format::BlobId;
-use mailvault_indexer::api::{self, Api, AuditLog, GrpcArchive, RestoreTarget, Role, Tokens};
+use mailvault_indexer::api::{self, Api, AuditLog, RestoreTarget, Role, Tokens};
 use mailvault_indexer::{Index, Indexer};
 use mailvault_proto::api::v1 as pb;
 use mailvault_proto::restore::v1 as wire;
@@ -49,15 +49,6 @@ impl RestoreTarget for Recording {
         }
         Ok(())
     }
-}
-
-fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    r
 }
 
 async fn get_bytes(
@@ -158,21 +149,8 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
         audit.clone(),
         Some(recording.clone()),
     );
-    let (listener, addr) = api::grpc::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(
-        listener,
-        GrpcArchive::new(apis, tokens),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut c = ArchiveClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let served = serve(apis, tokens).await;
+    let mut c = served.client.clone();
     let mut calls = 0usize;
 
     // No token, a wrong token.
@@ -473,8 +451,7 @@ async fn roles_scoping_exact_items_export_restore_and_audit_over_grpc() {
     assert_eq!(it.collision, wire::Collision::Copy as i32);
     assert_eq!(body.as_ref(), &full[off as usize..(off + len) as usize]);
 
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server");
+    served.stop().await;
     audit.flush().await.expect("flush audit");
     let records = AuditLog::read_all(&repo).await.expect("read audit");
     let started = |call: &str| {

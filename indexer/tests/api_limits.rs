@@ -8,20 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt as _;
-use mailvault_indexer::api::{self, Api, AuditLog, GrpcArchive, Role, StreamLimits, Tokens};
+use mailvault_indexer::api::{Api, AuditLog, Role, StreamLimits, Tokens};
 use mailvault_indexer::{Index, Indexer};
 use mailvault_proto::api::v1 as pb;
-use pb::archive_client::ArchiveClient;
 use tonic::Code;
-
-fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    r
-}
 
 fn export_all() -> pb::ExportRequest {
     pb::ExportRequest {
@@ -60,21 +50,8 @@ async fn stalled_exports_are_bounded_and_end_while_search_goes_on() {
         idle_timeout: idle,
         export_writers: 1,
     });
-    let (listener, addr) = api::grpc::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(
-        listener,
-        GrpcArchive::new(apis, tokens),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut c = ArchiveClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let served = serve(apis, tokens).await;
+    let mut c = served.client.clone();
 
     // Two exports opened and never read: the token's two slots.
     let started = Instant::now();
@@ -153,6 +130,5 @@ async fn stalled_exports_are_bounded_and_end_while_search_goes_on() {
     }
     assert!(n > 0);
     drop((stalled_a, stalled_b));
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server");
+    served.stop().await;
 }

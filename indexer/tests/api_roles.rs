@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt as _;
-use mailvault_indexer::api::{self, Api, AuditLog, GrpcArchive, RestoreTarget, Role, Tokens};
+use mailvault_indexer::api::{self, Api, AuditLog, RestoreTarget, Role, Tokens};
 use mailvault_indexer::{Index, Indexer, Scope, SearchOptions};
 use mailvault_proto::api::v1 as pb;
 use mailvault_proto::restore::v1 as wire;
@@ -49,15 +49,6 @@ impl RestoreTarget for Recording {
         }
         Ok(())
     }
-}
-
-fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    r
 }
 
 type Client = ArchiveClient<tonic::transport::Channel>;
@@ -293,21 +284,8 @@ async fn every_role_against_every_call() {
         AuditLog::start(repo.clone()),
         Some(recording.clone()),
     );
-    let (listener, addr) = api::grpc::bind("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("bind");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(
-        listener,
-        GrpcArchive::new(apis, tokens),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut c = ArchiveClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let served = serve(apis, tokens).await;
+    let mut c = served.client.clone();
 
     use Code::{
         InvalidArgument as Inv, Ok as Yes, PermissionDenied as No, Unauthenticated as Anon,
@@ -351,6 +329,5 @@ async fn every_role_against_every_call() {
     let targets = recording.targets.lock().expect("lock").clone();
     assert!(targets.contains(&own));
     assert!(!targets.is_empty());
-    let _ = stop.send(());
-    server.await.expect("server task").expect("server");
+    served.stop().await;
 }

@@ -177,3 +177,57 @@ pub fn snapshot(ix: &Index, users: &[String]) -> Vec<(String, Vec<Hit>, usize)> 
     }
     out
 }
+
+/// `msg` with `authorization: Bearer <token>`.
+pub fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    r
+}
+
+/// The real gRPC API on a loopback port, and a client connected to it.
+pub struct Served {
+    pub client: mailvault_proto::api::v1::archive_client::ArchiveClient<tonic::transport::Channel>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), mailvault_indexer::api::grpc::ServeError>>,
+}
+
+/// Serves `apis` with `tokens` (plain text on loopback) until [`Served::stop`].
+pub async fn serve(
+    apis: mailvault_indexer::api::Api,
+    tokens: mailvault_indexer::api::Tokens,
+) -> Served {
+    use mailvault_indexer::api;
+    let (listener, addr) = api::grpc::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(
+        listener,
+        api::GrpcArchive::new(apis, tokens),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client =
+        mailvault_proto::api::v1::archive_client::ArchiveClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+    Served {
+        client,
+        stop,
+        server,
+    }
+}
+
+impl Served {
+    /// Stops the server and waits until it has ended cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.expect("server task").expect("server");
+    }
+}
