@@ -100,8 +100,19 @@ async fn prometheus_scrapes_the_number_of_items_stored() {
         "the summary's count was scraped: {flushes:?}"
     );
 
-    // Every rule evaluated against the real series (health ok, no lastError).
-    let rules = tokio::task::block_in_place(|| prom.rules_json()).expect("/api/v1/rules");
+    // Every rule evaluated against the real series (health ok, no lastError). Prometheus says
+    // it is ready before its rule groups are loaded and evaluated once: wait for that.
+    let end = Instant::now() + Duration::from_secs(30);
+    let rules = loop {
+        let rules = tokio::task::block_in_place(|| prom.rules_json()).expect("/api/v1/rules");
+        let health = rules.matches("\"health\":").count();
+        if (health >= 8 && rules.matches("\"health\":\"ok\"").count() == health)
+            || Instant::now() >= end
+        {
+            break rules;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let evaluated = rules.matches("\"health\":").count();
     assert!(evaluated >= 8, "the alert rules are loaded: {rules}");
     assert_eq!(
