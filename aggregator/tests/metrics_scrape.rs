@@ -114,7 +114,11 @@ async fn prometheus_scrapes_the_number_of_items_stored() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let evaluated = rules.matches("\"health\":").count();
-    assert!(evaluated >= 8, "the alert rules are loaded: {rules}");
+    assert!(
+        evaluated >= 8,
+        "the alert rules are loaded: {rules}\nPrometheus said:\n{}",
+        prom.output()
+    );
     assert_eq!(
         rules.matches("\"health\":\"ok\"").count(),
         evaluated,
