@@ -49,13 +49,22 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(HarnessError(msg.into()))
 }
 
-/// The repository root (two levels above this crate).
+/// The repository root: the checkout the running test belongs to. Looked up at run time from
+/// the crate under test (cargo sets `CARGO_MANIFEST_DIR` for it): a target directory shared
+/// between checkouts (CI's cache) may hold a harness compiled in another one, and the path
+/// baked in then names the wrong tree, or one that is gone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    let is_root = |d: &Path| d.join("Cargo.lock").is_file() && d.join("ops/scripts").is_dir();
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| dir.ancestors().find(|d| is_root(d)).map(Path::to_path_buf))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .nth(2)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        })
 }
 
 /// Where `install-tools.sh` puts binaries.
