@@ -26,8 +26,11 @@ const NAMESPACE: &str = "backup";
 const FULLNAME: &str = "mv-mailvault";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
+    // At run time: a binary reused from another checkout would name that checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.ancestors()
         .nth(2)
         .expect("tests/e2e is two levels below the root")
         .to_path_buf()

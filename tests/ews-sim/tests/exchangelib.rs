@@ -16,10 +16,12 @@ use mailvault_ews_sim::{SimConfig, Simulator};
 use mailvault_mailgen::GenConfig;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
+    // At run time (cargo sets it for the test process): a binary reused from another checkout
+    // through a shared target dir would name that checkout.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.join("../..").canonicalize().expect("repo root")
 }
 
 fn python() -> PathBuf {
