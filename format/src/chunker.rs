@@ -461,19 +461,87 @@ mod tests {
             prop_assert_eq!(pieces, whole);
         }
 
+        /// What content-defined chunking guarantees: once a cut after the insertion
+        /// falls at the same content position in both versions, every later cut does too,
+        /// because a cut depends only on the bytes since the previous cut.
         #[test]
-        fn boundaries_resynchronise_after_an_insertion(seed in any::<u64>(), at in 0usize..30_000, ins in proptest::collection::vec(any::<u8>(), 1..200)) {
+        fn cuts_stay_aligned_once_they_coincide_after_an_insertion(seed in any::<u64>(), at in 0usize..30_000, ins in proptest::collection::vec(any::<u8>(), 1..200)) {
             let p = ChunkerParams { mail_aware: false, ..small() };
             let data = noise(60_000, seed);
-            let mut edited = data[..at].to_vec();
-            edited.extend_from_slice(&ins);
-            edited.extend_from_slice(&data[at..]);
-            let a = chunk_all(p, &data);
-            let b = chunk_all(p, &edited);
-            // Everything from some point after the insertion is cut identically.
-            let tail_a: usize = a.iter().rev().take_while(|c| b.contains(c)).map(Vec::len).sum();
-            prop_assert!(tail_a >= data.len() - at - 3 * p.max_size as usize,
-                "only {} bytes re-synchronised after inserting at {}", tail_a, at);
+            let (a, b) = cuts_around_insertion(p, &data, at, &ins);
+            if let Some(first) = a.iter().find(|c| b.contains(c)) {
+                let after_a: Vec<_> = a.iter().filter(|c| *c >= first).collect();
+                let after_b: Vec<_> = b.iter().filter(|c| *c >= first).collect();
+                prop_assert_eq!(after_a, after_b, "cuts diverge again after re-aligning at {}", first);
+            }
         }
+    }
+
+    /// Cut positions after the insertion point, in the original's coordinates, for the
+    /// original and for the edited copy.
+    fn cuts_around_insertion(
+        p: ChunkerParams,
+        data: &[u8],
+        at: usize,
+        ins: &[u8],
+    ) -> (Vec<usize>, Vec<usize>) {
+        let mut edited = data[..at].to_vec();
+        edited.extend_from_slice(ins);
+        edited.extend_from_slice(&data[at..]);
+        let ends = |chunks: Vec<Vec<u8>>| {
+            let mut pos = 0;
+            chunks
+                .into_iter()
+                .map(|c| {
+                    pos += c.len();
+                    pos
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = ends(chunk_all(p, data))
+            .into_iter()
+            .filter(|&e| e > at)
+            .collect();
+        let b = ends(chunk_all(p, &edited))
+            .into_iter()
+            .filter(|&e| e > at + ins.len())
+            .map(|e| e - ins.len())
+            .collect();
+        (a, b)
+    }
+
+    /// How fast the cuts re-align is a matter of probability, not a bound, so it is measured
+    /// over a fixed set of inputs (deterministic) rather than asserted per random case: a
+    /// bound per case fails for an unlucky seed now and then.
+    #[test]
+    fn boundaries_resynchronise_soon_after_an_insertion() {
+        let p = ChunkerParams {
+            mail_aware: false,
+            ..small()
+        };
+        let mut distances = Vec::new();
+        for seed in 0..200u64 {
+            let data = noise(60_000, seed);
+            let at = (seed as usize * 7_919) % 30_000;
+            let ins = noise(1 + (seed as usize % 199), !seed);
+            let (a, b) = cuts_around_insertion(p, &data, at, &ins);
+            let first = a.iter().find(|c| b.contains(c)).copied();
+            distances.push(first.map_or(usize::MAX, |f| f - at));
+        }
+        distances.sort_unstable();
+        let median = distances[distances.len() / 2];
+        let p95 = distances[distances.len() * 95 / 100];
+        assert!(
+            distances.iter().all(|&d| d != usize::MAX),
+            "some insertion never re-synchronised"
+        );
+        assert!(
+            median <= 2 * p.max_size as usize,
+            "median re-sync after {median} bytes"
+        );
+        assert!(
+            p95 <= 4 * p.max_size as usize,
+            "95th percentile re-sync after {p95} bytes"
+        );
     }
 }
