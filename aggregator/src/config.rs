@@ -72,6 +72,8 @@ pub struct NatsConfig {
     pub url: String,
     /// NATS credentials file (`.creds`: user JWT and NKey seed). Never logged.
     pub creds_file: Option<PathBuf>,
+    /// File with this component's NKey seed (`mailvault nats users`). Never logged.
+    pub nkey_file: Option<PathBuf>,
     /// PEM CA certificate(s) for the server's TLS certificate (beside the system's roots);
     /// setting it requires TLS.
     pub ca_file: Option<PathBuf>,
@@ -102,6 +104,7 @@ impl NatsConfig {
     pub fn auth(&self) -> mailvault_runtime::nats::NatsAuth {
         mailvault_runtime::nats::NatsAuth {
             creds_file: self.creds_file.clone(),
+            nkey_file: self.nkey_file.clone(),
             ca_file: self.ca_file.clone(),
             allow_plaintext: self.allow_plaintext,
         }
@@ -113,9 +116,10 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             creds_file: None,
+            nkey_file: None,
             ca_file: None,
-            stream: "MAILVAULT_INGEST".into(),
-            consumer: "mailvault-aggregator".into(),
+            stream: mailvault_proto::ingest_wire::STREAM.into(),
+            consumer: mailvault_proto::ingest_wire::AGGREGATOR_CONSUMER.into(),
             filter_subjects: mailvault_proto::ingest_wire::AGGREGATOR_FILTERS
                 .map(String::from)
                 .to_vec(),
@@ -297,7 +301,7 @@ impl Config {
         } else if !n.filter_subjects.iter().any(|f| {
             [
                 ">",
-                "mailvault.ingest.>",
+                mailvault_proto::ingest_wire::SUBJECTS,
                 mailvault_proto::ingest_wire::FILTER_BATCH,
             ]
             .contains(&f.as_str())

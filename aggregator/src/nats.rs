@@ -23,9 +23,9 @@ use crate::pipeline::{Pipeline, PipelineError};
 pub use crate::worker::RunReport;
 use crate::worker::{Pull, Source, WorkerLimits, run_worker};
 
-/// Subjects of the ingest stream when the aggregator has to create it (same as the collector).
-pub const INGEST_SUBJECTS: &str = "mailvault.ingest.>";
 pub use mailvault_proto::events_wire::STREAM_SUBJECTS as EVENTS_SUBJECTS;
+/// Subjects of the ingest stream when the aggregator has to create it (same as the collector).
+pub use mailvault_proto::ingest_wire::SUBJECTS as INGEST_SUBJECTS;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Most event publishes awaiting their ack at once.
 const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
@@ -268,10 +268,14 @@ pub async fn run_with_store(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<RunReport, RunError> {
-    let client =
-        mailvault_runtime::nats::connect("mailvault-aggregator", &cfg.nats.url, &cfg.nats.auth())
-            .await
-            .map_err(|e| RunError::Nats(e.to_string()))?;
+    let client = mailvault_runtime::nats::connect(
+        mailvault_runtime::nats::Component::Aggregator,
+        "mailvault-aggregator",
+        &cfg.nats.url,
+        &cfg.nats.auth(),
+    )
+    .await
+    .map_err(|e| RunError::Nats(e.to_string()))?;
     let js = jetstream::new(client.clone());
     let consumer = ensure_consumer(&js, &cfg).await?;
     let repo = Repository::open(store, passphrase).await?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use mailvault_format::{BlobStore, MemoryStore};
 use mailvault_harness::NatsServer;
-use mailvault_runtime::nats::{NatsAuth, connect};
+use mailvault_runtime::nats::{Component, NatsAuth, connect};
 
 const PASSWORD: &str = "pw-4a8f2c";
 
@@ -40,19 +40,23 @@ async fn aggregator_stores_items_over_tls_with_a_private_ca_and_a_password() {
     .expect("nats-server with TLS");
     let url = format!("tls://svc-aggregator:{PASSWORD}@127.0.0.1:{}", nats.port());
     let auth = NatsAuth {
-        creds_file: None,
         ca_file: Some(ca.clone()),
-        allow_plaintext: false,
+        ..NatsAuth::default()
     };
 
     // Without the private CA the server's certificate is not trusted.
-    let untrusted = connect("test", &url, &NatsAuth::default()).await;
+    let untrusted = connect(Component::Collector, "test", &url, &NatsAuth::default()).await;
     assert!(untrusted.is_err(), "connected without trusting the CA");
 
     let store = Arc::new(MemoryStore::new());
     let dyn_store: Arc<dyn BlobStore> = store.clone();
     init_repo(dyn_store.clone()).await;
-    let collector = Collector::with_client(connect("test", &url, &auth).await.expect("TLS")).await;
+    let collector = Collector::with_client(
+        connect(Component::Collector, "test", &url, &auth)
+            .await
+            .expect("TLS"),
+    )
+    .await;
     let corpus = mailvault_mailgen::generate(&mailvault_mailgen::GenConfig {
         seed: 21,
         messages: 20,

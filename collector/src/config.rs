@@ -198,6 +198,9 @@ pub struct NatsConfig {
     pub url: String,
     #[serde(default)]
     pub creds_file: Option<PathBuf>,
+    /// File with this collector's NKey seed (`mailvault nats users`). Never logged.
+    #[serde(default)]
+    pub nkey_file: Option<PathBuf>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_stream")]

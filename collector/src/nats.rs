@@ -21,12 +21,11 @@ use crate::sync::{
     kind_of, mailbox_key,
 };
 
-pub const STREAM: &str = "MAILVAULT_INGEST";
-pub const SUBJECTS: &str = "mailvault.ingest.>";
-pub const OBJECT_BUCKET: &str = "mailvault-ingest-bodies";
-pub const KV_BUCKET: &str = "mailvault-checkpoints";
 /// Header naming the message kind (`item`, `change`, `quarantine`, `reconcile`, `items`).
-pub const KIND_HEADER: &str = "Mailvault-Kind";
+pub use mailvault_proto::ingest_wire::KIND_HEADER;
+pub use mailvault_proto::ingest_wire::{
+    BODY_BUCKET as OBJECT_BUCKET, CHECKPOINT_BUCKET as KV_BUCKET, STREAM, SUBJECTS,
+};
 
 /// Publisher settings.
 #[derive(Debug, Clone)]

@@ -136,10 +136,12 @@ pub async fn run_with_metrics(
         metrics.clone(),
     )?;
     let client = mailvault_runtime::nats::connect(
+        mailvault_runtime::nats::Component::Collector,
         &format!("mailvault-collector/{}", config.source),
         &config.nats.url,
         &mailvault_runtime::nats::NatsAuth {
             creds_file: config.nats.creds_file.clone(),
+            nkey_file: config.nats.nkey_file.clone(),
             ca_file: config.nats.ca_file.clone(),
             allow_plaintext: config.nats.allow_plaintext,
         },

@@ -72,6 +72,8 @@ pub struct NatsConfig {
     pub url: String,
     /// NATS credentials file (`.creds`: user JWT and NKey seed). Never logged.
     pub creds_file: Option<PathBuf>,
+    /// File with this component's NKey seed (`mailvault nats users`). Never logged.
+    pub nkey_file: Option<PathBuf>,
     /// PEM CA certificate(s) for the server's TLS certificate (beside the system's roots);
     /// setting it requires TLS.
     pub ca_file: Option<PathBuf>,
@@ -90,6 +92,7 @@ impl Default for NatsConfig {
         NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             creds_file: None,
+            nkey_file: None,
             ca_file: None,
             restore_timeout: Duration::from_secs(120),
             allow_plaintext: false,

@@ -29,7 +29,7 @@ pub use mailvault_proto::events_wire::{
 };
 /// Every subject the indexer consumes.
 pub const SUBJECTS: [&str; 3] = [SUBJECT_BATCH, SUBJECT_STORED, SUBJECT_CHANGED];
-pub const CONSUMER: &str = "mailvault-indexer";
+pub use mailvault_proto::events_wire::INDEXER_CONSUMER as CONSUMER;
 /// Redelivery delay for a delivery that failed for a retryable reason.
 const NAK_DELAY: Duration = Duration::from_secs(5);
 /// A delivery failing permanently is terminated at this attempt (with an error log).

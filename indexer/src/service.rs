@@ -142,12 +142,18 @@ pub async fn run_with_metrics(
     };
     let auth = mailvault_runtime::nats::NatsAuth {
         creds_file: cfg.nats.creds_file.clone(),
+        nkey_file: cfg.nats.nkey_file.clone(),
         ca_file: cfg.nats.ca_file.clone(),
         allow_plaintext: cfg.nats.allow_plaintext,
     };
-    let client = mailvault_runtime::nats::connect("mailvault-indexer", &cfg.nats.url, &auth)
-        .await
-        .map_err(|e| nats("connect")(e.to_string()))?;
+    let client = mailvault_runtime::nats::connect(
+        mailvault_runtime::nats::Component::Indexer,
+        "mailvault-indexer",
+        &cfg.nats.url,
+        &auth,
+    )
+    .await
+    .map_err(|e| nats("connect")(e.to_string()))?;
     let js = async_nats::jetstream::new(client.clone());
     let mut source = JsSource::new(&js, cfg.nats.replicas)
         .await

@@ -41,15 +41,14 @@ use mailvault_runtime::storage::DirStore;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
-/// The ingest stream (same name and subjects as the JetStream deployment).
-pub const INGEST_STREAM: &str = "MAILVAULT_INGEST";
-pub const INGEST_SUBJECTS: &str = "mailvault.ingest.>";
 /// The events stream the aggregator publishes to; attach the indexer's consumer here.
 pub use mailvault_proto::events_wire::{
     STREAM as EVENTS_STREAM, STREAM_SUBJECTS as EVENTS_SUBJECTS,
 };
 /// The aggregator's durable consumer (items and changes).
-pub const AGGREGATOR_CONSUMER: &str = "mailvault-aggregator";
+pub use mailvault_proto::ingest_wire::AGGREGATOR_CONSUMER;
+/// The ingest stream (same name and subjects as the JetStream deployment).
+pub use mailvault_proto::ingest_wire::{STREAM as INGEST_STREAM, SUBJECTS as INGEST_SUBJECTS};
 /// Collector quarantine and reconciliation records: logged and counted.
 pub const RECORDS_CONSUMER: &str = "mailvault-local-records";
 /// The "bucket" of bodies over the inline limit, kept as files under `state_dir/bodies/`.
@@ -277,7 +276,10 @@ impl Publisher for BusPublisher {
         for m in msgs {
             let mut h = Headers::new();
             h.insert(MSG_ID_HEADER.into(), m.msg_id.clone());
-            h.insert("Mailvault-Kind".into(), kind_of(&m.message).into());
+            h.insert(
+                mailvault_proto::ingest_wire::KIND_HEADER.into(),
+                kind_of(&m.message).into(),
+            );
             if let Some(tp) = &m.traceparent {
                 h.insert("traceparent".into(), tp.clone());
             }

@@ -127,6 +127,12 @@ enum Command {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// NATS users for a distributed install: one NKey user per component, allowed only the
+    /// subjects it uses (a collector cannot send restore jobs, an indexer cannot inject items).
+    Nats {
+        #[command(subcommand)]
+        cmd: NatsCmd,
+    },
     /// Benchmarks a full backup, incremental, search and get, against restic on the same corpus.
     Bench(cmd::bench::BenchArgs),
 }
@@ -163,6 +169,38 @@ enum TokenCmd {
         #[arg(long)]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NatsCmd {
+    /// Makes the users: an NKey seed file per component (`<user>.nk`, 0600) and
+    /// `mailvault-users.conf`, the nats-server `authorization` block with their permissions.
+    ///
+    /// Example: mailvault nats users --out ./nats-users --collector exch01 --collector exch02
+    Users {
+        /// Directory to write into; existing files are never replaced.
+        #[arg(long)]
+        out: PathBuf,
+        /// One user per collector with this `source` name, consuming only its own restore
+        /// jobs (repeat). Without it, one `collector` user shared by all collectors.
+        #[arg(long = "collector", value_name = "SOURCE")]
+        collectors: Vec<String>,
+    },
+    /// Prints one component's allow-lists as JSON (for operator-mode NATS: user JWTs).
+    Permissions {
+        #[arg(value_enum)]
+        component: ComponentArg,
+        /// The collector's `source` (narrows its restore jobs); default any.
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ComponentArg {
+    Collector,
+    Aggregator,
+    Indexer,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -283,6 +321,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|_| 0),
         Command::Token { cmd } => token(cmd, json).map(|_| 0),
+        Command::Nats { cmd } => match cmd {
+            NatsCmd::Users { out, collectors } => {
+                cmd::nats::users(&out, &collectors, json).map(|_| 0)
+            }
+            NatsCmd::Permissions { component, source } => {
+                use mailvault_runtime::nats::Component;
+                let c = match component {
+                    ComponentArg::Collector => Component::Collector,
+                    ComponentArg::Aggregator => Component::Aggregator,
+                    ComponentArg::Indexer => Component::Indexer,
+                };
+                cmd::nats::permissions_cmd(c, source.as_deref()).map(|_| 0)
+            }
+        },
         Command::Bench(a) => cmd::bench::run(a, json).await.map(|_| 0),
     }
 }

@@ -23,6 +23,18 @@ pub mod ingest {
 /// Subjects of the ingest stream that the collector and the aggregator must agree on, kept
 /// here so that neither depends on the other's crate (docs/wire.md, "Ingest").
 pub mod ingest_wire {
+    /// JetStream stream the collectors publish to.
+    pub const STREAM: &str = "MAILVAULT_INGEST";
+    /// Subjects of [`STREAM`]: `mailvault.ingest.<kind>.<mailbox key>`.
+    pub const SUBJECTS: &str = "mailvault.ingest.>";
+    /// Object Store bucket for item bodies over the inline limit.
+    pub const BODY_BUCKET: &str = "mailvault-ingest-bodies";
+    /// Key-value bucket of the collectors' sync checkpoints.
+    pub const CHECKPOINT_BUCKET: &str = "mailvault-checkpoints";
+    /// Header naming the message kind (`item`, `change`, `items`, `reconcile`, ...).
+    pub const KIND_HEADER: &str = "Mailvault-Kind";
+    /// Durable pull consumer shared by every aggregator replica.
+    pub const AGGREGATOR_CONSUMER: &str = "mailvault-aggregator";
     /// Kind of an `ItemBatch` message: its subject is `mailvault.ingest.items.<mailbox key>`.
     pub const KIND_BATCH: &str = "items";
     /// Subjects of item batches.
@@ -61,6 +73,8 @@ pub mod events_wire {
     /// Entries of one `EventBatch` message, at most (a larger commit is split); the indexer
     /// sizes its fetches by it.
     pub const MAX_BATCH_ENTRIES: usize = 512;
+    /// Durable pull consumer of the indexer.
+    pub const INDEXER_CONSUMER: &str = "mailvault-indexer";
 }
 
 /// Restore jobs: items to write back into Exchange, and their results (docs/wire.md).

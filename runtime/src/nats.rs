@@ -7,11 +7,17 @@
 
 use std::path::PathBuf;
 
+pub mod permissions;
+pub use permissions::Component;
+
 /// The `creds_file` / `ca_file` keys of a service's `[nats]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {
     /// NATS credentials file (`.creds`: user JWT and NKey seed). Never logged.
     pub creds_file: Option<PathBuf>,
+    /// File holding the NKey seed (`SU...`) of this component's user, as `mailvault nats
+    /// users` writes it for a server configured with NKey users. Never logged.
+    pub nkey_file: Option<PathBuf>,
     /// PEM CA certificate(s) to trust for the server's TLS certificate, in addition to the
     /// system's roots. Setting it requires TLS.
     pub ca_file: Option<PathBuf>,
@@ -33,8 +39,10 @@ pub enum NatsConnectError {
     Plaintext(String),
 }
 
-/// Connects as `name` to `url` with `auth`.
+/// Connects `component` (shown to the server as `name`) to `url` with `auth`. Replies come on
+/// the component's own inbox prefix, the only one its NATS user may read.
 pub async fn connect(
+    component: Component,
     name: &str,
     url: &str,
     auth: &NatsAuth,
@@ -56,7 +64,22 @@ pub async fn connect(
             .map_err(NatsConnectError::Plaintext)?;
         }
     }
-    let mut opts = async_nats::ConnectOptions::new().name(name);
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .custom_inbox_prefix(component.inbox_prefix());
+    if let Some(path) = &auth.nkey_file {
+        let seed = crate::secret_file::read_secret_file(path).map_err(|source| {
+            NatsConnectError::Credentials {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let seed = String::from_utf8(seed).map_err(|_| NatsConnectError::Credentials {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not an NKey seed"),
+        })?;
+        opts = opts.nkey(seed.trim().to_owned());
+    }
     if let Some(creds) = &auth.creds_file {
         opts =
             opts.credentials_file(creds)

@@ -358,7 +358,7 @@ pub async fn pass(
     local::ensure_streams(&bus, opts.max_in_bus)?;
     // Up to INDEX_COMMIT_EVERY events are applied per index commit, so that many may wait
     // unsettled.
-    let mut cc = ConsumerConfig::new("mailvault-indexer", &consume::SUBJECTS);
+    let mut cc = ConsumerConfig::new(consume::CONSUMER, &consume::SUBJECTS);
     cc.max_ack_pending = INDEX_COMMIT_EVERY;
     let events = bus
         .get_or_create_consumer(EVENTS_STREAM, cc)

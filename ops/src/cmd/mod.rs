@@ -6,4 +6,5 @@ pub mod bench_dist;
 pub mod client;
 pub mod demo;
 pub mod local;
+pub mod nats;
 pub mod repo;

@@ -3,6 +3,10 @@
 //! aggregator replicas sharing one durable consumer → Garage (S3) → the indexer service (event
 //! consumer + gRPC API on loopback, the same `service::run` the binary runs) → restores through
 //! the API → restore jobs over NATS → the collector's restore service → back into the simulator.
+//! Every component connects to NATS as its own NKey user with the subject permissions of
+//! `mailvault nats users`, so a permission the pipeline needs and lacks fails here.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +22,7 @@ use mailvault_collector::throttle::Backoff;
 use mailvault_collector::{RunMode, run as collect};
 use mailvault_ews_sim::{SimConfig, SimHandle, Simulator};
 use mailvault_format::{BlobStore, Repository};
-use mailvault_harness::{Garage, NatsServer};
+use mailvault_harness::Garage;
 use mailvault_indexer::api::{Role, Tokens};
 use mailvault_indexer::config as icfg;
 use mailvault_mailgen::GenConfig;
@@ -89,7 +93,13 @@ struct Exchange {
 }
 
 impl Exchange {
-    async fn start(source: &str, cfg: SimConfig, dir: &std::path::Path, nats: &str) -> Exchange {
+    async fn start(
+        source: &str,
+        cfg: SimConfig,
+        dir: &std::path::Path,
+        nats: &str,
+        nkey_file: &std::path::Path,
+    ) -> Exchange {
         let sim = Simulator::start(cfg).await.expect("simulator");
         let pw = dir.join(format!("{source}-ews-password"));
         std::fs::write(&pw, "secret\n").expect("password file");
@@ -120,9 +130,11 @@ backoff_max_ms = 2000
 max_in_flight_publishes = 64
 [nats]
 url = "{nats}"
+nkey_file = "{}"
 "#,
             sim.url(),
-            pw.display()
+            pw.display(),
+            nkey_file.display()
         );
         let config =
             mailvault_collector::config::Config::from_toml(&text).expect("collector config");
@@ -325,7 +337,7 @@ fn diff(a: &Multiset, b: &Multiset) -> String {
 async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipeline() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let nats = NatsServer::start().expect("nats-server");
+    let nats = common::SecuredNats::start(tmp.path(), &["exch01", "exch02"]);
     let garage = Garage::start().expect("garage");
     let s3 = s3_config(&garage);
     let store: Arc<dyn BlobStore> = Arc::new(S3Store::connect(&s3).await.expect("s3 store"));
@@ -352,13 +364,27 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
         huge_item_bytes: Some(900_000),
         ..GenConfig::default()
     });
-    let gen_ex = Exchange::start("exch01", sim_cfg, tmp.path(), &nats.url()).await;
+    let gen_ex = Exchange::start(
+        "exch01",
+        sim_cfg,
+        tmp.path(),
+        &nats.server.url(),
+        &nats.seed("collector-exch01"),
+    )
+    .await;
     let mut exchanges = vec![];
     match std::env::var_os("MAILVAULT_CORPUS").map(PathBuf::from) {
         Some(dir) => {
             let mut c = SimConfig::new("corpus.example");
             c.maildir = Some(dir.clone());
-            let ex = Exchange::start("exch02", c, tmp.path(), &nats.url()).await;
+            let ex = Exchange::start(
+                "exch02",
+                c,
+                tmp.path(),
+                &nats.server.url(),
+                &nats.seed("collector-exch02"),
+            )
+            .await;
             eprintln!(
                 "MAILVAULT_CORPUS={}: second simulator with {} corpus items",
                 dir.display(),
@@ -380,7 +406,8 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
             &format!("s3://{}/{PREFIX}", garage.bucket()),
             pass_file.clone(),
         );
-        c.nats.url = nats.url();
+        c.nats.url = nats.server.url();
+        c.nats.nkey_file = Some(nats.seed("aggregator"));
         c.batch.max_delay = Duration::from_millis(200);
         c.repository.refresh_interval = Duration::from_secs(1);
         c.validate().expect("aggregator config");
@@ -400,7 +427,8 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
     std::fs::write(&tokens_file, tokens.to_toml()).expect("tokens file");
     let cfg = icfg::Config {
         nats: icfg::NatsConfig {
-            url: nats.url(),
+            url: nats.server.url(),
+            nkey_file: Some(nats.seed("indexer")),
             restore_timeout: Duration::from_secs(60),
             ..Default::default()
         },
@@ -451,11 +479,21 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
 
     // The collectors' restore edges (daemon mode serves them; `--once` passes do not).
     let (stop_restore, restore_rx) = tokio::sync::watch::channel(false);
-    let nc = async_nats::connect(nats.url()).await.expect("nats");
     let mut restore_services = Vec::new();
     for ex in std::iter::once(&gen_ex).chain(exchanges.iter()) {
+        let nc = mailvault_runtime::nats::connect(
+            mailvault_runtime::nats::Component::Collector,
+            &ex.source,
+            &nats.server.url(),
+            &mailvault_runtime::nats::NatsAuth {
+                nkey_file: Some(nats.seed(&format!("collector-{}", ex.source))),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("collector's NATS user");
         let svc = RestoreService::new(
-            nc.clone(),
+            nc,
             RestoreEdgeConfig::new(&ex.source),
             Arc::new(Restorer::new(Arc::new(http_ews(&ex.sim.url())))),
         )
@@ -738,6 +776,9 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
     for r in restore_services {
         r.await.expect("restore task").expect("restore service");
     }
+    // Each component did all of the above as its own NATS user: nothing it needed was denied.
+    let denied = nats.violations();
+    assert!(denied.is_empty(), "NATS denied:\n{}", denied.join("\n"));
     eprintln!(
         "e2e: {expected_n} items, full + 2 incrementals, folder restore ({fcount} items), mailbox restore ({source_n} items into {target}), verify ({} blobs read) in {:.1?}",
         report.blobs_read,

@@ -409,6 +409,14 @@ impl NatsServer {
         self.port
     }
 
+    /// What the server has logged so far (it logs to stderr), e.g. permission violations.
+    pub fn log(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| fs::read_to_string(&p.stderr).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     /// The JetStream store directory (survives `restart`).
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("jetstream")
