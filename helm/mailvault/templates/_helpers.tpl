@@ -164,7 +164,29 @@ chart's keys win. Call with (dict "root" $ "extra" MAP); returns JSON.
 {{- if .root.Values.nats.allowPlaintext }}{{ $_ := set $n "allow_plaintext" true }}{{ end }}
 {{- $_ := set $n "replicas" (int (default 1 .root.Values.nats.replicas)) }}
 {{- if include "mailvault.hasNatsCreds" .root }}{{ $_ := set $n "creds_file" "/etc/mailvault/secrets/nats/nats.creds" }}{{ end }}
+{{- if include "mailvault.hasNatsUser" (dict "root" .root "component" .component) }}{{ $_ := set $n "nkey_file" "/etc/mailvault/secrets/nats-user/seed" }}{{ end }}
 {{- toJson $n }}
+{{- end }}
+
+{{/* The component's own NATS user (nats.users.<component>): its seed, for its pods only. */}}
+{{- define "mailvault.hasNatsUser" -}}
+{{- $u := get .root.Values.nats.users .component }}
+{{- if and $u (or $u.existingSecret $u.seed) }}true{{ end }}
+{{- end }}
+
+{{- define "mailvault.natsUserVolume" -}}
+{{- if include "mailvault.hasNatsUser" . }}
+{{- $u := get .root.Values.nats.users .component }}
+{{ include "mailvault.secretVolume" (dict "root" .root "volume" "nats-user" "existing" $u.existingSecret "key" $u.key "chartKey" (printf "nats-%s.nk" .component) "path" "seed") }}
+{{- end }}
+{{- end }}
+
+{{- define "mailvault.natsUserMount" -}}
+{{- if include "mailvault.hasNatsUser" . }}
+- name: nats-user
+  mountPath: /etc/mailvault/secrets/nats-user
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{- define "mailvault.natsVolumes" -}}

@@ -1455,3 +1455,141 @@ fn chart_service_monitor_rules_and_dashboard() {
     assert_eq!(dashboard, file);
     assert!(r.notes.contains("ServiceMonitor"), "{}", r.notes);
 }
+
+#[test]
+fn the_charts_nats_permissions_are_what_the_services_need() {
+    use mailvault_runtime::nats::Component;
+    use mailvault_runtime::nats::permissions::{Names, permissions};
+    let file = chart_dir().join("files/nats-permissions.json");
+    let chart: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    for c in Component::ALL {
+        let code = serde_json::to_value(permissions(c, &Names::default(), None)).expect("json");
+        assert_eq!(
+            chart[c.name()],
+            code,
+            "{} is stale for the {}: regenerate it with `mailvault nats permissions {}` for each \
+             component",
+            file.display(),
+            c.name(),
+            c.name()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_nats_users_each_pod_its_own_seed_and_a_real_server_takes_the_block() {
+    use mailvault_runtime::nats::permissions::{Names, authorization_block, generate_users};
+    use mailvault_runtime::nats::{Component, NatsAuth, connect};
+    let users = generate_users(&[], &Names::default()).expect("nkeys");
+    let mut values_users = serde_json::Map::new();
+    for u in &users {
+        values_users.insert(
+            u.name.clone(),
+            json!({"publicKey": u.user.nkey, "seed": u.seed}),
+        );
+    }
+    let r = render_values(&json!({
+        "nats": {"url": "tls://nats:4222", "users": values_users},
+        "repository": {"passphrase": {"existingSecret": "pp"}},
+        "indexer": {"tokens": {"existingSecret": "tok"}},
+        "collectors": [{"name": "exch01",
+                        "ews": {"url": "https://exch01/EWS/Exchange.asmx", "username": "svc",
+                                "existingSecret": "ews"},
+                        "mailboxes": ["alice@contoso.com"]}]
+    }));
+    // Each workload reads its own component's seed, and only that one.
+    let seed_path = "/etc/mailvault/secrets/nats-user/seed";
+    let mut seen = 0;
+    for (workload, pod, container, _, text) in configs(&r) {
+        let component = ["collector", "aggregator", "indexer"]
+            .into_iter()
+            .find(|c| workload.contains(c))
+            .unwrap_or_else(|| panic!("{workload}: which component?"));
+        let cfg: toml::Table = toml::from_str(&text).expect("toml");
+        assert_eq!(
+            cfg["nats"].get("nkey_file").and_then(|v| v.as_str()),
+            Some(seed_path),
+            "{workload}\n{text}"
+        );
+        let (mount, volume) = mount_at(
+            &pod,
+            &container,
+            "/etc/mailvault/secrets/nats-user",
+            &workload,
+        );
+        assert_eq!(mount["readOnly"], true);
+        let keys: Vec<&str> = volume["secret"]["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["key"].as_str())
+            .collect();
+        assert_eq!(keys, [format!("nats-{component}.nk")], "{workload}");
+        let all_keys: Vec<&str> = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .flat_map(|v| v["secret"]["items"].as_array().into_iter().flatten())
+            .filter_map(|i| i["key"].as_str())
+            .filter(|k| k.ends_with(".nk"))
+            .collect();
+        assert_eq!(
+            all_keys.len(),
+            1,
+            "{workload} mounts another component's seed: {all_keys:?}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+    for u in &users {
+        assert!(
+            r.secret_values().contains(&u.seed),
+            "{}'s seed is in the Secret",
+            u.name
+        );
+    }
+    check_no_secret_in_config_maps(
+        &r,
+        &users.iter().map(|u| u.seed.as_str()).collect::<Vec<_>>(),
+    );
+
+    // The rendered block is the CLI's, and a real nats-server admits each component by it.
+    let data = r.config_map_data(&format!("{FULLNAME}-nats-users"));
+    let conf = &data["mailvault-users.conf"];
+    let parse = |text: &str| -> Value {
+        serde_json::from_str(
+            text.trim()
+                .strip_prefix("authorization:")
+                .expect("key")
+                .trim(),
+        )
+        .expect("json")
+    };
+    let entries: Vec<_> = users.iter().map(|u| u.user.clone()).collect();
+    assert_eq!(parse(conf), parse(&authorization_block(&entries)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf_path = dir.path().join("mailvault-users.conf");
+    std::fs::write(&conf_path, conf).expect("write");
+    let nats =
+        mailvault_harness::NatsServer::start_with_args(&["-c", conf_path.to_str().expect("utf-8")])
+            .expect("nats-server takes the chart's block");
+    for u in &users {
+        let seed = dir.path().join(format!("{}.nk", u.name));
+        std::fs::write(&seed, &u.seed).expect("seed");
+        let component = Component::ALL
+            .into_iter()
+            .find(|c| c.name() == u.name)
+            .expect("component");
+        let auth = NatsAuth {
+            nkey_file: Some(seed),
+            ..NatsAuth::default()
+        };
+        connect(component, &u.name, &nats.url(), &auth)
+            .await
+            .unwrap_or_else(|e| panic!("{} logs in: {e}", u.name))
+            .flush()
+            .await
+            .expect("round trip");
+    }
+}
