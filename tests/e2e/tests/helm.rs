@@ -10,6 +10,8 @@
 //! missing (a stale one from an older build is used as is — the in-process checks still see
 //! the current code).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -287,44 +289,6 @@ fn full_values() -> PathBuf {
 
 // ---- the binaries ----------------------------------------------------------------------------
 
-/// `target/<profile>` of this test executable, where cargo puts the workspace's binaries.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target/<profile>/deps/<test>")
-}
-
-fn binary(name: &str, package: &str) -> PathBuf {
-    let path = profile_dir().join(name);
-    if path.is_file() {
-        return path;
-    }
-    let profile = profile_dir();
-    let target_dir = profile.parent().expect("target dir");
-    let profile_name = profile
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("profile name");
-    let profile_arg = if profile_name == "debug" {
-        "dev"
-    } else {
-        profile_name
-    };
-    eprintln!("helm test: building {name} (cargo build -p {package} --bin {name})");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "--quiet", "-p", package, "--bin", name])
-        .args(["--profile", profile_arg])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(repo_root())
-        .status()
-        .expect("running cargo build");
-    assert!(status.success() && path.is_file(), "building {name} failed");
-    path
-}
-
 /// What a container's mounts provide: single files (path → content, "secret" for a Secret's)
 /// and whole directories (path, volume kind).
 #[derive(Debug, Default)]
@@ -477,9 +441,9 @@ fn check_configs(r: &Rendered) -> usize {
 
         in_process_check(command, &workload, &local, &config);
         let (bin, check) = match command {
-            "mailvault-collector" => (binary(command, "mailvault-collector"), "--check-config"),
-            "mailvault-aggregator" => (binary(command, "mailvault-aggregator"), "--check"),
-            "mailvault-indexer" => (binary(command, "mailvault-indexer"), "--check"),
+            "mailvault-collector" => (common::binary(command), "--check-config"),
+            "mailvault-aggregator" => (common::binary(command), "--check"),
+            "mailvault-indexer" => (common::binary(command), "--check"),
             other => panic!("{workload}: unexpected command {other}"),
         };
         let run = |config: &Path| {

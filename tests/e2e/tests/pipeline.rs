@@ -8,12 +8,13 @@
 
 mod common;
 
+use common::{Client, DOMAIN, Multiset, PASS, PREFIX, archive_contents, diff, hash, s3_config};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use mailvault_collector::ews::client::{HttpEws, HttpEwsConfig};
 use mailvault_collector::restore::Restorer;
 use mailvault_collector::restore_nats::{RestoreEdgeConfig, RestoreService};
@@ -27,37 +28,15 @@ use mailvault_indexer::api::{Role, Tokens};
 use mailvault_indexer::config as icfg;
 use mailvault_mailgen::GenConfig;
 use mailvault_proto::api::v1 as pb;
-use mailvault_runtime::storage::{S3Config, S3Store, Secret};
+use mailvault_runtime::storage::S3Store;
 use pb::archive_client::ArchiveClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-
-const PASS: &[u8] = b"e2e passphrase";
-const DOMAIN: &str = "contoso.com";
-const PREFIX: &str = "repo";
-
-type Key = (String, Vec<String>, [u8; 32]);
-type Multiset = BTreeMap<Key, usize>;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn hash(b: &[u8]) -> [u8; 32] {
-    *blake3::hash(b).as_bytes()
-}
-
-fn s3_config(g: &Garage) -> S3Config {
-    let mut c = S3Config::new(g.bucket());
-    c.prefix = format!("{PREFIX}/");
-    c.endpoint = Some(g.endpoint());
-    c.region = g.region().into();
-    c.access_key_id = Some(g.access_key_id().into());
-    c.secret_access_key = Some(Secret::new(g.secret_access_key()));
-    c
 }
 
 fn http_ews(url: &str) -> HttpEws {
@@ -160,16 +139,7 @@ nkey_file = "{}"
 
     /// (mailbox, folder path, content hash) of every item the simulator holds.
     fn contents(&self) -> Multiset {
-        let mut m = Multiset::new();
-        for mb in self.sim.mailboxes() {
-            for f in self.sim.folders(&mb) {
-                for it in self.sim.items(&f.id) {
-                    *m.entry((mb.to_lowercase(), f.path.clone(), hash(&it.mime)))
-                        .or_default() += 1;
-                }
-            }
-        }
-        m
+        common::sim_contents(&self.sim)
     }
 
     fn folder(&self, mailbox: &str, path: &[String]) -> mailvault_ews_sim::FolderInfo {
@@ -206,131 +176,6 @@ macro_rules! wait_for {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }};
-}
-
-#[derive(Clone)]
-struct Client {
-    c: ArchiveClient<Channel>,
-    token: String,
-}
-
-impl Client {
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().expect("header"),
-        );
-        r
-    }
-
-    async fn total(&mut self, query: &str) -> u64 {
-        let r = self.req(pb::SearchRequest {
-            query: query.into(),
-            limit: 1,
-            ..Default::default()
-        });
-        let mut s = self.c.search(r).await.expect("search").into_inner();
-        let mut total = 0;
-        while let Some(p) = s.next().await {
-            total = p.expect("page").total;
-        }
-        total
-    }
-
-    async fn search(&mut self, query: &str, as_of: i64) -> Vec<pb::Hit> {
-        let r = self.req(pb::SearchRequest {
-            query: query.into(),
-            as_of_unix_ms: as_of,
-            page_size: 1000,
-            ..Default::default()
-        });
-        let mut s = self.c.search(r).await.expect("search").into_inner();
-        let mut hits = Vec::new();
-        while let Some(p) = s.next().await {
-            hits.extend(p.expect("page").hits);
-        }
-        hits
-    }
-
-    async fn get(&mut self, id: &str) -> Vec<u8> {
-        let r = self.req(pb::GetItemRequest { id: id.into() });
-        let mut s = self.c.get_item(r).await.expect("get item").into_inner();
-        let mut out = Vec::new();
-        while let Some(c) = s.next().await {
-            out.extend_from_slice(&c.expect("chunk").data);
-        }
-        out
-    }
-
-    async fn folders(&mut self, mailbox: &str, as_of: i64) -> Vec<pb::Folder> {
-        let r = self.req(pb::ListFoldersRequest {
-            mailbox: mailbox.into(),
-            as_of_unix_ms: as_of,
-        });
-        self.c
-            .list_folders(r)
-            .await
-            .expect("list folders")
-            .into_inner()
-            .folders
-    }
-
-    async fn restore(&mut self, req: pb::RestoreRequest) -> Vec<pb::ItemResult> {
-        let r = self.req(req);
-        let mut s = self.c.restore(r).await.expect("restore").into_inner();
-        let mut out = Vec::new();
-        while let Some(p) = s.next().await {
-            if let Some(r) = p.expect("restore progress").result {
-                out.push(r);
-            }
-        }
-        out
-    }
-}
-
-/// Every current item: (mailbox, folder, hash of the bytes GetItem returns) plus the hits.
-/// Items are fetched 8 at a time (the real corpus has thousands).
-async fn archive_contents(c: &mut Client) -> (Multiset, Vec<(pb::Hit, [u8; 32])>) {
-    let hits = c.search("", 0).await;
-    let fetched: Vec<(pb::Hit, [u8; 32])> = futures::stream::iter(hits)
-        .map(|h| {
-            let mut c = c.clone();
-            async move {
-                let bytes = c.get(&h.id).await;
-                assert_eq!(bytes.len() as u64, h.size, "size of {}", h.id);
-                let hh = hash(&bytes);
-                (h, hh)
-            }
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    let mut m = Multiset::new();
-    for (h, hh) in &fetched {
-        *m.entry((h.mailbox.to_lowercase(), h.folder_path.clone(), *hh))
-            .or_default() += 1;
-    }
-    (m, fetched)
-}
-
-fn diff(a: &Multiset, b: &Multiset) -> String {
-    let mut s = String::new();
-    for (k, n) in a {
-        let m = b.get(k).copied().unwrap_or(0);
-        if m != *n {
-            s.push_str(&format!(
-                "  {} {:?}: simulator {n}, archive {m}\n",
-                k.0, k.1
-            ));
-        }
-    }
-    for (k, m) in b {
-        if !a.contains_key(k) {
-            s.push_str(&format!("  {} {:?}: simulator 0, archive {m}\n", k.0, k.1));
-        }
-    }
-    s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
