@@ -766,4 +766,49 @@ mod tests {
             }
         }
     }
+
+    /// The checkpoint log as a crash or a bad disk leaves it: whatever follows the intact
+    /// records (torn writes, garbage, a half record), parsing never panics and every record
+    /// before the damage is recovered. `MAILVAULT_FUZZ_CASES` widens the run.
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("MAILVAULT_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            #[test]
+            fn damage_after_intact_records_loses_none_of_them(
+                states in proptest::collection::vec("[A-Za-z0-9+/=]{0,64}", 1..6),
+                tail in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let mut bytes = Vec::new();
+                let mut want = std::collections::BTreeMap::new();
+                for (i, s) in states.iter().enumerate() {
+                    let key = format!("{:040x}", i);
+                    bytes.extend_from_slice(&folder_record(&key, s));
+                    want.insert(key, s.clone());
+                }
+                want.retain(|_, s| !s.is_empty());
+                bytes.extend_from_slice(&tail);
+                let log = FolderLog::parse(&bytes);
+                for (k, s) in &want {
+                    prop_assert_eq!(log.states.get(k), Some(s), "record {} lost", k);
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let log = FolderLog::parse(&bytes);
+                prop_assert!(log.live <= log.bytes + 64 * log.states.len() as u64);
+            }
+        }
+    }
 }

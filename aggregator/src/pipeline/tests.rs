@@ -846,3 +846,80 @@ async fn a_batch_with_a_failing_entry_is_nakked_and_settled_on_redelivery() {
     assert_eq!(q[0].1.item_id, "big");
     assert_eq!(f.pipeline.repo().manifests().len(), 2);
 }
+
+/// Hostile payloads on the ingest subjects: arbitrary bytes, and real messages cut, flipped
+/// and spliced. Decoding never panics, and every delivery becomes something (entries to store
+/// or a quarantine with a cause): none is dropped without a trace. `MAILVAULT_FUZZ_CASES`
+/// widens the run.
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("MAILVAULT_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn units_of(payload: Vec<u8>) -> Vec<Unit> {
+        let mut d = Delivery {
+            payload: payload.into(),
+            attempt: 1,
+            id: "m1".into(),
+            trace: None,
+            acker: Box::new(FakeAcker {
+                id: "m1".into(),
+                log: Log::default(),
+            }),
+        };
+        prepare(&mut d)
+    }
+
+    fn check(units: &[Unit]) -> Result<(), TestCaseError> {
+        prop_assert!(!units.is_empty(), "a delivery became nothing");
+        for u in units {
+            if let Unit::Reject { cause, .. } = u {
+                prop_assert!(!cause.is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn arbitrary_payloads_are_stored_or_quarantined(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            check(&units_of(bytes))?;
+        }
+
+        #[test]
+        fn mangled_messages_are_stored_or_quarantined(
+            which in 0usize..3,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<bool>()), 1..8),
+        ) {
+            let msg = match which {
+                0 => inline("alice@contoso.com", "AAMk1", b"Subject: hi\r\n\r\nbody\r\n"),
+                1 => batch_of(
+                    vec![inline("bob@contoso.com", "AAMk2", b"Subject: x\r\n\r\ny\r\n")],
+                    vec![read_flag("bob@contoso.com", "AAMk3")],
+                ),
+                _ => envelope("carol@contoso.com", "AAMk4", None),
+            };
+            let mut bytes = msg.encode_to_vec();
+            for (at, b, cut) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = at % bytes.len();
+                if cut {
+                    bytes.truncate(at);
+                } else {
+                    bytes[at] = b;
+                }
+            }
+            check(&units_of(bytes))?;
+        }
+    }
+}

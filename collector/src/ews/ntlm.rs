@@ -136,4 +136,39 @@ mod tests {
         assert_eq!(challenge_token(["Negotiate abc"]), Some("abc"));
         assert_eq!(challenge_token(["Negotiate", "NTLM"]), None);
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> u32 {
+            std::env::var("MAILVAULT_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(128)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+            /// A hostile server's CHALLENGE (arbitrary bytes behind a valid NTLMSSP type-2
+            /// header, or none) is an error or an answer, never a panic.
+            #[test]
+            fn a_hostile_challenge_is_an_error_or_an_answer(
+                header in any::<bool>(),
+                body in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                let mut raw = Vec::new();
+                if header {
+                    raw.extend_from_slice(b"NTLMSSP\0");
+                    raw.extend_from_slice(&2u32.to_le_bytes());
+                }
+                raw.extend_from_slice(&body);
+                let mut h = NtlmHandshake::new("CONTOSO\\svc", "pw", "exch01").expect("handshake");
+                h.negotiate().expect("negotiate");
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+                let _ = h.authenticate(&b64);
+            }
+        }
+    }
 }

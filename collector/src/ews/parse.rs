@@ -448,5 +448,31 @@ pub fn delete_item(root: &Element) -> Result<Vec<Result<(), EwsError>>, EwsError
     Ok(response_messages(resp)?.iter().map(check_status).collect())
 }
 
+/// Runs `input` through the envelope parser and, when that accepts it, through every operation's
+/// parser; returns how many accepted. For hostile-input tests and fuzzing: whatever the bytes,
+/// each parser returns a value or a typed error.
+pub fn every_parser(input: &[u8]) -> usize {
+    let Ok(root) = parse_envelope(input) else {
+        return 0;
+    };
+    [
+        sync_folder_hierarchy(&root).is_ok(),
+        sync_folder_items(&root).is_ok(),
+        get_items_mime(&root).is_ok(),
+        get_folder(&root).is_ok(),
+        find_folder(&root).is_ok(),
+        find_item(&root).is_ok(),
+        export_items(&root).is_ok(),
+        create_folder(&root).is_ok(),
+        create_item(&root).is_ok(),
+        upload_item(&root).is_ok(),
+        update_item(&root).is_ok(),
+        delete_item(&root).is_ok(),
+    ]
+    .into_iter()
+    .filter(|ok| *ok)
+    .count()
+}
+
 #[cfg(test)]
 mod tests;
