@@ -174,6 +174,17 @@ async fn collision_modes_skip_copy_replace() {
         assert_eq!(r.outcome(), Outcome::Skipped, "{r:?}");
         assert_eq!(r.new_item_id, existing.id);
     }
+    // The archive keeps the id without its angle brackets (mail-parser's form), Exchange with
+    // them: the existing copy is still found.
+    let mut bare = j.clone();
+    bare.collision = Collision::Skip as i32;
+    bare.internet_message_id = bare
+        .internet_message_id
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    assert!(!bare.internet_message_id.contains('<'));
+    let r = restorer.apply(&bare, body(&bare)).await;
+    assert_eq!(r.outcome(), Outcome::Skipped, "{r:?}");
     assert_eq!(env.sim.items(&inbox).len(), n0);
 
     // copy: a second copy.

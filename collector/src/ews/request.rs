@@ -167,6 +167,16 @@ pub fn create_folder(
 /// FindItem (shallow, first `max` entries) in `folder_id` restricted to items whose
 /// `message:InternetMessageId` equals `internet_message_id`.
 pub fn find_items_by_message_id(folder_id: &str, internet_message_id: &str, max: u32) -> String {
+    // Exchange keeps InternetMessageId as the header has it, in angle brackets; the archive
+    // (mail-parser) keeps the id without them. Unbracketed, the restriction matches nothing and
+    // every restore with collision `skip` writes a second copy.
+    let trimmed = internet_message_id.trim();
+    let bracketed = if trimmed.starts_with('<') && trimmed.ends_with('>') {
+        trimmed.to_owned()
+    } else {
+        format!("<{trimmed}>")
+    };
+    let internet_message_id = bracketed.as_str();
     format!(
         r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:ItemClass"/><t:FieldURI FieldURI="message:InternetMessageId"/></t:AdditionalProperties></m:ItemShape><m:IndexedPageItemView MaxEntriesReturned="{}" Offset="0" BasePoint="Beginning"/><m:Restriction><t:IsEqualTo><t:FieldURI FieldURI="message:InternetMessageId"/><t:FieldURIOrConstant><t:Constant Value="{}"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction><m:ParentFolderIds><t:FolderId Id="{}"/></m:ParentFolderIds></m:FindItem>"#,
         max.max(1),
