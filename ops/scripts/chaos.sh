@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Chaos, long form: N trials (default 100) of a distributed backup and an incremental run as
-# real processes, each pass with one component SIGKILLed at a random moment and restarted
+# Chaos, long form: N trials (default 100) of a distributed backup, an incremental run and a
+# folder restore as
+# real processes, each phase with one component SIGKILLed at a random moment and restarted
 # (collector, either aggregator, indexer, nats-server, Garage); after each trial every item
-# must be searchable exactly once and read back byte-identical, and verify --read-data clean.
+# must be searchable exactly once and read back byte-identical, the restored folder must hold
+# each item once (restores asked again until one completes), and verify --read-data clean.
 # The short form (6 trials, each victim once) runs in the test suite.
 #
 #   ops/scripts/chaos.sh [TRIALS]     SEED=N picks the trials (default: random, printed)

@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::{Client, DOMAIN, Multiset, PASS, PREFIX, archive_contents, diff, hash, s3_config};
+use common::{
+    Client, DOMAIN, Multiset, PASS, PREFIX, archive_contents, diff, hash, now_ms, s3_config,
+};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,13 +33,6 @@ use mailvault_proto::api::v1 as pb;
 use mailvault_runtime::storage::S3Store;
 use pb::archive_client::ArchiveClient;
 use tokio_util::sync::CancellationToken;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn http_ews(url: &str) -> HttpEws {
     HttpEws::new(

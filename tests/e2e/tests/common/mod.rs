@@ -135,6 +135,22 @@ impl Client {
         })
     }
 
+    /// A restore's results, or the API's refusal (or a broken stream: the server went away).
+    pub async fn try_restore(
+        &mut self,
+        req: pb::RestoreRequest,
+    ) -> Result<Vec<pb::ItemResult>, tonic::Status> {
+        let r = self.req(req);
+        let mut s = self.c.restore(r).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(p) = s.next().await {
+            if let Some(r) = p?.result {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// The number of items `query` matches, or the API's refusal (e.g. not up yet).
     pub async fn try_total(&mut self, query: &str) -> Result<u64, tonic::Status> {
         let r = self.req(pb::SearchRequest {
@@ -279,6 +295,13 @@ pub fn sim_contents(sim: &SimHandle) -> Multiset {
         }
     }
     m
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A small plain-text message to `mailbox` with `subject`.
