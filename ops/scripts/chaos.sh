@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Chaos, long form: N trials (default 100) of a distributed backup, an incremental run and a
-# folder restore as
-# real processes, each phase with one component SIGKILLed at a random moment and restarted
+# folder restore as real processes, each phase with one component SIGKILLed at a random moment
+# and restarted
 # (collector, either aggregator, indexer, nats-server, Garage); after each trial every item
 # must be searchable exactly once and read back byte-identical, the restored folder must hold
 # each item once (restores asked again until one completes), and verify --read-data clean.
