@@ -133,6 +133,21 @@ enum Command {
         #[command(subcommand)]
         cmd: NatsCmd,
     },
+    /// Prints the shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// Example: mailvault completions bash > /etc/bash_completion.d/mailvault
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Writes the man pages (mailvault.1 and one per command) into a directory.
+    ///
+    /// Example: mailvault man --out /usr/local/share/man/man1
+    Man {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Benchmarks a full backup, incremental, search and get, against restic on the same corpus.
     Bench(cmd::bench::BenchArgs),
 }
@@ -321,6 +336,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|_| 0),
         Command::Token { cmd } => token(cmd, json).map(|_| 0),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            // Generated into memory: clap_complete panics on a failed write (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mailvault", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the completion script")
+                }
+                _ => Ok(0),
+            }
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory as _;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("writing man pages into {}", out.display()))?;
+            if !json {
+                println!("man pages written to {}", out.display());
+            }
+            Ok(0)
+        }
         Command::Nats { cmd } => match cmd {
             NatsCmd::Users { out, collectors } => {
                 cmd::nats::users(&out, &collectors, json).map(|_| 0)

@@ -63,6 +63,8 @@ struct World {
     store: Arc<dyn BlobStore>,
     aggregators: Vec<Child>,
     indexer: Child,
+    /// The collector serving restore jobs, while a restore runs.
+    daemon: Option<Child>,
     api: String,
     token: String,
 }
@@ -164,6 +166,7 @@ impl World {
             store,
             aggregators: Vec::new(),
             indexer: spawn(dir, "mailvault-indexer", "indexer.toml", "indexer"),
+            daemon: None,
             api: format!("http://127.0.0.1:{api_port}"),
             token,
         };
@@ -361,7 +364,7 @@ impl World {
         for it in self.sim.items(&inbox) {
             self.sim.delete_item(&it.id).expect("delete");
         }
-        let mut daemon = self.collector_daemon();
+        self.daemon = Some(self.collector_daemon());
         let req = pb::RestoreRequest {
             what: Some(pb::restore_request::What::Folder(pb::FolderSelector {
                 mailbox: mailbox.clone(),
@@ -381,8 +384,10 @@ impl World {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if victim == "collector" {
-            kill(&mut daemon);
-            daemon = self.collector_daemon();
+            if let Some(d) = &mut self.daemon {
+                kill(d);
+            }
+            self.daemon = Some(self.collector_daemon());
         } else {
             self.kill_and_restart(victim);
         }
@@ -402,7 +407,9 @@ impl World {
             let mut c = self.client().await;
             last = c.try_restore(req.clone()).await;
         }
-        kill(&mut daemon);
+        if let Some(mut d) = self.daemon.take() {
+            kill(&mut d);
+        }
         let after = hashes(&self.sim);
         assert!(
             after == before,
@@ -430,6 +437,16 @@ impl World {
             kill(a);
         }
         kill(&mut self.indexer);
+        if let Some(mut d) = self.daemon.take() {
+            kill(&mut d);
+        }
+    }
+}
+
+impl Drop for World {
+    /// A failed trial leaves no service running behind it.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
