@@ -18,4 +18,4 @@ seed="${SEED:-$(( (RANDOM << 15) | RANDOM ))}"
 echo "chaos.sh: $trials trials, seed $seed (SEED=$seed reproduces them)"
 cargo build --locked --quiet -p mailvault-collector -p mailvault-aggregator -p mailvault-indexer --bins
 MAILVAULT_CHAOS_TRIALS="$trials" MAILVAULT_CHAOS_SEED="$seed" \
-  cargo test --locked -p mailvault-e2e --test chaos -- --nocapture 2>&1 | grep --line-buffered -E '^chaos|panicked|test result|kept in'
+  cargo test --locked -p mailvault-e2e --test chaos -- --nocapture 2>&1 | grep --line-buffered -A4 -E '^chaos|panicked|test result|kept in'
