@@ -231,6 +231,8 @@ enum RoleArg {
 struct Target {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    plaintext: cmd::backup::PlaintextArg,
     /// Local repository (single-process install); ignored with --server.
     #[arg(long, env = "MAILVAULT_REPO")]
     repo: Option<String>,
@@ -246,7 +248,9 @@ struct Target {
 /// A client, and the local server behind it when there is one.
 async fn connect(t: &Target) -> anyhow::Result<(Client, Option<cmd::local::LocalApi>)> {
     if t.server.server.is_some() {
-        return Ok((Client::from_args(&t.server).await?, None));
+        let mut server = t.server.clone();
+        server.allow_plaintext = t.plaintext.allow_plaintext;
+        return Ok((Client::from_args(&server).await?, None));
     }
     let Some(repo) = &t.repo else {
         anyhow::bail!(

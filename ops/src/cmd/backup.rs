@@ -33,15 +33,16 @@ use super::repo::RepoArgs;
 /// How to reach Exchange.
 #[derive(Debug, Clone, Args)]
 pub struct EwsArgs {
-    /// EWS endpoint, e.g. https://exch01.contoso.com/EWS/Exchange.asmx
+    /// EWS endpoint, e.g. https://exch01.contoso.com/EWS/Exchange.asmx (required to talk to
+    /// Exchange; a restore with --server leaves that to the install's collectors).
     #[arg(long, env = "MAILVAULT_EWS_URL")]
-    pub ews: String,
-    /// Service account (needs the ApplicationImpersonation role).
-    #[arg(long, env = "MAILVAULT_EWS_USER")]
-    pub user: String,
-    /// File holding the service account's password (first line).
-    #[arg(long, env = "MAILVAULT_EWS_PASSWORD_FILE")]
-    pub password_file: PathBuf,
+    pub ews: Option<String>,
+    /// Service account (needs the ApplicationImpersonation role); required with --ews.
+    #[arg(long, env = "MAILVAULT_EWS_USER", requires = "ews")]
+    pub user: Option<String>,
+    /// File holding the service account's password (first line); required with --ews.
+    #[arg(long, env = "MAILVAULT_EWS_PASSWORD_FILE", requires = "ews")]
+    pub password_file: Option<PathBuf>,
     /// How to log on: `ntlm` (Windows authentication, on by default on Exchange's EWS virtual
     /// directory) or `basic` (must be enabled there; use it only over HTTPS).
     #[arg(long, env = "MAILVAULT_EWS_AUTH", value_enum, default_value_t = AuthArg::Ntlm)]
@@ -55,8 +56,18 @@ pub struct EwsArgs {
     /// Log on as each mailbox's owner would (no ExchangeImpersonation header).
     #[arg(long)]
     pub no_impersonation: bool,
-    /// Talk to an `http://` EWS URL off this machine (the credentials and every mail cross
-    /// the network in clear).
+    /// Set from the command's `--allow-plaintext` (one flag per command, whichever hop it
+    /// takes).
+    #[arg(skip)]
+    pub allow_plaintext: bool,
+}
+
+/// `--allow-plaintext` of the commands that talk to Exchange or to the API.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PlaintextArg {
+    /// Allow plain text on this command's network hop: an `http://` EWS URL off this machine
+    /// (credentials and every mail in clear), or an `http://` API server off this machine (the
+    /// bearer token in clear).
     #[arg(long)]
     pub allow_plaintext: bool,
 }
@@ -77,9 +88,20 @@ impl From<AuthArg> for EwsAuth {
 }
 
 impl EwsArgs {
+    /// The URL, user and password file, all of which talking to Exchange needs.
+    fn endpoint(&self) -> anyhow::Result<(&str, &str, &Path)> {
+        match (&self.ews, &self.user, &self.password_file) {
+            (Some(url), Some(user), Some(pw)) => Ok((url, user, pw)),
+            _ => bail!(
+                "this needs Exchange: --ews URL, --user ACCOUNT and --password-file FILE (or \
+                 MAILVAULT_EWS_URL, MAILVAULT_EWS_USER, MAILVAULT_EWS_PASSWORD_FILE)"
+            ),
+        }
+    }
+
     fn refuse_plaintext(&self) -> anyhow::Result<()> {
         mailvault_runtime::plaintext::check(
-            &self.ews,
+            self.endpoint()?.0,
             "the EWS credentials and mail",
             "--allow-plaintext",
             self.allow_plaintext,
@@ -89,17 +111,17 @@ impl EwsArgs {
 
     fn password(&self) -> anyhow::Result<String> {
         // The shared reader: a file others may read is warned about, as for every secret.
-        let raw = mailvault_runtime::secret_file::read_secret_file(&self.password_file)
-            .with_context(|| {
-                format!("reading EWS password file {}", self.password_file.display())
-            })?;
+        let file = self.endpoint()?.2;
+        let raw = mailvault_runtime::secret_file::read_secret_file(file)
+            .with_context(|| format!("reading EWS password file {}", file.display()))?;
         let text = String::from_utf8(raw).context("the EWS password file is not UTF-8")?;
         Ok(text.lines().next().unwrap_or_default().to_owned())
     }
 
     pub fn local(&self) -> anyhow::Result<LocalEws> {
         self.refuse_plaintext()?;
-        let mut e = LocalEws::new(&self.ews, &self.user, &self.password()?);
+        let (url, user, _) = self.endpoint()?;
+        let mut e = LocalEws::new(url, user, &self.password()?);
         e.auth = self.auth.into();
         e.impersonation = !self.no_impersonation;
         e.ca_file = self.ca_file.clone();
@@ -111,8 +133,8 @@ impl EwsArgs {
         self.refuse_plaintext()?;
         HttpEws::new(
             HttpEwsConfig {
-                url: self.ews.clone(),
-                username: self.user.clone(),
+                url: self.endpoint()?.0.to_owned(),
+                username: self.endpoint()?.1.to_owned(),
                 password: Secret::new(self.password()?),
                 auth: self.auth.into(),
                 server_version: "Exchange2013_SP1".into(),
@@ -126,7 +148,7 @@ impl EwsArgs {
             },
             Arc::new(mailvault_collector::metrics::Metrics::default()),
         )
-        .with_context(|| format!("EWS client for {}", self.ews))
+        .with_context(|| format!("EWS client for {}", self.ews.as_deref().unwrap_or_default()))
     }
 }
 
@@ -136,6 +158,8 @@ pub struct BackupArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub ews: EwsArgs,
+    #[command(flatten)]
+    pub plaintext: PlaintextArg,
     /// Mailboxes to back up (comma-separated SMTP addresses).
     #[arg(long, value_delimiter = ',')]
     pub mailboxes: Vec<String>,
@@ -165,14 +189,30 @@ pub struct BackupArgs {
     pub init: bool,
 }
 
+/// Where a restore runs: through a distributed install's API (`--server`; its collectors write
+/// into Exchange), or in this process from `--repo` straight into `--ews`.
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
-    pub repo: RepoArgs,
+    pub server: client::ServerArgs,
+    /// Local repository (single-process install); not with --server.
+    #[arg(long, env = "MAILVAULT_REPO", conflicts_with = "server")]
+    pub repo: Option<String>,
+    #[arg(long, env = "MAILVAULT_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: crate::cmd::repo::S3Args,
+    /// Exchange to write into (single process; with --server the install's collectors write).
     #[command(flatten)]
     pub ews: EwsArgs,
+    #[command(flatten)]
+    pub plaintext: PlaintextArg,
     #[arg(long, env = "MAILVAULT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// With --server: the collector (its `source`) to write through; default the one that
+    /// backed the item up.
+    #[arg(long, requires = "server")]
+    pub target_source: Option<String>,
     /// Item ids (64 hex, as `search --json` prints).
     pub ids: Vec<String>,
     /// A folder: MAILBOX:PATH, e.g. alice@contoso.com:Inbox/Projects
@@ -458,7 +498,8 @@ fn print_pass(p: &Pass, json: bool) {
 pub const EXIT_INCOMPLETE: i32 = 5;
 
 /// Runs the backup; with `--once`, exits [`EXIT_INCOMPLETE`] when anything failed.
-pub async fn backup(args: BackupArgs, json: bool) -> anyhow::Result<i32> {
+pub async fn backup(mut args: BackupArgs, json: bool) -> anyhow::Result<i32> {
+    args.ews.allow_plaintext = args.plaintext.allow_plaintext;
     if args.repo.repo.starts_with("s3://") {
         bail!(
             "single-process backup writes to a local directory; for S3 run the distributed install (README, \"Distributed run\")"
@@ -605,22 +646,43 @@ pub fn split_path(p: &str) -> Vec<String> {
 }
 
 /// Exit code 4 when some items failed.
-pub async fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<i32> {
-    let req = restore_request(&a)?;
-    let repo = a.repo.open().await?;
-    let state = state_dir(a.state_dir.as_deref(), &repo)?;
-    let index = open_index_caught_up(&state, &repo).await?;
-    let target: Arc<dyn RestoreTarget> = Arc::new(DirectRestore::new(a.ews.client()?));
-    let local = LocalApi::start(repo, index, Some(target)).await?;
-    let mut c = local.client.clone();
+pub async fn restore(mut a: RestoreArgs, json: bool) -> anyhow::Result<i32> {
+    let mut req = restore_request(&a)?;
     let bar = progress_bar(json, "restoring");
     let b2 = bar.clone();
-    let sum = client::restore(&mut c, req, move |p| {
-        b2.set_message(format!("{}/{}", p.done, p.total));
-    })
-    .await;
+    let show = move |p: &pb::RestoreProgress| b2.set_message(format!("{}/{}", p.done, p.total));
+    let sum = if a.server.server.is_some() {
+        a.server.allow_plaintext = a.plaintext.allow_plaintext;
+        req.target_source = a.target_source.clone().unwrap_or_default();
+        let mut c = client::Client::from_args(&a.server).await?;
+        client::restore(&mut c, req, show).await
+    } else {
+        let ews = &mut a.ews;
+        let (Some(repo), Some(_)) = (&a.repo, &ews.ews) else {
+            bail!(
+                "say where to restore from and into: --repo with --ews, --user and \
+                 --password-file (single process), or --server URL --token-file F (a \
+                 distributed install)"
+            );
+        };
+        ews.allow_plaintext = a.plaintext.allow_plaintext;
+        let repo = RepoArgs {
+            repo: repo.clone(),
+            passphrase_file: a.passphrase_file.clone(),
+            s3: a.s3.clone(),
+        }
+        .open()
+        .await?;
+        let state = state_dir(a.state_dir.as_deref(), &repo)?;
+        let index = open_index_caught_up(&state, &repo).await?;
+        let target: Arc<dyn RestoreTarget> = Arc::new(DirectRestore::new(ews.client()?));
+        let local = LocalApi::start(repo, index, Some(target)).await?;
+        let mut c = local.client.clone();
+        let sum = client::restore(&mut c, req, show).await;
+        local.shutdown().await?;
+        sum
+    };
     bar.finish_and_clear();
-    local.shutdown().await?;
     let sum = sum?;
     if json {
         println!("{}", serde_json::to_string(&sum)?);

@@ -24,9 +24,8 @@ pub struct ServerArgs {
     /// PEM CA certificate to trust for an https:// server.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
-    /// Send the token to an `http://` server off this machine (anyone on the path can read
-    /// and reuse it).
-    #[arg(long)]
+    /// Set from the command's `--allow-plaintext`.
+    #[arg(skip)]
     pub allow_plaintext: bool,
 }
 

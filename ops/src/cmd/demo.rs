@@ -81,9 +81,9 @@ pub async fn run(a: DemoArgs, json: bool) -> anyhow::Result<()> {
         ),
     );
     let ews = EwsArgs {
-        ews: sim.url(),
-        user: "svc-mailvault".into(),
-        password_file: pw_file.clone(),
+        ews: Some(sim.url()),
+        user: Some("svc-mailvault".into()),
+        password_file: Some(pw_file.clone()),
         auth: super::backup::AuthArg::Ntlm,
         ca_file: None,
         insecure_skip_verify: false,

@@ -511,6 +511,42 @@ async fn backup_search_get_incremental_restore_verify_over_the_distributed_pipel
         original,
         "the folder is back, byte for byte"
     );
+    // The same restore from the CLI through the API (`mailvault restore --server`): every
+    // item is there already, so collision `skip` leaves the folder as it is.
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", c.token)).expect("token file");
+    let cli = std::process::Command::new(common::binary("mailvault"))
+        .args([
+            "restore",
+            "--json",
+            "--server",
+            &format!("http://{addr}"),
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .args([
+            "--folder",
+            &format!("{fmb}:{}", fpath.join("/")),
+            "--as-of",
+            &t_before_folder.to_string(),
+            "--collision",
+            "skip",
+        ])
+        .output()
+        .expect("run mailvault restore");
+    assert!(
+        cli.status.success(),
+        "mailvault restore --server: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("summary JSON");
+    assert_eq!(summary["skipped"], fcount, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(
+        gen_ex.folder_hashes(&fmb, &fpath),
+        original,
+        "a second restore with skip writes nothing"
+    );
     // The restored copies are new items to Exchange: the next pass backs them up.
     gen_ex.collect().await;
     let n_now: u64 = all().map(|e| e.sim.total_items() as u64).sum();
