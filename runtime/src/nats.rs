@@ -64,30 +64,60 @@ pub async fn connect(
             .map_err(NatsConnectError::Plaintext)?;
         }
     }
+    // A service may start while NATS restarts (a rolling update, a crash): wait for it a while
+    // instead of exiting at once; wrong credentials, TLS or addresses still fail at once.
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(250);
+    loop {
+        match attempt(component, name, url, auth).await {
+            Ok(client) => return Ok(client),
+            Err((e, true)) if started.elapsed() + wait < INITIAL_CONNECT_PATIENCE => {
+                tracing::warn!(error = %e, retry_in = ?wait, "NATS is not reachable yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// How long [`connect`] keeps trying a NATS that refuses or does not answer.
+pub const INITIAL_CONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One connection attempt; the flag says whether another may succeed (the server was not
+/// reachable) rather than fail the same way (credentials, TLS, address).
+async fn attempt(
+    component: Component,
+    name: &str,
+    url: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, (NatsConnectError, bool)> {
+    let fatal = |e| (e, false);
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .custom_inbox_prefix(component.inbox_prefix());
     if let Some(path) = &auth.nkey_file {
         let seed = crate::secret_file::read_secret_file(path).map_err(|source| {
-            NatsConnectError::Credentials {
+            fatal(NatsConnectError::Credentials {
                 path: path.clone(),
                 source,
-            }
+            })
         })?;
-        let seed = String::from_utf8(seed).map_err(|_| NatsConnectError::Credentials {
-            path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not an NKey seed"),
+        let seed = String::from_utf8(seed).map_err(|_| {
+            fatal(NatsConnectError::Credentials {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not an NKey seed"),
+            })
         })?;
         opts = opts.nkey(seed.trim().to_owned());
     }
     if let Some(creds) = &auth.creds_file {
-        opts =
-            opts.credentials_file(creds)
-                .await
-                .map_err(|source| NatsConnectError::Credentials {
-                    path: creds.clone(),
-                    source,
-                })?;
+        opts = opts.credentials_file(creds).await.map_err(|source| {
+            fatal(NatsConnectError::Credentials {
+                path: creds.clone(),
+                source,
+            })
+        })?;
     }
     if let Some(ca) = &auth.ca_file {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
@@ -100,7 +130,7 @@ pub async fn connect(
         .split(',')
         .map(|one| one.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| fatal(failed(e.to_string())))?;
     // async-nats parses a user and password in the URL but never sends them.
     if let Some(s) = servers.iter().find(|s| s.username().is_some()) {
         opts = opts.user_and_password(
@@ -108,9 +138,11 @@ pub async fn connect(
             s.password().unwrap_or_default().to_owned(),
         );
     }
-    opts.connect(servers)
-        .await
-        .map_err(|e| failed(e.to_string()))
+    opts.connect(servers).await.map_err(|e| {
+        use async_nats::ConnectErrorKind as K;
+        let again = matches!(e.kind(), K::Io | K::TimedOut | K::Dns | K::MaxReconnects);
+        (failed(e.to_string()), again)
+    })
 }
 
 /// `url` without the password (and user) it may carry, for errors and logs.

@@ -230,3 +230,58 @@ async fn backlog_probe_counts_undelivered_and_unacked_messages() {
     wait_for(3).await;
     probe.abort();
 }
+
+/// A service started while NATS is down (a restart, a rolling update) waits for it instead of
+/// exiting; a server that refuses the credentials fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_waits_for_a_nats_that_is_down_and_not_for_wrong_credentials() {
+    use mailvault_runtime::nats::{Component, NatsAuth, connect};
+    let mut nats = tokio::task::spawn_blocking(|| NatsServer::start().expect("nats-server"))
+        .await
+        .expect("join");
+    let url = nats.url();
+    nats.stop();
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move { connect(Component::Indexer, "t", &url, &NatsAuth::default()).await }
+    });
+    // Still waiting while the server is down (the first retries are a quarter second apart).
+    let early = tokio::time::timeout(Duration::from_secs(1), async {
+        while !waiting.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "connect gave up while NATS was down");
+    let nats = tokio::task::spawn_blocking(move || {
+        nats.restart().expect("nats-server again");
+        nats
+    })
+    .await
+    .expect("join");
+    let client = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("connected once NATS was back")
+        .expect("join")
+        .expect("connect");
+    client.flush().await.expect("round trip");
+
+    // Wrong credentials: no waiting.
+    let seed = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(seed.path(), "SUNOTASEED").expect("write");
+    let auth = NatsAuth {
+        nkey_file: Some(seed.path().to_owned()),
+        ..NatsAuth::default()
+    };
+    let t = std::time::Instant::now();
+    assert!(
+        connect(Component::Indexer, "t", &nats.url(), &auth)
+            .await
+            .is_err()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "waited {:?} for bad credentials",
+        t.elapsed()
+    );
+}
