@@ -16,6 +16,8 @@ export PATH="$MAILVAULT_TOOLS/bin:$PATH"
 trials="${1:-100}"
 seed="${SEED:-$(( (RANDOM << 15) | RANDOM ))}"
 echo "chaos.sh: $trials trials, seed $seed (SEED=$seed reproduces them)"
-cargo build --locked --quiet -p mailvault-collector -p mailvault-aggregator -p mailvault-indexer --bins
+# The whole workspace, as the test suite builds it: building three packages alone unifies
+# features differently and rebuilds much of the dependency tree.
+cargo build --locked --quiet --workspace --bins
 MAILVAULT_CHAOS_TRIALS="$trials" MAILVAULT_CHAOS_SEED="$seed" \
   cargo test --locked -p mailvault-e2e --test chaos -- --nocapture 2>&1 | grep --line-buffered -A4 -E '^chaos|panicked|test result|kept in'
