@@ -774,15 +774,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn cases() -> u32 {
-            std::env::var("MAILVAULT_FUZZ_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(256)
-        }
-
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases()))]
+            #![proptest_config(ProptestConfig::with_cases(mailvault_harness::fuzz_cases(256)))]
 
             #[test]
             fn damage_after_intact_records_loses_none_of_them(

@@ -9,13 +9,6 @@ use std::sync::OnceLock;
 use mailvault_indexer::extract::extract_item;
 use proptest::prelude::*;
 
-fn cases() -> u32 {
-    std::env::var("MAILVAULT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(128)
-}
-
 fn samples() -> &'static Vec<Vec<u8>> {
     static S: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     S.get_or_init(|| {
@@ -34,7 +27,7 @@ fn samples() -> &'static Vec<Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(mailvault_harness::fuzz_cases(128)))]
 
     #[test]
     fn mangled_mail_is_extracted_without_panicking(

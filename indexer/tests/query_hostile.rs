@@ -69,9 +69,7 @@ fn index() -> (tempfile::TempDir, Index) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("MAILVAULT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
-    ))]
+    #![proptest_config(ProptestConfig::with_cases(mailvault_harness::fuzz_cases(400)))]
 
     #[test]
     fn any_query_is_answered_or_refused_never_a_crash(q in query()) {

@@ -2,19 +2,9 @@
 //! does not replace the live one unless asked, and a bearer token is not sent in clear to a
 //! server off this machine.
 
-use std::process::Command;
+mod common;
 
-fn mailvault(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailvault"))
-        .args(args)
-        .output()
-        .expect("run mailvault");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mailvault;
 
 #[test]
 fn reindex_keeps_the_live_index_when_records_are_unreadable_unless_told() {

@@ -1,24 +1,16 @@
 //! Shell completions and man pages come from the same clap definitions as `--help`, so they
 //! cannot drift from the options: bash accepts the script, and every command has a page.
 
+mod common;
+
 use std::process::Command;
 
-fn mailvault(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mailvault"))
-        .args(args)
-        .output()
-        .expect("run mailvault")
-}
+use common::mailvault;
 
 #[test]
 fn the_bash_completion_script_parses_and_knows_the_commands() {
-    let out = mailvault(&["completions", "bash"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let script = String::from_utf8(out.stdout).expect("utf-8");
+    let (code, script, err) = mailvault(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
     for word in [
         "backup",
         "restore",
@@ -43,20 +35,16 @@ fn the_bash_completion_script_parses_and_knows_the_commands() {
         String::from_utf8_lossy(&check.stderr)
     );
     for shell in ["zsh", "fish", "elvish", "powershell"] {
-        let out = mailvault(&["completions", shell]);
-        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+        let (code, out, _) = mailvault(&["completions", shell]);
+        assert!(code == 0 && !out.is_empty(), "{shell}");
     }
 }
 
 #[test]
 fn every_command_has_a_man_page() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = mailvault(&["man", "--out", dir.path().to_str().expect("utf-8")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = mailvault(&["man", "--out", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
     for page in [
         "mailvault.1",
         "mailvault-backup.1",

@@ -3,19 +3,10 @@
 //! before a delete), restores the deleted folder and verifies. Then the CLI's own commands run
 //! against the repository it kept.
 
-use std::process::Command;
+mod common;
 
-fn mailvault(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailvault"))
-        .args(args)
-        .output()
-        .expect("run mailvault");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mailvault;
+use std::process::Command;
 
 #[test]
 fn demo_restores_byte_identical_and_the_cli_reads_what_it_kept() {

@@ -2,22 +2,12 @@
 //! in, a key it did not make is refused, and nothing is overwritten on a second run.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::Command;
+mod common;
+
+use common::mailvault;
 
 use mailvault_harness::NatsServer;
 use mailvault_runtime::nats::{Component, NatsAuth, connect};
-
-fn mailvault(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailvault"))
-        .args(args)
-        .output()
-        .expect("run mailvault");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn the_users_it_writes_log_in_to_a_real_nats_server_and_strangers_do_not() {

@@ -855,13 +855,6 @@ mod hostile {
     use super::*;
     use proptest::prelude::*;
 
-    fn cases() -> u32 {
-        std::env::var("MAILVAULT_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
-    }
-
     fn units_of(payload: Vec<u8>) -> Vec<Unit> {
         let mut d = Delivery {
             payload: payload.into(),
@@ -887,7 +880,7 @@ mod hostile {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(ProptestConfig::with_cases(mailvault_harness::fuzz_cases(256)))]
 
         #[test]
         fn arbitrary_payloads_are_stored_or_quarantined(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {

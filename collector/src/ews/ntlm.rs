@@ -141,15 +141,8 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn cases() -> u32 {
-            std::env::var("MAILVAULT_FUZZ_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(128)
-        }
-
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases()))]
+            #![proptest_config(ProptestConfig::with_cases(mailvault_harness::fuzz_cases(128)))]
 
             /// A hostile server's CHALLENGE (arbitrary bytes behind a valid NTLMSSP type-2
             /// header, or none) is an error or an answer, never a panic.

@@ -223,6 +223,15 @@ pub fn retry_port_clash<T>(mut start: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
+/// Cases per property of the hostile-input tests: `MAILVAULT_FUZZ_CASES` when set (the long
+/// form, `ops/scripts/fuzz.sh`), else `default` (the suite's short form).
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("MAILVAULT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Polls `ready` until it returns true or the deadline passes.
 pub fn wait_until(deadline: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;

@@ -370,13 +370,6 @@ mod hostile {
   </m:ResponseMessages>
 </m:GetItemResponse>"#;
 
-    fn cases() -> u32 {
-        std::env::var("MAILVAULT_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256)
-    }
-
     /// One edit: truncate, overwrite, insert, delete or repeat a span.
     fn edit(mut b: Vec<u8>, kind: u8, at: usize, bytes: &[u8]) -> Vec<u8> {
         if b.is_empty() {
@@ -411,7 +404,7 @@ mod hostile {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(ProptestConfig::with_cases(mailvault_harness::fuzz_cases(256)))]
 
         #[test]
         fn a_mangled_response_is_a_value_or_a_typed_error(
